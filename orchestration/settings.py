@@ -1,0 +1,147 @@
+"""Orchestration settings: where things live and how the process environment is prepared.
+
+Every room reads its own settings from environment variables. This module is the one place that
+fills the gaps for local use: an embedded PostgreSQL when `DATABASE_URL` is unset, a Dagster home
+under `.local/`, the dbt connection derived from `DATABASE_URL`, telemetry off.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
+DAGSTER_YAML_TEMPLATE = REPO_ROOT / "deploy" / "dagster.yaml"
+RAW_SCHEMA = "raw_xero"
+ANALYTICS_SCHEMA = "analytics"
+DAGSTER_DATABASE = "dagster"
+
+# dlt, dbt and Dagster all phone home by default; a financial-data product must not.
+TELEMETRY_OFF = {
+    "DO_NOT_TRACK": "1",
+    "RUNTIME__DLTHUB_TELEMETRY": "false",
+    "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    "DAGSTER_DISABLE_TELEMETRY": "1",
+}
+
+
+class SettingsError(ValueError):
+    """A missing or malformed setting; the message names the variable."""
+
+
+def local_dir() -> Path:
+    return Path(os.environ.get("XERO_ELT_LOCAL_DIR", REPO_ROOT / ".local")).resolve()
+
+
+@dataclass(frozen=True)
+class DatabaseUrl:
+    """A parsed `postgresql://` URL, with what dbt's profile and Dagster's storage need."""
+
+    url: str
+
+    @classmethod
+    def parse(cls, value: str, variable: str = "DATABASE_URL") -> DatabaseUrl:
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"):
+            raise SettingsError(f"{variable} must be a postgresql:// URL, got scheme {parts.scheme!r}")
+        if not parts.hostname:
+            raise SettingsError(f"{variable} must name a host (postgresql://user@host:port/database)")
+        if not parts.path.strip("/"):
+            raise SettingsError(f"{variable} must name a database (…/database at the end)")
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError as exc:
+            raise SettingsError(f"{variable} has a malformed port: {exc}") from None
+        scheme = "postgresql"
+        return cls(urlunsplit((scheme, parts.netloc, parts.path, parts.query, "")))
+
+    @property
+    def _parts(self):
+        return urlsplit(self.url)
+
+    @property
+    def host(self) -> str:
+        return self._parts.hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return self._parts.port or 5432
+
+    @property
+    def user(self) -> str:
+        return self._parts.username or "postgres"
+
+    @property
+    def password(self) -> str:
+        return self._parts.password or ""
+
+    @property
+    def database(self) -> str:
+        return self._parts.path.strip("/")
+
+    def with_database(self, database: str) -> DatabaseUrl:
+        p = self._parts
+        return DatabaseUrl(urlunsplit((p.scheme, p.netloc, "/" + database, p.query, "")))
+
+    def dbt_env(self) -> dict[str, str]:
+        return {
+            "DBT_PG_HOST": self.host,
+            "DBT_PG_PORT": str(self.port),
+            "DBT_PG_USER": self.user,
+            "DBT_PG_PASSWORD": self.password,
+            "DBT_PG_DATABASE": self.database,
+        }
+
+
+def ensure_database(admin: DatabaseUrl, name: str) -> None:
+    """Create database `name` on `admin`'s server unless it exists."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(admin.url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def prepare_environment(environ: dict[str, str] | None = None) -> DatabaseUrl:
+    """Fill in the process environment for local runs; return the database to use.
+
+    - `DATABASE_URL` unset: start (or reuse) the embedded PostgreSQL under `.local/` and create
+      the `xero_elt` database on it.
+    - `DAGSTER_HOME` unset: `.local/dagster` with the repository's `deploy/dagster.yaml`.
+    - Dagster's storage: `DAGSTER_POSTGRES_URL`, by default database `dagster` on the same server.
+    """
+    env = os.environ if environ is None else environ
+    for key, value in TELEMETRY_OFF.items():
+        env.setdefault(key, value)
+
+    if env.get("DATABASE_URL"):
+        db = DatabaseUrl.parse(env["DATABASE_URL"])
+    else:
+        from orchestration.local_postgres import LocalPostgres
+
+        server = DatabaseUrl(LocalPostgres(local_dir()).ensure_running())
+        ensure_database(server, "xero_elt")
+        db = server.with_database("xero_elt")
+        env["DATABASE_URL"] = db.url
+
+    if not env.get("DAGSTER_POSTGRES_URL"):
+        ensure_database(db, DAGSTER_DATABASE)
+        env["DAGSTER_POSTGRES_URL"] = db.with_database(DAGSTER_DATABASE).url
+    else:
+        DatabaseUrl.parse(env["DAGSTER_POSTGRES_URL"], "DAGSTER_POSTGRES_URL")
+
+    home = Path(env.setdefault("DAGSTER_HOME", str(local_dir() / "dagster")))
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copy(DAGSTER_YAML_TEMPLATE, home / "dagster.yaml")
+
+    env.setdefault("DLT_DATA_DIR", str(local_dir() / "dlt"))
+    for key, value in db.dbt_env().items():
+        env[key] = value
+    return db

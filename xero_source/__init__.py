@@ -1,0 +1,18 @@
+"""The Xero dlt source: one tenant's accounting records into the raw schema, incrementally.
+
+    from xero_source import xero_source
+    source = xero_source(tenant_id, token_provider=vault_lookup, settings=SourceSettings(api_url=...))
+    pipeline = dlt.pipeline(pipeline_name=f"xero_{tenant_id}", destination="postgres",
+                            dataset_name="raw_xero")
+    pipeline.run(source)
+
+Each row carries `tenant_id`; a record's versions are keyed by (tenant_id, id, updated_date_utc),
+so re-fetching a version merges away and a changed record adds a new version. Nested arrays (line
+items, payments, …) stay JSON columns (`max_table_nesting=0`).
+"""
+
+from xero_source.client import DailyLimitExceeded, XeroApiError, XeroClient
+from xero_source.settings import SourceSettings
+from xero_source.source import ENDPOINTS, xero_source
+
+__all__ = ["ENDPOINTS", "DailyLimitExceeded", "SourceSettings", "XeroApiError", "XeroClient", "xero_source"]

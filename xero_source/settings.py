@@ -1,0 +1,28 @@
+"""xero_source settings: Xero's accounting API endpoint and paging/retry knobs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+XERO_API_URL = "https://api.xero.com/api.xro/2.0"
+MAX_PAGE_SIZE = 1000  # Xero's maximum since July 2024
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    api_url: str = XERO_API_URL
+    page_size: int = MAX_PAGE_SIZE
+    # Re-ask for records modified a little before the last high-water mark: If-Modified-Since is
+    # reported to filter at a coarser precision than UpdatedDateUTC. Re-fetched versions merge away.
+    modified_since_overlap_seconds: int = 300
+    max_retries: int = 6
+    max_retry_wait_seconds: float = 120.0
+    request_timeout_seconds: float = 60.0
+
+    @classmethod
+    def from_env(cls, environ=os.environ) -> SourceSettings:
+        page_size = int(environ.get("XERO_PAGE_SIZE", MAX_PAGE_SIZE))
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"XERO_PAGE_SIZE must be between 1 and {MAX_PAGE_SIZE}, got {page_size}")
+        return cls(api_url=environ.get("XERO_API_URL", XERO_API_URL).rstrip("/"), page_size=page_size)
