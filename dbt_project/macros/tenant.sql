@@ -1,0 +1,32 @@
+{#- The tenant this run is for, as a SQL literal, or none for every tenant. Tenant ids are Xero
+    UUIDs; anything else is refused rather than quoted into SQL. -#}
+{% macro tenant_literal() %}
+  {%- set tenant = var('tenant_id', none) -%}
+  {%- if tenant is none or tenant == '' -%}
+    {{ return(none) }}
+  {%- endif -%}
+  {%- if not modules.re.fullmatch('[0-9a-fA-F-]{36}', tenant | string) -%}
+    {{ exceptions.raise_compiler_error("var tenant_id must be a Xero tenant UUID, got " ~ tenant) }}
+  {%- endif -%}
+  {{ return("'" ~ tenant ~ "'") }}
+{% endmacro %}
+
+{#- `where` clause restricting a relation to this run's tenant (or nothing when unset). -#}
+{% macro tenant_filter(column='tenant_id') %}
+  {%- set literal = tenant_literal() -%}
+  {%- if literal is not none -%} where {{ column }} = {{ literal }} {%- endif -%}
+{% endmacro %}
+
+{#- Latest version of each record: raw keeps one row per fetched version. -#}
+{% macro latest_version(relation, id_column) %}
+  select * from (
+    select r.*,
+      row_number() over (
+        partition by r.tenant_id, r.{{ id_column }}
+        order by r.updated_date_utc desc, r._dlt_load_id desc
+      ) as _version_rank
+    from {{ relation }} as r
+    {{ tenant_filter('r.tenant_id') }}
+  ) as versions
+  where _version_rank = 1
+{% endmacro %}

@@ -1,0 +1,129 @@
+"""`xero-elt`: the one command line of the product (see README and ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from orchestration.settings import REPO_ROOT, SettingsError, local_dir, prepare_environment
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from orchestration.demo import run_demo
+
+    return run_demo(tenants=args.tenants, invoices=args.invoices, seed=args.seed)
+
+
+def _cmd_sandbox(args: argparse.Namespace, rest: list[str]) -> int:
+    from xero_sandbox.cli import main
+
+    return main(rest)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from oauth_service.server import serve
+    from oauth_service.settings import Settings
+
+    prepare_environment()
+    serve(Settings.from_env(), host=args.host, port=args.port)
+    return 0
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    if args.action == "stop":
+        from orchestration.local_postgres import LocalPostgres
+
+        stopped = LocalPostgres(local_dir()).stop()
+        print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+        return 0
+    from oauth_service import migrations
+
+    db = prepare_environment()
+    if args.action == "upgrade":
+        migrations.upgrade(db.url, args.revision or "head")
+    elif args.action == "downgrade":
+        migrations.downgrade(db.url, args.revision or "base")
+    print(f"app schema revision: {migrations.current(db.url)}")
+    return 0
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from oauth_service.migrations import upgrade
+    from orchestration.sync import sync_tenants
+
+    db = prepare_environment()
+    upgrade(db.url)
+    results = sync_tenants(args.tenant or None, full_refresh=args.full_refresh)
+    if not results:
+        print("no active tenants: connect a Xero organisation first")
+    for r in results:
+        state = "ok" if r.success else f"FAILED: {r.error}"
+        print(f"{r.tenant_id}: run {r.run_id} {state}; fetched {r.fetched}; "
+              f"analytics.invoices {r.invoices} (total {r.invoices_total})")
+    return 0 if all(r.success for r in results) else 1
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    prepare_environment()
+    dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
+    argv = [dagster, "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
+    home = os.environ["DAGSTER_HOME"]
+    print(f"Dagster UI on http://{args.host}:{args.port} (instance: {home})", flush=True)
+    os.execv(dagster, argv)  # noqa: S606 - the webserver and the daemon, in the foreground
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xero-elt", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="the main job on embedded defaults, end to end")
+    p.add_argument("--tenants", type=int, default=2)
+    p.add_argument("--invoices", type=int, default=400, help="invoices per demo tenant")
+    p.add_argument("--seed", type=int, default=2026)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("sandbox", help="run the local Xero (see `xero-elt sandbox --help`)", add_help=False)
+    p.set_defaults(func=_cmd_sandbox, passthrough=True)
+
+    p = sub.add_parser("serve", help="run the OAuth service")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="0.0.0.0")  # noqa: S104 - a container's service listens on all
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("db", help="app-schema migrations; stop the embedded PostgreSQL")
+    p.add_argument("action", choices=["upgrade", "downgrade", "current", "stop"])
+    p.add_argument("revision", nargs="?")
+    p.set_defaults(func=_cmd_db)
+
+    p = sub.add_parser("sync", help="sync tenants through Dagster (default: every active tenant)")
+    p.add_argument("--tenant", action="append", metavar="ID", help="a Xero tenant id; repeatable")
+    p.add_argument("--full-refresh", action="store_true", help="re-read every record, not only changes")
+    p.set_defaults(func=_cmd_sync)
+
+    p = sub.add_parser("ui", help="the Dagster webserver and daemon on the configured instance")
+    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--host", default="127.0.0.1")
+    p.set_defaults(func=_cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    if argv and argv[0] == "sandbox":
+        return _cmd_sandbox(argparse.Namespace(), argv[1:])
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SettingsError as exc:
+        print(f"xero-elt: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Dagster resources: the token vault (oauth_service), the per-tenant dlt pipeline, dbt."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+import dagster as dg
+import dlt
+from dagster_dbt import DbtCliResource
+from dagster_dlt import DagsterDltResource
+
+from oauth_service.settings import Settings as ServiceSettings
+from oauth_service.vault import TokenVault
+from orchestration.dbt_project import DBT_EXECUTABLE, xero_dbt_project
+from orchestration.settings import RAW_SCHEMA
+from xero_source import SourceSettings, xero_source
+
+
+@cache
+def _vault(database_url: str) -> TokenVault:
+    return TokenVault(ServiceSettings.from_env())
+
+
+class TokenVaultResource(dg.ConfigurableResource):
+    """Access tokens per tenant, refreshed safely by oauth_service's vault."""
+
+    def get(self) -> TokenVault:
+        return _vault(os.environ["DATABASE_URL"])
+
+
+class XeroPipelineResource(dg.ConfigurableResource):
+    """Builds one tenant's dlt source and pipeline.
+
+    One pipeline per tenant (`xero_<tenant>`): dlt keeps its incremental state per pipeline, so a
+    shared pipeline would share one cursor across tenants. Each tenant also merges through its own
+    staging schema, so concurrent tenants never merge through the same tables (dlt issue 4297).
+    """
+
+    raw_schema: str = RAW_SCHEMA
+
+    def source(self, tenant_id: str, vault: TokenVault, full_refresh: bool = False):
+        return xero_source(
+            tenant_id,
+            token_provider=lambda: vault.access_token_for(tenant_id),
+            settings=SourceSettings.from_env(),
+            full_refresh=full_refresh,
+        )
+
+    def pipeline(self, tenant_id: str) -> dlt.Pipeline:
+        compact = tenant_id.replace("-", "")
+        destination = dlt.destinations.postgres(
+            credentials=os.environ["DATABASE_URL"],
+            staging_dataset_name_layout=f"%s_staging_{compact}",
+        )
+        return dlt.pipeline(
+            pipeline_name=f"xero_{compact}",
+            destination=destination,
+            dataset_name=self.raw_schema,
+            progress="log",
+        )
+
+
+def build_resources() -> dict[str, object]:
+    return {
+        "dlt": DagsterDltResource(),
+        "dbt": DbtCliResource(project_dir=xero_dbt_project, dbt_executable=DBT_EXECUTABLE),
+        "token_vault": TokenVaultResource(),
+        "xero_pipeline": XeroPipelineResource(),
+    }
