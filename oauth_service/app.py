@@ -1,0 +1,542 @@
+"""The OAuth service's HTTP API (FastAPI): connect, list and disconnect Xero tenants; webhooks; health.
+
+POST   /xero/auth/initiate            bearer JWT → {"authorizationUrl", "state"}
+GET    /xero/auth/callback            Xero's redirect → 302 to APP_RETURN_URL?connected=n | ?error=code
+GET    /xero/connections              bearer JWT → the caller's tenants (never tokens)
+DELETE /xero/connections/{tenant_id}  bearer JWT → revoke at Xero, drop tokens, mark disconnected
+POST   /xero/webhooks                 Xero webhooks (x-xero-signature) → 200 empty / 401
+GET    /healthz                       liveness and database reachability
+GET    /docs, /openapi.json           OpenAPI documentation
+"""
+
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from sqlalchemy import Engine, text
+
+from oauth_service.audit import record_audit
+from oauth_service.auth import AuthError, Caller, JwtVerifier
+from oauth_service.db import make_engine
+from oauth_service.settings import Settings
+from oauth_service.vault import CONNECTIONS, TenantNotConnected, TokenVault
+from oauth_service.xero import XeroError, new_pkce_pair, unverified_claims
+
+log = logging.getLogger("oauth_service.app")
+access_log = logging.getLogger("oauth_service.access")
+
+BINDING_COOKIE = "xero_oauth_browser"
+CALLBACK_PATH = "/xero/auth/callback"
+_ERROR_CODE_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def _client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _with_query(url: str, **params: Any) -> str:
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params]
+    query.extend((k, str(v)) for k, v in params.items())
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
+
+
+def _safe_error_code(value: str | None) -> str:
+    code = (value or "").strip().lower()
+    if not code or len(code) > 64 or not set(code) <= _ERROR_CODE_CHARS:
+        return "xero_error"
+    return code
+
+
+# ---------------------------------------------------------------------- response models
+class InitiateResponse(BaseModel):
+    authorizationUrl: str = Field(description="Send the browser here to authorise at Xero")
+    state: str = Field(description="Single-use, expiring state bound to the caller")
+    expiresAt: datetime
+
+
+class ConnectionOut(BaseModel):
+    tenantId: str
+    tenantName: str | None
+    tenantType: str | None
+    status: str = Field(description="active, reauth_required or disconnected")
+    statusReason: str | None
+    connectedAt: datetime | None
+    lastSync: datetime | None
+    scopes: list[str]
+
+
+class ConnectionsResponse(BaseModel):
+    connections: list[ConnectionOut]
+
+
+class DisconnectResponse(BaseModel):
+    tenantId: str
+    status: str
+    xeroConnectionDeleted: bool
+    revokedAtXero: bool
+
+
+class Health(BaseModel):
+    status: str
+    database: str
+    demoMode: bool
+
+
+def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
+    """The service's ASGI app. Refuses to build without an auth configuration (DEMO_MODE supplies one)."""
+    settings.check_auth_configured()
+    if settings.demo_mode:
+        settings.warn_demo()
+    own_engine = engine is None
+    engine = engine or make_engine(settings.database_url)
+    vault = TokenVault(settings, engine, actor="oauth_service", cache=False)
+    xero = vault.xero
+    verifier = JwtVerifier(settings)
+    cookie_required = not settings.demo_mode and settings.state_cookie_required
+    cookie_secure = bool(settings.xero_redirect_uri and settings.xero_redirect_uri.startswith("https://"))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        log.info(
+            "OAuth service up (demo_mode=%s, xero=%s)",
+            settings.demo_mode,
+            urlsplit(settings.xero_token_url).netloc,
+        )
+        yield
+        if own_engine:
+            engine.dispose()
+
+    app = FastAPI(
+        title="Xero connections service",
+        version="1.0.0",
+        description="Connects the web app's users to their Xero organisations; keeps their tokens encrypted.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.vault = vault
+
+    if settings.app_origin:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=[settings.app_origin],
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+
+    @app.middleware("http")
+    async def log_and_harden(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        # The path only: query strings (OAuth codes and states) are never logged.
+        access_log.info(
+            "%s %s %d %.1fms",
+            request.method,
+            request.url.path,
+            response.status_code,
+            (time.perf_counter() - started) * 1000,
+        )
+        return response
+
+    @app.exception_handler(AuthError)
+    async def auth_error(_request: Request, exc: AuthError):
+        return JSONResponse(
+            {"detail": exc.reason},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+
+    bearer = HTTPBearer(auto_error=False, description="The web app's (Supabase) JWT")
+
+    def current_caller(
+        request: Request, _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    ) -> Caller:
+        try:
+            return verifier.verify(request.headers.get("authorization"))
+        except AuthError as exc:
+            log.info("rejected bearer token from %s: %s", _client_ip(request), exc.reason)
+            raise
+
+    CallerDep = Annotated[Caller, Depends(current_caller)]
+
+    def redirect_uri_for(request: Request) -> str:
+        return settings.xero_redirect_uri or str(request.url_for("xero_auth_callback"))
+
+    # ------------------------------------------------------------------ initiate
+    @app.post("/xero/auth/initiate", response_model=InitiateResponse, tags=["connect"])
+    def initiate(request: Request, response: Response, caller: CallerDep) -> InitiateResponse:
+        """Start connecting Xero organisations: a single-use, expiring `state` bound to the caller
+        (and to this browser by an HttpOnly cookie), with PKCE (S256)."""
+        state = secrets.token_urlsafe(32)
+        code_verifier, challenge = new_pkce_pair()
+        browser = request.cookies.get(BINDING_COOKIE)
+        if not browser or len(browser) < 32 or len(browser) > 128:
+            browser = secrets.token_urlsafe(32)
+        expires = datetime.now(UTC) + timedelta(seconds=settings.state_ttl_seconds)
+        ip = _client_ip(request)
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM app.oauth_states WHERE expires_at < now() - interval '1 day'"))
+            conn.execute(
+                text(
+                    "INSERT INTO app.oauth_states (state_hash, user_id, code_verifier, browser_binding, "
+                    "ip_address, expires_at) VALUES (:h, :u, :v, :b, CAST(:ip AS inet), :e)"
+                ),
+                {
+                    "h": _sha256(state),
+                    "u": caller.user_id,
+                    "v": vault.cipher.encrypt(code_verifier),
+                    "b": _sha256(browser),
+                    "ip": ip,
+                    "e": expires,
+                },
+            )
+            record_audit(
+                conn,
+                "xero_connect_initiated",
+                user_id=caller.user_id,
+                ip_address=ip,
+                table_accessed="app.oauth_states",
+                metadata={"scopes": list(settings.xero_scopes)},
+            )
+        url = xero.authorization_url(state, challenge, redirect_uri_for(request))
+        response.set_cookie(
+            BINDING_COOKIE,
+            browser,
+            max_age=settings.state_ttl_seconds,
+            httponly=True,
+            samesite="lax",
+            secure=cookie_secure,
+            path="/",
+        )
+        return InitiateResponse(authorizationUrl=url, state=state, expiresAt=expires)
+
+    # ------------------------------------------------------------------ callback
+    def fail(
+        request: Request,
+        code: str,
+        *,
+        user_id: str | None = None,
+        outcome: str = "failure",
+        detail: str | None = None,
+    ) -> RedirectResponse:
+        record_audit(
+            engine,
+            "xero_callback_failed",
+            user_id=user_id,
+            ip_address=_client_ip(request),
+            outcome=outcome,
+            table_accessed="app.oauth_states",
+            metadata={"error": code, **({"detail": detail} if detail else {})},
+        )
+        log.info("callback failed: %s%s", code, f" ({detail})" if detail else "")
+        return RedirectResponse(_with_query(settings.app_return_url, error=code), status_code=302)
+
+    @app.get(
+        CALLBACK_PATH,
+        name="xero_auth_callback",
+        tags=["connect"],
+        status_code=302,
+        response_class=RedirectResponse,
+    )
+    def callback(
+        request: Request,
+        code: str | None = None,
+        state: str | None = None,
+        error: str | None = None,
+    ) -> RedirectResponse:
+        """Xero redirects the browser here. Checks the state, exchanges the code (PKCE), reads
+        `/connections`, stores one encrypted connection per tenant and redirects to the web app."""
+        record = None
+        if state and len(state) <= 256:
+            with engine.begin() as conn:
+                record = conn.execute(
+                    text(
+                        "UPDATE app.oauth_states SET used_at = now() "
+                        "WHERE state_hash = :h AND used_at IS NULL "
+                        "RETURNING user_id, code_verifier, browser_binding, expires_at"
+                    ),
+                    {"h": _sha256(state)},
+                ).one_or_none()
+                reused = (
+                    record is None
+                    and conn.execute(
+                        text("SELECT 1 FROM app.oauth_states WHERE state_hash = :h"), {"h": _sha256(state)}
+                    ).first()
+                    is not None
+                )
+        else:
+            reused = False
+        user_id = str(record.user_id) if record is not None else None
+
+        if error:
+            return fail(
+                request,
+                _safe_error_code(error),
+                user_id=user_id,
+                outcome="denied",
+                detail="Xero answered with an error",
+            )
+        if not state:
+            return fail(request, "missing_state")
+        if record is None:
+            return fail(request, "state_reused" if reused else "invalid_state")
+        if record.expires_at < datetime.now(UTC):
+            return fail(request, "state_expired", user_id=user_id)
+        cookie = request.cookies.get(BINDING_COOKIE)
+        if cookie is not None and not hmac.compare_digest(_sha256(cookie), record.browser_binding or ""):
+            return fail(
+                request,
+                "state_mismatch",
+                user_id=user_id,
+                outcome="denied",
+                detail="state was issued to another browser",
+            )
+        if cookie is None and cookie_required:
+            return fail(
+                request,
+                "state_mismatch",
+                user_id=user_id,
+                outcome="denied",
+                detail="no browser binding cookie",
+            )
+        if request.headers.get("authorization"):
+            try:
+                caller = verifier.verify(request.headers.get("authorization"))
+            except AuthError:
+                caller = None
+            if caller is None or caller.user_id != user_id:
+                return fail(
+                    request,
+                    "state_mismatch",
+                    user_id=user_id,
+                    outcome="denied",
+                    detail="state was issued to another user",
+                )
+        if not code:
+            return fail(request, "missing_code", user_id=user_id)
+
+        try:
+            tokens = xero.exchange_code(
+                code, vault.cipher.decrypt(record.code_verifier), redirect_uri_for(request)
+            )
+        except XeroError as exc:
+            return fail(request, "token_exchange_failed", user_id=user_id, detail=exc.error or str(exc))
+        try:
+            tenants = xero.connections(tokens.access_token)
+        except XeroError as exc:
+            return fail(request, "connections_failed", user_id=user_id, detail=str(exc))
+        event_id = unverified_claims(tokens.access_token).get("authentication_event_id")
+        if event_id and any(t.get("authEventId") == event_id for t in tenants):
+            tenants = [t for t in tenants if t.get("authEventId") == event_id]
+        tenants = [t for t in tenants if t.get("tenantId")]
+        if not tenants:
+            return fail(request, "no_tenants", user_id=user_id)
+        with engine.begin() as conn:
+            stored = vault.store_authorization(
+                conn, user_id=user_id, tokens=tokens, tenants=tenants, ip_address=_client_ip(request)
+            )
+        log.info("user %s connected %d Xero tenant(s)", user_id, len(stored))
+        response = RedirectResponse(
+            _with_query(settings.app_return_url, connected=len(stored)), status_code=302
+        )
+        response.delete_cookie(BINDING_COOKIE, path="/")
+        return response
+
+    # ------------------------------------------------------------------ connections
+    @app.get("/xero/connections", response_model=ConnectionsResponse, tags=["connections"])
+    def list_connections(request: Request, caller: CallerDep) -> ConnectionsResponse:
+        """The caller's Xero tenants and their status. Never tokens."""
+        with engine.begin() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT id, tenant_id, tenant_name, tenant_type, status, status_reason, connected_at, "
+                    "last_sync, scopes FROM app.xero_connections WHERE user_id = :u "
+                    "ORDER BY tenant_name NULLS LAST, tenant_id"
+                ),
+                {"u": caller.user_id},
+            ).all()
+            record_audit(
+                conn,
+                "connections_listed",
+                user_id=caller.user_id,
+                ip_address=_client_ip(request),
+                table_accessed=CONNECTIONS,
+                metadata={"count": len(rows)},
+            )
+        return ConnectionsResponse(
+            connections=[
+                ConnectionOut(
+                    tenantId=r.tenant_id,
+                    tenantName=r.tenant_name,
+                    tenantType=r.tenant_type,
+                    status=r.status,
+                    statusReason=r.status_reason,
+                    connectedAt=r.connected_at,
+                    lastSync=r.last_sync,
+                    scopes=(r.scopes or "").split(),
+                )
+                for r in rows
+            ]
+        )
+
+    @app.delete(
+        "/xero/connections/{tenant_id}",
+        response_model=DisconnectResponse,
+        tags=["connections"],
+        responses={
+            404: {"description": "No such tenant for this user"},
+            502: {"description": "Xero could not be reached; nothing changed"},
+        },
+    )
+    def disconnect(
+        request: Request, caller: CallerDep, tenant_id: Annotated[str, Path(max_length=255)]
+    ) -> DisconnectResponse:
+        """Disconnect one of the caller's tenants: DELETE /connections/{id} at Xero, revoke the refresh
+        token when no other tenant uses it, drop the tokens, mark the tenant `disconnected`."""
+        ip = _client_ip(request)
+        try:
+            result = vault.disconnect(tenant_id, user_id=caller.user_id, ip_address=ip)
+        except TenantNotConnected:
+            raise HTTPException(status_code=404, detail="no such Xero tenant") from None
+        except XeroError as exc:
+            record_audit(
+                engine,
+                "xero_disconnected",
+                user_id=caller.user_id,
+                tenant_id=tenant_id,
+                ip_address=ip,
+                outcome="failure",
+                table_accessed=CONNECTIONS,
+                metadata={"error": str(exc)},
+            )
+            raise HTTPException(status_code=502, detail="Xero could not be reached; try again") from None
+        return DisconnectResponse(
+            tenantId=tenant_id,
+            status="disconnected",
+            xeroConnectionDeleted=bool(result.get("xero_connection_deleted")),
+            revokedAtXero=bool(result.get("revoked")),
+        )
+
+    # ------------------------------------------------------------------ webhooks
+    webhook_key = (settings.xero_webhook_key or "").encode("utf-8")
+
+    def store_webhook(events: list[dict[str, Any]], ip: str | None, verified: bool, body_len: int) -> None:
+        with engine.begin() as conn:
+            stored = 0
+            for e in events:
+                if not isinstance(e, dict) or not e.get("tenantId") or not e.get("resourceId"):
+                    continue
+                result = conn.execute(
+                    text(
+                        """
+                        INSERT INTO app.webhook_events (tenant_id, tenant_type, event_category, event_type,
+                            resource_id, resource_url, event_date)
+                        VALUES (:t, :tt, :c, :et, :r, :u, CAST(:d AS timestamptz))
+                        ON CONFLICT ON CONSTRAINT webhook_events_dedup DO NOTHING
+                        """
+                    ),
+                    {
+                        "t": str(e["tenantId"])[:255],
+                        "tt": (e.get("tenantType") or None),
+                        "c": str(e.get("eventCategory") or "UNKNOWN")[:32],
+                        "et": str(e.get("eventType") or "UNKNOWN")[:32],
+                        "r": str(e["resourceId"])[:255],
+                        "u": e.get("resourceUrl"),
+                        "d": _event_date(e.get("eventDateUtc")),
+                    },
+                )
+                stored += result.rowcount
+            tenants = sorted(
+                {str(e.get("tenantId")) for e in events if isinstance(e, dict) and e.get("tenantId")}
+            )
+            record_audit(
+                conn,
+                "webhook_received",
+                ip_address=ip,
+                table_accessed="app.webhook_events",
+                tenant_id=tenants[0] if len(tenants) == 1 else None,
+                outcome="success" if verified else "denied",
+                metadata={
+                    "events": len(events),
+                    "stored": stored,
+                    "tenants": tenants,
+                    "bytes": body_len,
+                    "intent_to_receive": verified and not events,
+                    "verified": verified,
+                },
+            )
+
+    @app.post(
+        "/xero/webhooks",
+        tags=["webhooks"],
+        status_code=200,
+        responses={200: {"description": "Accepted (empty body)"}, 401: {"description": "Bad signature"}},
+    )
+    async def webhooks(request: Request) -> Response:
+        """Xero webhooks: `x-xero-signature` checked in constant time; events stored for the orchestrator."""
+        body = await request.body()
+        given = request.headers.get("x-xero-signature", "").encode("utf-8", "replace")
+        expected = base64.b64encode(hmac.new(webhook_key, body, hashlib.sha256).digest())
+        ok = bool(webhook_key) and hmac.compare_digest(expected, given)
+        ip = _client_ip(request)
+        if not ok:
+            await run_in_threadpool(store_webhook, [], ip, False, len(body))
+            return Response(status_code=401)
+        try:
+            payload = json.loads(body or b"{}")
+            events = (payload.get("events") or []) if isinstance(payload, dict) else []
+        except ValueError:
+            events = []
+        await run_in_threadpool(
+            store_webhook, list(events) if isinstance(events, list) else [], ip, True, len(body)
+        )
+        return Response(status_code=200)
+
+    # ------------------------------------------------------------------ health
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    def healthz() -> JSONResponse:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1 FROM app.xero_connections LIMIT 1"))
+            db = "ok"
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            log.warning("health check: database unreachable: %s", type(exc).__name__)
+            db = "unreachable"
+        body = {"status": "ok" if db == "ok" else "degraded", "database": db, "demoMode": settings.demo_mode}
+        return JSONResponse(body, status_code=200 if db == "ok" else 503)
+
+    return app
+
+
+def _event_date(value: Any) -> str | None:
+    if not value or not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).isoformat()
+    except ValueError:
+        return None

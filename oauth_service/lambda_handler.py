@@ -1,0 +1,31 @@
+"""AWS Lambda entry point (behind API Gateway), like the prototype's `xero-oauth-handler`.
+
+Handler: `oauth_service.lambda_handler.handler`. Settings come from the function's environment;
+the ASGI app is built once per container, on the first event.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from mangum import Mangum
+
+from oauth_service.app import create_app
+from oauth_service.settings import Settings
+
+_adapter: Mangum | None = None
+_lock = threading.Lock()
+
+
+def _get_adapter() -> Mangum:
+    global _adapter
+    if _adapter is None:
+        with _lock:
+            if _adapter is None:
+                _adapter = Mangum(create_app(Settings.from_env()), lifespan="off")
+    return _adapter
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return _get_adapter()(event, context)

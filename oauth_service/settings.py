@@ -1,0 +1,349 @@
+"""Settings of the OAuth service and the token vault, read from environment variables.
+
+`Settings.from_env()` reads the variables of ARCHITECTURE.md, checks every one of them and raises a
+single `SettingsError` that lists every problem found (variable name and what is wrong).
+
+`DEMO_MODE=1` is the explicit demo mode: sandbox client credentials, demo return URL and origin,
+and (when absent) an ephemeral token key and a well-known demo JWT secret. It is logged loudly,
+and nothing in it is fit for real Xero tenants.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import ipaddress
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+log = logging.getLogger("oauth_service.settings")
+
+XERO_AUTHORIZE_URL = "https://login.xero.com/identity/connect/authorize"
+XERO_TOKEN_URL = "https://identity.xero.com/connect/token"  # noqa: S105 - a URL
+XERO_REVOCATION_URL = "https://identity.xero.com/connect/revocation"
+XERO_CONNECTIONS_URL = "https://api.xero.com/connections"
+XERO_API_URL = "https://api.xero.com/api.xro/2.0"
+
+# Apps created from 2 March 2026 must use the granular scopes. openid/profile/email are not needed
+# by the pipeline (the user is known from the web app's JWT), so they are not requested.
+DEFAULT_SCOPES: tuple[str, ...] = (
+    "offline_access",
+    "accounting.invoices.read",
+    "accounting.payments.read",
+    "accounting.contacts.read",
+    "accounting.settings.read",
+)
+
+DEMO_CLIENT_ID = "sandbox-client-id"
+DEMO_CLIENT_SECRET = "sandbox-client-secret"  # noqa: S105 - the sandbox's public demo credentials
+DEMO_APP_RETURN_URL = "http://localhost:3000/settings/xero"
+DEMO_APP_ORIGIN = "http://localhost:3000"
+# Used only in DEMO_MODE when no AUTH_JWT_SECRET/AUTH_JWKS_URL is given; logged loudly.
+DEMO_JWT_SECRET = "xero-elt-demo-mode-insecure-jwt-secret"  # noqa: S105
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class SettingsError(ValueError):
+    """One or more missing or malformed settings; the message names every variable at fault."""
+
+
+def is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_fernet_key(key: str) -> str | None:
+    """None when `key` is a Fernet key (32 bytes, URL-safe base64), else what is wrong."""
+    try:
+        raw = base64.urlsafe_b64decode(key.encode("ascii"))
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return "is not URL-safe base64"
+    if len(raw) != 32:
+        return f"decodes to {len(raw)} bytes, expected 32"
+    return None
+
+
+def generate_key() -> str:
+    """A new TOKEN_ENCRYPTION_KEY entry (32 random bytes, URL-safe base64: the Fernet format)."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    token_encryption_keys: tuple[str, ...] = field(repr=False)
+    xero_client_id: str = ""
+    xero_client_secret: str = field(default="", repr=False)
+    xero_redirect_uri: str | None = None
+    xero_scopes: tuple[str, ...] = DEFAULT_SCOPES
+    xero_authorize_url: str = XERO_AUTHORIZE_URL
+    xero_token_url: str = XERO_TOKEN_URL
+    xero_revocation_url: str = XERO_REVOCATION_URL
+    xero_connections_url: str = XERO_CONNECTIONS_URL
+    xero_api_url: str = XERO_API_URL
+    auth_jwt_secret: str | None = field(default=None, repr=False)
+    auth_jwks_url: str | None = None
+    auth_jwt_audience: str = "authenticated"
+    app_return_url: str = DEMO_APP_RETURN_URL
+    app_origin: str | None = None
+    xero_webhook_key: str | None = field(default=None, repr=False)
+    demo_mode: bool = False
+    # How long an OAuth `state` stays usable, and how close to expiry a token gets refreshed.
+    state_ttl_seconds: int = 600
+    # OAUTH_STATE_COOKIE=required (default outside demo mode): the callback must come from the browser
+    # that called initiate (HttpOnly cookie). `optional`: checked only when present.
+    state_cookie_required: bool = True
+    refresh_margin_seconds: int = 300
+    http_timeout_seconds: float = 20.0
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            if value is None:
+                return None
+            value = value.strip()
+            return value or None
+
+        demo_raw = (get("DEMO_MODE") or "").lower()
+        if demo_raw in _TRUE:
+            demo = True
+        elif demo_raw in _FALSE:
+            demo = False
+        else:
+            problems.append(f"DEMO_MODE must be 1 or 0, got {env.get('DEMO_MODE')!r}")
+            demo = False
+
+        database_url = get("DATABASE_URL")
+        if database_url is None:
+            problems.append("DATABASE_URL is required (postgresql://user:password@host:port/database)")
+        else:
+            parts = urlsplit(database_url)
+            if parts.scheme not in ("postgresql", "postgres", "postgresql+psycopg"):
+                problems.append(f"DATABASE_URL must be a postgresql:// URL, got scheme {parts.scheme!r}")
+            elif not parts.hostname and "host=" not in parts.query:
+                problems.append("DATABASE_URL must name a host (postgresql://user@host:port/database)")
+            elif not parts.path.strip("/"):
+                problems.append("DATABASE_URL must name a database (…/database at the end)")
+
+        # -- Xero application
+        client_id = get("XERO_CLIENT_ID") or (DEMO_CLIENT_ID if demo else None)
+        client_secret = get("XERO_CLIENT_SECRET") or (DEMO_CLIENT_SECRET if demo else None)
+        if client_id is None:
+            problems.append("XERO_CLIENT_ID is required (the Xero app's client id)")
+        if client_secret is None:
+            problems.append("XERO_CLIENT_SECRET is required (the Xero app's client secret)")
+        redirect_uri = get("XERO_REDIRECT_URI")
+        if redirect_uri is None and not demo:
+            problems.append(
+                "XERO_REDIRECT_URI is required (this service's …/xero/auth/callback URL, "
+                "as registered on the Xero app)"
+            )
+        elif redirect_uri is not None:
+            problem = _url_problem(redirect_uri, allow_loopback_http=True)
+            if problem:
+                problems.append(f"XERO_REDIRECT_URI {problem}")
+
+        scopes_raw = get("XERO_SCOPES")
+        scopes = DEFAULT_SCOPES
+        if scopes_raw is not None:
+            scopes = tuple(s for s in scopes_raw.replace(",", " ").split() if s)
+            if not scopes:
+                problems.append("XERO_SCOPES is empty; give space-separated scopes or leave it unset")
+            elif "offline_access" not in scopes:
+                problems.append("XERO_SCOPES must include offline_access (no refresh token without it)")
+
+        urls: dict[str, str] = {}
+        for name, default in (
+            ("XERO_AUTHORIZE_URL", XERO_AUTHORIZE_URL),
+            ("XERO_TOKEN_URL", XERO_TOKEN_URL),
+            ("XERO_REVOCATION_URL", XERO_REVOCATION_URL),
+            ("XERO_CONNECTIONS_URL", XERO_CONNECTIONS_URL),
+            ("XERO_API_URL", XERO_API_URL),
+        ):
+            value = (get(name) or default).rstrip("/")
+            problem = _url_problem(value, allow_loopback_http=True)
+            if problem:
+                problems.append(f"{name} {problem}")
+            urls[name] = value
+
+        # -- caller authentication
+        jwt_secret = get("AUTH_JWT_SECRET")
+        jwks_url = get("AUTH_JWKS_URL")
+        audience = get("AUTH_JWT_AUDIENCE") or "authenticated"
+        if jwt_secret and jwks_url:
+            problems.append("AUTH_JWT_SECRET and AUTH_JWKS_URL are both set; set exactly one")
+        if jwks_url:
+            problem = _url_problem(jwks_url, allow_loopback_http=True)
+            if problem:
+                problems.append(f"AUTH_JWKS_URL {problem}")
+        if jwt_secret and len(jwt_secret) < 32 and not demo:
+            problems.append("AUTH_JWT_SECRET is too short (at least 32 characters)")
+        if not jwt_secret and not jwks_url:
+            if demo:
+                jwt_secret = DEMO_JWT_SECRET
+            else:
+                problems.append(
+                    "AUTH_JWT_SECRET or AUTH_JWKS_URL is required: the service refuses to start without a "
+                    "way to check the web app's bearer JWT (or set DEMO_MODE=1 for the local demo)"
+                )
+
+        # -- web app
+        return_url = get("APP_RETURN_URL") or (DEMO_APP_RETURN_URL if demo else None)
+        if return_url is None:
+            problems.append("APP_RETURN_URL is required (where the callback sends the browser back)")
+        else:
+            problem = _url_problem(return_url, allow_loopback_http=True)
+            if problem:
+                problems.append(f"APP_RETURN_URL {problem}")
+        origin = get("APP_ORIGIN") or (DEMO_APP_ORIGIN if demo else None)
+        if origin is not None:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+                problems.append(f"APP_ORIGIN must be an origin like https://app.example.com, got {origin!r}")
+            origin = origin.rstrip("/")
+
+        # -- token encryption
+        keys_raw = get("TOKEN_ENCRYPTION_KEY")
+        keys: tuple[str, ...] = ()
+        if keys_raw is None:
+            if demo:
+                keys = (generate_key(),)
+                log.warning(
+                    "DEMO MODE: TOKEN_ENCRYPTION_KEY is unset; using an ephemeral key. Tokens stored now "
+                    "cannot be read by any other process or after a restart."
+                )
+            else:
+                problems.append(
+                    "TOKEN_ENCRYPTION_KEY is required: comma-separated keys, newest first, each 32 random "
+                    "bytes in URL-safe base64 (python -c 'from oauth_service.settings import generate_key;"
+                    " print(generate_key())')"
+                )
+        else:
+            keys = tuple(k.strip() for k in keys_raw.split(",") if k.strip())
+            for index, key in enumerate(keys, start=1):
+                problem = _check_fernet_key(key)
+                if problem:
+                    problems.append(f"TOKEN_ENCRYPTION_KEY key #{index} {problem}")
+            if not keys:
+                problems.append("TOKEN_ENCRYPTION_KEY holds no key")
+
+        webhook_key = get("XERO_WEBHOOK_KEY")
+
+        def int_setting(name: str, default: int, minimum: int) -> int:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                problems.append(f"{name} must be an integer number of seconds, got {raw!r}")
+                return default
+            if value < minimum:
+                problems.append(f"{name} must be at least {minimum}, got {value}")
+            return value
+
+        cookie_raw = (get("OAUTH_STATE_COOKIE") or ("optional" if demo else "required")).lower()
+        if cookie_raw not in ("required", "optional"):
+            problems.append(f"OAUTH_STATE_COOKIE must be 'required' or 'optional', got {cookie_raw!r}")
+        state_ttl = int_setting("OAUTH_STATE_TTL_SECONDS", 600, 30)
+        margin = int_setting("TOKEN_REFRESH_MARGIN_SECONDS", 300, 0)
+
+        if problems:
+            raise SettingsError("Invalid OAuth service configuration:\n  - " + "\n  - ".join(problems))
+
+        settings = cls(
+            database_url=database_url or "",
+            token_encryption_keys=keys,
+            xero_client_id=client_id or "",
+            xero_client_secret=client_secret or "",
+            xero_redirect_uri=redirect_uri,
+            xero_scopes=scopes,
+            xero_authorize_url=urls["XERO_AUTHORIZE_URL"],
+            xero_token_url=urls["XERO_TOKEN_URL"],
+            xero_revocation_url=urls["XERO_REVOCATION_URL"],
+            xero_connections_url=urls["XERO_CONNECTIONS_URL"],
+            xero_api_url=urls["XERO_API_URL"],
+            auth_jwt_secret=jwt_secret,
+            auth_jwks_url=jwks_url,
+            auth_jwt_audience=audience,
+            app_return_url=return_url or "",
+            app_origin=origin,
+            xero_webhook_key=webhook_key,
+            demo_mode=demo,
+            state_ttl_seconds=state_ttl,
+            state_cookie_required=cookie_raw != "optional",
+            refresh_margin_seconds=margin,
+        )
+        if demo:
+            settings.warn_demo()
+        return settings
+
+    # ------------------------------------------------------------------ helpers
+    def replace(self, **changes) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def xero_urls(self) -> tuple[str, ...]:
+        return (
+            self.xero_authorize_url,
+            self.xero_token_url,
+            self.xero_revocation_url,
+            self.xero_connections_url,
+            self.xero_api_url,
+        )
+
+    @property
+    def xero_is_loopback(self) -> bool:
+        """True when every Xero URL points at this machine (the sandbox): plain http is then allowed."""
+        return all(is_loopback_url(u) for u in self.xero_urls)
+
+    def check_auth_configured(self) -> None:
+        """Refuse to run the HTTP API without a way to authenticate callers (outside demo mode)."""
+        if not (self.auth_jwt_secret or self.auth_jwks_url):
+            raise SettingsError(
+                "AUTH_JWT_SECRET or AUTH_JWKS_URL is required: the service refuses to start without a way to "
+                "check the web app's bearer JWT (or set DEMO_MODE=1 for the local demo)"
+            )
+        if not self.token_encryption_keys:
+            raise SettingsError("TOKEN_ENCRYPTION_KEY is required")
+        for u in self.xero_urls:
+            problem = _url_problem(u, allow_loopback_http=True)
+            if problem:
+                raise SettingsError(f"Xero URL {u!r} {problem}")
+
+    def warn_demo(self) -> None:
+        banner = "!" * 78
+        log.warning(
+            "\n%s\n  DEMO_MODE=1: the OAuth service runs in DEMO MODE.\n"
+            "  Sandbox client credentials and demo defaults are in use%s.\n"
+            "  Never use demo mode with real Xero organisations.\n%s",
+            banner,
+            " (including the PUBLIC demo JWT secret)" if self.auth_jwt_secret == DEMO_JWT_SECRET else "",
+            banner,
+        )
+
+
+def _url_problem(url: str, *, allow_loopback_http: bool) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"must be an absolute http(s) URL, got {url!r}"
+    if parts.scheme == "http" and not (allow_loopback_http and is_loopback_url(url)):
+        return f"must use https (plain http only for localhost/loopback), got {url!r}"
+    return None
