@@ -18,7 +18,6 @@ DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
 DAGSTER_YAML_TEMPLATE = REPO_ROOT / "deploy" / "dagster.yaml"
 RAW_SCHEMA = "raw_xero"
 ANALYTICS_SCHEMA = "analytics"
-DAGSTER_DATABASE = "dagster"
 
 # dlt, dbt and Dagster all phone home by default; a financial-data product must not.
 TELEMETRY_OFF = {
@@ -114,7 +113,8 @@ def prepare_environment(environ: dict[str, str] | None = None) -> DatabaseUrl:
     - `DATABASE_URL` unset: start (or reuse) the embedded PostgreSQL under `.local/` and create
       the `xero_elt` database on it.
     - `DAGSTER_HOME` unset: `.local/dagster` with the repository's `deploy/dagster.yaml`.
-    - Dagster's storage: `DAGSTER_POSTGRES_URL`, by default database `dagster` on the same server.
+    - Dagster's storage: `DAGSTER_POSTGRES_URL`, by default database `<database>_dagster` on the
+      same server.
     """
     env = os.environ if environ is None else environ
     for key, value in TELEMETRY_OFF.items():
@@ -131,8 +131,9 @@ def prepare_environment(environ: dict[str, str] | None = None) -> DatabaseUrl:
         env["DATABASE_URL"] = db.url
 
     if not env.get("DAGSTER_POSTGRES_URL"):
-        ensure_database(db, DAGSTER_DATABASE)
-        env["DAGSTER_POSTGRES_URL"] = db.with_database(DAGSTER_DATABASE).url
+        dagster_db = f"{db.database}_dagster"
+        ensure_database(db, dagster_db)
+        env["DAGSTER_POSTGRES_URL"] = db.with_database(dagster_db).url
     else:
         DatabaseUrl.parse(env["DAGSTER_POSTGRES_URL"], "DAGSTER_POSTGRES_URL")
 

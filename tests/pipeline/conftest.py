@@ -1,0 +1,90 @@
+"""Fixtures for the pipeline: a sandbox, the OAuth service, connected tenants, a Dagster instance."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import dagster as dg
+import pytest
+
+from oauth_service.migrations import upgrade
+from oauth_service.server import ServiceServer
+from oauth_service.settings import Settings, generate_key
+from orchestration.demo import connect_organisations, sandbox_env, user_jwt
+from orchestration.settings import DatabaseUrl
+from xero_sandbox import SandboxConfig, SandboxServer
+
+USER_ID = "3f0a2b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b"
+JWT_SECRET = "test-jwt-secret-" + "x" * 32
+
+
+@dataclass
+class Platform:
+    """Everything a sync needs, running: database, sandbox, OAuth service, Dagster instance."""
+
+    database_url: str
+    sandbox: SandboxServer
+    service_url: str
+    instance: dg.DagsterInstance
+
+    @property
+    def tenant_ids(self) -> list[str]:
+        return [t.tenant_id for t in self.sandbox.tenants]
+
+
+def platform_env(database_url: str, sandbox_url: str, service_port: int) -> dict[str, str]:
+    return {
+        **sandbox_env(sandbox_url),
+        **DatabaseUrl.parse(database_url).dbt_env(),
+        "DATABASE_URL": database_url,
+        "XERO_CLIENT_ID": "sandbox-client-id",
+        "XERO_CLIENT_SECRET": "sandbox-client-secret",
+        "XERO_REDIRECT_URI": f"http://127.0.0.1:{service_port}/xero/auth/callback",
+        "AUTH_JWT_SECRET": JWT_SECRET,
+        "TOKEN_ENCRYPTION_KEY": generate_key(),
+        "APP_RETURN_URL": "http://localhost:3000/settings/xero",
+        "APP_ORIGIN": "http://localhost:3000",
+        "DEMO_MODE": "0",
+    }
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def platform_factory(create_database: Callable[[str], str]) -> Iterator[Callable[..., Platform]]:
+    """Start a connected platform: fresh database, sandbox, service, both tenants connected."""
+    stack: list = []
+
+    def start(**sandbox_options) -> Platform:
+        database_url = create_database("pipe")
+        upgrade(database_url)
+        options = {"seed": 11, "tenants": 2, "invoices_per_tenant": 150, **sandbox_options}
+        sandbox = SandboxServer(SandboxConfig(client_id="sandbox-client-id",
+                                              client_secret="sandbox-client-secret", **options))
+        sandbox.__enter__()
+        stack.append(sandbox)
+        port = _free_port()
+        mp = pytest.MonkeyPatch()
+        stack.append(mp)
+        for key, value in platform_env(database_url, sandbox.url, port).items():
+            mp.setenv(key, value)
+        service = ServiceServer(Settings.from_env(), host="127.0.0.1", port=port)
+        service.__enter__()
+        stack.append(service)
+        assert connect_organisations(service.url, user_jwt(JWT_SECRET, USER_ID)) == options["tenants"]
+        instance = dg.DagsterInstance.ephemeral()
+        return Platform(database_url, sandbox, service.url, instance)
+
+    yield start
+    for item in reversed(stack):
+        if isinstance(item, pytest.MonkeyPatch):
+            item.undo()
+        else:
+            item.__exit__(None, None, None)

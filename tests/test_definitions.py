@@ -1,0 +1,65 @@
+"""The Dagster code location: it loads, and its graph has the seams the design promises."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from orchestration.definitions import defs
+from orchestration.jobs import SYNC_JOB_NAME
+from orchestration.partitions import TENANT_PARTITIONS_NAME, checked_tenant_id, tenant_partitions
+
+RAW_INVOICES = dg.AssetKey(["raw_xero", "invoices"])
+
+
+def asset_graph():
+    return defs.resolve_asset_graph()
+
+
+def test_every_asset_is_partitioned_by_tenant():
+    graph = asset_graph()
+    keys = list(graph.get_all_asset_keys())
+    assert RAW_INVOICES in keys
+    assert dg.AssetKey(["invoices"]) in keys
+    for key in keys:
+        pdef = graph.get(key).partitions_def
+        assert isinstance(pdef, dg.DynamicPartitionsDefinition), key
+        assert pdef.name == TENANT_PARTITIONS_NAME
+
+
+def test_dbt_sources_depend_on_the_dlt_assets():
+    graph = asset_graph()
+    staging = dg.AssetKey(["stg_xero__invoices"])
+    assert RAW_INVOICES in graph.get(staging).parent_keys
+    assert staging in graph.get(dg.AssetKey(["invoices"])).parent_keys
+
+
+def test_sync_job_covers_raw_and_analytics_and_retries():
+    job = defs.resolve_job_def(SYNC_JOB_NAME)
+    assert job.partitions_def == tenant_partitions
+    assert job.op_retry_policy is not None and job.op_retry_policy.max_retries >= 1
+    ops = {node.name for node in job.graph.nodes}
+    assert {"xero_raw", "analytics_models"} <= ops
+
+
+def test_schedules_and_sensors_run_by_default():
+    schedule = defs.resolve_schedule_def("daily_tenant_sync")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    for name in ("new_tenant_sensor", "audit_successful_runs", "audit_failed_runs"):
+        assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_dbt_assets_share_one_pool():
+    graph = asset_graph()
+    node = graph.get(dg.AssetKey(["invoices"]))
+    assert node.pools == {"dbt"}
+
+
+def test_partition_keys_must_be_tenant_uuids():
+    assert checked_tenant_id("3F0A2B4C-5D6E-4F70-8A9B-0C1D2E3F4A5B") == "3f0a2b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b"
+    for bad in ("", "abc", "x'; drop table app.audit_log; --"):
+        try:
+            checked_tenant_id(bad)
+        except ValueError as exc:
+            assert "not a Xero tenant id" in str(exc)
+        else:
+            raise AssertionError(f"{bad!r} accepted")

@@ -1,0 +1,56 @@
+"""Settings validation: missing or malformed values get clear errors naming the variable."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from orchestration.settings import DatabaseUrl, SettingsError, prepare_environment
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("mysql://root@localhost/db", "must be a postgresql:// URL"),
+        ("postgresql:///xero", "must name a host"),
+        ("postgresql://postgres@localhost:5432", "must name a database"),
+        ("postgresql://postgres@localhost:99999x/db", "malformed port"),
+    ],
+)
+def test_database_url_errors_name_the_variable(value, message):
+    with pytest.raises(SettingsError) as err:
+        DatabaseUrl.parse(value)
+    assert "DATABASE_URL" in str(err.value)
+    assert message in str(err.value)
+
+
+def test_database_url_parts_feed_dbt():
+    db = DatabaseUrl.parse("postgres://app:s3cret@db.internal:6543/xero")
+    assert db.dbt_env() == {
+        "DBT_PG_HOST": "db.internal",
+        "DBT_PG_PORT": "6543",
+        "DBT_PG_USER": "app",
+        "DBT_PG_PASSWORD": "s3cret",
+        "DBT_PG_DATABASE": "xero",
+    }
+    assert db.with_database("dagster").url == "postgresql://app:s3cret@db.internal:6543/dagster"
+
+
+def test_prepare_environment_uses_a_given_database(database_url, tmp_path):
+    env = {"DATABASE_URL": database_url, "DAGSTER_HOME": str(tmp_path / "dagster")}
+    db = prepare_environment(env)
+    assert db.url == DatabaseUrl.parse(database_url).url
+    dagster_db = f"{db.database}_dagster"
+    assert env["DAGSTER_POSTGRES_URL"] == db.with_database(dagster_db).url
+    with psycopg.connect(db.url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(dagster_db)))
+    assert (tmp_path / "dagster" / "dagster.yaml").exists()
+    assert env["RUNTIME__DLTHUB_TELEMETRY"] == "false" and env["DO_NOT_TRACK"] == "1"
+    assert env["DBT_PG_DATABASE"] == db.database
+
+
+def test_prepare_environment_rejects_a_bad_dagster_url(database_url, tmp_path):
+    env = {"DATABASE_URL": database_url, "DAGSTER_HOME": str(tmp_path), "DAGSTER_POSTGRES_URL": "sqlite:///x"}
+    with pytest.raises(SettingsError, match="DAGSTER_POSTGRES_URL"):
+        prepare_environment(env)

@@ -1,0 +1,92 @@
+"""`xero-elt ui` serves the Dagster UI: the asset graph, with the tenant partitions, over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import requests
+
+from orchestration.partitions import TENANT_PARTITIONS_NAME
+from orchestration.settings import prepare_environment
+
+TENANTS = ["11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"]
+
+ASSETS_QUERY = """
+query {
+  assetNodes {
+    assetKey { path }
+    partitionKeys
+    groupName
+  }
+}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ui(create_database, tmp_path, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", create_database("ui"))
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", create_database("uidagster"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    prepare_environment()
+    with dg.DagsterInstance.get() as instance:  # the instance the UI will serve
+        instance.add_dynamic_partitions(TENANT_PARTITIONS_NAME, TENANTS)
+    env = dict(os.environ)
+    port = _free_port()
+    cli = Path(sys.executable).with_name("xero-elt")
+    log = open(tmp_path / "ui.log", "w")  # noqa: SIM115 - closed below
+    # Its own session: `dagster dev` spawns a webserver, a daemon and code servers; stop them all.
+    proc = subprocess.Popen([str(cli), "ui", "--port", str(port)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "ui.log").read_text()[-3000:]
+            try:
+                if requests.get(f"{url}/server_info", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(1)
+        else:
+            log_tail = (tmp_path / "ui.log").read_text()[-3000:]
+            raise AssertionError("the Dagster UI did not come up:\n" + log_tail)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_ui_serves_asset_graph_with_tenant_partitions(ui):
+    deadline = time.monotonic() + 120
+    while True:  # the code location loads after the webserver answers
+        body = requests.post(f"{ui}/graphql", json={"query": ASSETS_QUERY}, timeout=30).json()
+        nodes = (body.get("data") or {}).get("assetNodes") or []
+        if nodes or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
+    assert {"raw_xero/invoices", "stg_xero__invoices", "invoices"} <= set(by_key), body
+    for node in by_key.values():
+        assert sorted(node["partitionKeys"]) == sorted(TENANTS)
+    assert by_key["raw_xero/invoices"]["groupName"] == "xero_raw"
+    page = requests.get(f"{ui}/asset-groups", timeout=30)
+    assert page.ok and "<title>" in page.text and "Dagster" in page.text
