@@ -27,6 +27,18 @@ log = logging.getLogger("oauth_service.xero")
 _insecure_lock = threading.Lock()
 
 
+class _NoDebugRecords(logging.Filter):
+    """requests-oauthlib logs request bodies and tokens at DEBUG: such records are dropped, whatever
+    level the application configures, so that no token ever reaches a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.INFO
+
+
+for _name in ("requests_oauthlib.oauth2_session", "requests_oauthlib.oauth1_session", "requests_oauthlib"):
+    logging.getLogger(_name).addFilter(_NoDebugRecords())
+
+
 class XeroError(Exception):
     """Xero answered with an error, or could not be reached.
 
