@@ -1,0 +1,179 @@
+"""Helpers and constants of the OAuth service tests (fixtures are in conftest.py)."""
+
+import logging
+import socket
+import time
+import uuid
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import jwt
+from sqlalchemy import text
+
+from oauth_service.settings import generate_key
+
+CLIENT_ID = "sandbox-client-id"
+CLIENT_SECRET = "sandbox-client-secret"
+APP_RETURN_URL = "https://app.example.test/settings/xero"
+APP_ORIGIN = "https://app.example.test"
+JWT_SECRET = "test-jwt-secret-" + uuid.uuid4().hex
+WEBHOOK_KEY = "test-webhook-key-" + uuid.uuid4().hex
+TOKEN_KEY = generate_key()
+SANDBOX_TENANTS = 8
+
+# Every token a test sees; the last test checks none of them is in clear in the database or the logs.
+SEEN_TOKENS: set[str] = set()
+
+_LOGGERS = (
+    "oauth_service",
+    "uvicorn",
+    "uvicorn.error",
+    "requests_oauthlib",
+    "oauthlib",
+    "urllib3",
+    "httpx",
+    "httpcore",
+    "xero_sandbox",
+    "sqlalchemy.engine",
+    "mangum",
+)
+
+
+class LogSink(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = f"{record.name} {record.levelname} {record.getMessage()}"
+            if record.exc_info:
+                line += "\n" + logging.Formatter().formatException(record.exc_info)
+        except Exception as exc:  # noqa: BLE001 - never break logging
+            line = f"{record.name} unformattable record: {exc}"
+        self.lines.append(line)
+
+
+LOG_SINK = LogSink()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def service_env_for(sandbox_url: str, database_url: str, port: int) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "XERO_CLIENT_ID": CLIENT_ID,
+        "XERO_CLIENT_SECRET": CLIENT_SECRET,
+        "XERO_REDIRECT_URI": f"http://127.0.0.1:{port}/xero/auth/callback",
+        "AUTH_JWT_SECRET": JWT_SECRET,
+        "APP_RETURN_URL": APP_RETURN_URL,
+        "APP_ORIGIN": APP_ORIGIN,
+        "TOKEN_ENCRYPTION_KEY": TOKEN_KEY,
+        "XERO_WEBHOOK_KEY": WEBHOOK_KEY,
+        **sandbox_urls(sandbox_url),
+    }
+
+
+def sandbox_urls(base: str) -> dict[str, str]:
+    return {
+        "XERO_AUTHORIZE_URL": f"{base}/identity/connect/authorize",
+        "XERO_TOKEN_URL": f"{base}/connect/token",
+        "XERO_REVOCATION_URL": f"{base}/connect/revocation",
+        "XERO_CONNECTIONS_URL": f"{base}/connections",
+        "XERO_API_URL": f"{base}/api.xro/2.0",
+    }
+
+
+def user_jwt(
+    user_id: str, *, secret: str = JWT_SECRET, audience: str = "authenticated", ttl: int = 600, **extra
+) -> str:
+    now = int(time.time())
+    claims = {"sub": user_id, "aud": audience, "role": "authenticated", "iat": now, "exp": now + ttl, **extra}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+class Browser:
+    """A user's browser: cookie jar, bearer JWT for the web app's calls, and the OAuth dance."""
+
+    def __init__(self, service, user_id: str | None = None):
+        self.service = service
+        self.user_id = user_id or str(uuid.uuid4())
+        self.http = httpx.Client(timeout=30, follow_redirects=False)
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {user_jwt(self.user_id)}"}
+
+    def initiate(self) -> dict:
+        r = self.http.post(f"{self.service.url}/xero/auth/initiate", headers=self.auth)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def authorize(self, authorization_url: str, **sandbox_params: str) -> str:
+        """Xero's login and consent (auto in the sandbox); returns the callback URL Xero redirects to."""
+        url = authorization_url
+        for k, v in sandbox_params.items():
+            url += f"&{k}={v}"
+        r = self.http.get(url)
+        assert r.status_code == 302, r.text
+        location = r.headers["location"]
+        assert location.startswith(f"{self.service.url}/xero/auth/callback")
+        return location
+
+    def callback(self, url: str, **headers: str) -> dict[str, list[str]]:
+        r = self.http.get(url, headers=headers)
+        assert r.status_code == 302, r.text
+        location = r.headers["location"]
+        assert location.startswith(APP_RETURN_URL + "?")
+        return parse_qs(urlsplit(location).query)
+
+    def connect(self, tenants: list[str] | None = None) -> dict[str, list[str]]:
+        init = self.initiate()
+        params = {"sandbox_tenants": ",".join(tenants)} if tenants else {}
+        return self.callback(self.authorize(init["authorizationUrl"], **params))
+
+    def connections(self) -> list[dict]:
+        r = self.http.get(f"{self.service.url}/xero/connections", headers=self.auth)
+        assert r.status_code == 200, r.text
+        return r.json()["connections"]
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def stored_tokens(engine, cipher, tenant_id: str) -> tuple[str | None, str | None]:
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT access_token, refresh_token FROM app.xero_connections WHERE tenant_id = :t"),
+            {"t": tenant_id},
+        ).one()
+    access = cipher.decrypt(row.access_token) if row.access_token else None
+    refresh = cipher.decrypt(row.refresh_token) if row.refresh_token else None
+    SEEN_TOKENS.update(t for t in (access, refresh) if t)
+    return access, refresh
+
+
+def api_get(sandbox, token: str, tenant_id: str, path: str = "Invoices") -> httpx.Response:
+    SEEN_TOKENS.add(token)
+    return httpx.get(
+        f"{sandbox.url}/api.xro/2.0/{path}",
+        headers={
+            "Authorization": f"Bearer {token}",
+            "xero-tenant-id": tenant_id,
+            "Accept": "application/json",
+        },
+        timeout=30,
+    )
+
+
+def audit_rows(engine, action: str, **where: str) -> list:
+    clauses = " ".join(f"AND {k} = :{k}" for k in where)
+    with engine.connect() as conn:
+        return conn.execute(
+            text(f"SELECT * FROM app.audit_log WHERE action = :action {clauses} ORDER BY timestamp"),  # noqa: S608
+            {"action": action, **where},
+        ).all()

@@ -1,0 +1,323 @@
+"""The HTTP API against the sandbox over real HTTP: connect, list, disconnect, state and JWT checks."""
+
+import hashlib
+import time
+import uuid
+
+import httpx
+import jwt
+import pytest
+from oauth_testlib import (
+    APP_ORIGIN,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    JWT_SECRET,
+    SEEN_TOKENS,
+    api_get,
+    audit_rows,
+    stored_tokens,
+    user_jwt,
+)
+from sqlalchemy import text
+
+
+def rows_for_user(engine, user_id: str) -> list:
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT * FROM app.xero_connections WHERE user_id = :u ORDER BY tenant_id"), {"u": user_id}
+        ).all()
+
+
+def test_full_flow_two_organisations_list_and_disconnect(
+    browser, make_browser, sandbox, tenant_ids, engine, vault
+):
+    mine = sorted(tenant_ids[0:2])
+    outcome = browser.connect(mine)
+    assert outcome == {"connected": ["2"]}
+
+    rows = rows_for_user(engine, browser.user_id)
+    assert [r.tenant_id for r in rows] == mine
+    names = {t.tenant_id: t.tenant_name for t in sandbox.tenants}
+    for r in rows:
+        assert r.status == "active" and r.tenant_name == names[r.tenant_id]
+        assert r.access_token.startswith("v1:") and r.refresh_token.startswith("v1:")
+        assert r.xero_connection_id and r.auth_event_id and r.token_expires_at
+        assert "offline_access" in r.scopes.split()
+    assert rows[0].grant_id == rows[1].grant_id  # one authorisation, one shared refresh token
+
+    # the list: the caller's tenants, status, dates; never a token
+    listed = browser.connections()
+    assert [c["tenantId"] for c in listed] == sorted(mine, key=lambda t: names[t])
+    assert {c["status"] for c in listed} == {"active"}
+    assert all(c["connectedAt"] and c["lastSync"] is None and c["tenantName"] for c in listed)
+    body = browser.http.get(f"{browser.service.url}/xero/connections", headers=browser.auth).text
+    for tenant in mine:
+        access, refresh = stored_tokens(engine, vault.cipher, tenant)
+        assert access not in body and refresh not in body
+        assert "token" not in body.lower()
+
+    # the vault's token works against the API, for both tenants
+    for tenant in mine:
+        token = vault.access_token_for(tenant)
+        SEEN_TOKENS.add(token)
+        assert api_get(sandbox, token, tenant).status_code == 200
+
+    # another user sees none of them and cannot disconnect them
+    other = make_browser()
+    assert other.connections() == []
+    r = other.http.delete(f"{other.service.url}/xero/connections/{mine[0]}", headers=other.auth)
+    assert r.status_code == 404
+    r = other.http.delete(f"{other.service.url}/xero/connections/{uuid.uuid4()}", headers=other.auth)
+    assert r.status_code == 404
+
+    # disconnect the first: Xero's connection deleted, tokens dropped; the second keeps working
+    _, refresh_before = stored_tokens(engine, vault.cipher, mine[1])
+    r = browser.http.delete(f"{browser.service.url}/xero/connections/{mine[0]}", headers=browser.auth)
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "tenantId": mine[0],
+        "status": "disconnected",
+        "xeroConnectionDeleted": True,
+        "revokedAtXero": False,
+    }
+    first = rows_for_user(engine, browser.user_id)[0]
+    assert first.status == "disconnected" and first.access_token is None and first.refresh_token is None
+    still = vault.access_token_for(mine[1])
+    assert api_get(sandbox, still, mine[1]).status_code == 200
+    present = httpx.get(f"{sandbox.url}/connections", headers={"Authorization": f"Bearer {still}"}).json()
+    assert {c["tenantId"] for c in present} == {mine[1]}
+    assert api_get(sandbox, still, mine[0]).status_code == 403
+
+    # disconnect the second: the last tenant of the grant, so the refresh token is revoked at Xero
+    r = browser.http.delete(f"{browser.service.url}/xero/connections/{mine[1]}", headers=browser.auth)
+    assert r.status_code == 200 and r.json()["revokedAtXero"] is True
+    dead = httpx.post(
+        f"{sandbox.url}/connect/token",
+        auth=(CLIENT_ID, CLIENT_SECRET),
+        data={"grant_type": "refresh_token", "refresh_token": refresh_before},
+    )
+    assert dead.status_code == 400 and dead.json()["error"] == "invalid_grant"
+    assert {c["status"] for c in browser.connections()} == {"disconnected"}
+    # a second disconnect is harmless
+    r = browser.http.delete(f"{browser.service.url}/xero/connections/{mine[1]}", headers=browser.auth)
+    assert r.status_code == 200
+
+    # every step audited with user, tenant, IP and outcome
+    connected = audit_rows(engine, "xero_connected", user_id=browser.user_id)
+    assert sorted(a.tenant_id for a in connected) == mine
+    assert all(str(a.ip_address) == "127.0.0.1" and a.outcome == "success" for a in connected)
+    disconnected = [
+        a for a in audit_rows(engine, "xero_disconnected", user_id=browser.user_id) if a.outcome == "success"
+    ]
+    assert sorted({a.tenant_id for a in disconnected}) == mine
+    assert audit_rows(engine, "connections_listed", user_id=browser.user_id)
+
+
+def test_reconnecting_keeps_one_row_per_tenant(make_browser, tenant_ids, engine):
+    user = make_browser()
+    assert user.connect([tenant_ids[2]]) == {"connected": ["1"]}
+    assert user.connect([tenant_ids[2]]) == {"connected": ["1"]}
+    with engine.connect() as conn:
+        n = conn.execute(
+            text("SELECT count(*) FROM app.xero_connections WHERE tenant_id = :t"), {"t": tenant_ids[2]}
+        ).scalar_one()
+    assert n == 1
+    assert len(audit_rows(engine, "xero_connected", user_id=user.user_id)) == 2
+
+
+def _failed(engine, user_id: str | None, code: str) -> list:
+    return [
+        a
+        for a in audit_rows(engine, "xero_callback_failed")
+        if a.metadata.get("error") == code and (user_id is None or str(a.user_id) == user_id)
+    ]
+
+
+class TestState:
+    def test_tampered_state(self, browser, tenant_ids, engine):
+        init = browser.initiate()
+        url = browser.authorize(init["authorizationUrl"], sandbox_tenants=tenant_ids[3])
+        tampered = url.replace(f"state={init['state']}", f"state={init['state'][:-2]}xx")
+        assert browser.callback(tampered) == {"error": ["invalid_state"]}
+        assert rows_for_user(engine, browser.user_id) == []
+        assert _failed(engine, None, "invalid_state")
+
+    def test_replayed_state(self, browser, tenant_ids, engine):
+        init = browser.initiate()
+        url = browser.authorize(init["authorizationUrl"], sandbox_tenants=tenant_ids[3])
+        assert browser.callback(url) == {"connected": ["1"]}
+        assert browser.callback(url) == {"error": ["state_reused"]}
+        assert len(rows_for_user(engine, browser.user_id)) == 1
+
+    def test_expired_state(self, browser, tenant_ids, engine):
+        init = browser.initiate()
+        url = browser.authorize(init["authorizationUrl"], sandbox_tenants=tenant_ids[3])
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE app.oauth_states SET expires_at = now() - interval '1 second' "
+                    "WHERE state_hash = :h"
+                ),
+                {"h": hashlib.sha256(init["state"].encode()).hexdigest()},
+            )
+        assert browser.callback(url) == {"error": ["state_expired"]}
+        assert rows_for_user(engine, browser.user_id) == []
+        assert _failed(engine, browser.user_id, "state_expired")
+
+    def test_other_users_state(self, browser, make_browser, tenant_ids, engine):
+        # the callback arrives with another signed-in user's JWT
+        init = browser.initiate()
+        url = browser.authorize(init["authorizationUrl"], sandbox_tenants=tenant_ids[3])
+        intruder = make_browser()
+        assert browser.callback(url, Authorization=intruder.auth["Authorization"]) == {
+            "error": ["state_mismatch"]
+        }
+        assert rows_for_user(engine, browser.user_id) == [] and rows_for_user(engine, intruder.user_id) == []
+        assert _failed(engine, browser.user_id, "state_mismatch")
+
+    def test_state_completed_in_another_browser(self, browser, make_browser, tenant_ids, engine):
+        # login CSRF: an attacker's state completed in a victim's browser (which has its own cookie)
+        init = browser.initiate()
+        url = browser.authorize(init["authorizationUrl"], sandbox_tenants=tenant_ids[3])
+        victim = make_browser()
+        victim.initiate()  # the victim's browser holds its own binding cookie
+        assert victim.callback(url) == {"error": ["state_mismatch"]}
+        # and a browser with no binding cookie at all
+        bare = make_browser()
+        assert bare.callback(url) == {"error": ["state_reused"]}
+        init = browser.initiate()
+        url = browser.authorize(init["authorizationUrl"], sandbox_tenants=tenant_ids[3])
+        assert bare.callback(url) == {"error": ["state_mismatch"]}
+        assert rows_for_user(engine, browser.user_id) == []
+
+    def test_missing_state_and_code(self, browser):
+        assert browser.callback(f"{browser.service.url}/xero/auth/callback?code=abc") == {
+            "error": ["missing_state"]
+        }
+        init = browser.initiate()
+        assert browser.callback(f"{browser.service.url}/xero/auth/callback?state={init['state']}") == {
+            "error": ["missing_code"]
+        }
+
+    def test_xero_access_denied(self, browser, engine):
+        init = browser.initiate()
+        url = browser.authorize(init["authorizationUrl"], sandbox_error="access_denied")
+        assert "error=access_denied" in url
+        assert browser.callback(url) == {"error": ["access_denied"]}
+        assert rows_for_user(engine, browser.user_id) == []
+        denied = _failed(engine, browser.user_id, "access_denied")
+        assert denied and denied[-1].outcome == "denied"
+        # the state was spent by the failed attempt
+        assert browser.callback(url.replace("error=access_denied", "code=x")) == {"error": ["state_reused"]}
+
+    def test_failed_code_exchange(self, browser, engine):
+        init = browser.initiate()
+        url = f"{browser.service.url}/xero/auth/callback?code=not-a-real-code&state={init['state']}"
+        assert browser.callback(url) == {"error": ["token_exchange_failed"]}
+        assert _failed(engine, browser.user_id, "token_exchange_failed")
+
+    def test_initiate_answers_a_pkce_authorization_url(self, browser, settings):
+        init = browser.initiate()
+        url = httpx.URL(init["authorizationUrl"])
+        assert str(url).startswith(settings.xero_authorize_url)
+        params = dict(url.params)
+        assert params["state"] == init["state"] and params["code_challenge_method"] == "S256"
+        assert params["client_id"] == CLIENT_ID and params["response_type"] == "code"
+        assert params["redirect_uri"] == settings.xero_redirect_uri
+        assert set(params["scope"].split()) == set(settings.xero_scopes)
+        assert len(init["state"]) >= 40
+
+
+class TestCallerAuthentication:
+    ENDPOINTS = (
+        ("POST", "/xero/auth/initiate"),
+        ("GET", "/xero/connections"),
+        ("DELETE", "/xero/connections/some-tenant"),
+    )
+
+    def _tokens(self) -> dict[str, str | None]:
+        uid = str(uuid.uuid4())
+        now = int(time.time())
+        return {
+            "missing": None,
+            "expired": user_jwt(uid, ttl=-120),
+            "wrongly signed": user_jwt(uid, secret="another-secret-" + uuid.uuid4().hex),
+            "wrong audience": user_jwt(uid, audience="anon"),
+            "not a user id": user_jwt("service-role"),
+            "no expiry": jwt.encode(
+                {"sub": uid, "aud": "authenticated", "iat": now}, JWT_SECRET, algorithm="HS256"
+            ),
+            "alg none": jwt.encode(
+                {"sub": uid, "aud": "authenticated", "exp": now + 60}, None, algorithm="none"
+            ),
+            "garbage": "not-a-jwt",
+        }
+
+    @pytest.mark.parametrize(
+        "case",
+        [
+            "missing",
+            "expired",
+            "wrongly signed",
+            "wrong audience",
+            "not a user id",
+            "no expiry",
+            "alg none",
+            "garbage",
+        ],
+    )
+    def test_rejected(self, service, case):
+        token = self._tokens()[case]
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        for method, path in self.ENDPOINTS:
+            r = httpx.request(method, f"{service.url}{path}", headers=headers)
+            assert r.status_code == 401, (case, path, r.text)
+            assert r.headers["www-authenticate"].startswith("Bearer")
+            assert "detail" in r.json()
+
+    def test_expired_message_is_clear(self, service):
+        r = httpx.get(
+            f"{service.url}/xero/connections",
+            headers={"Authorization": f"Bearer {user_jwt(str(uuid.uuid4()), ttl=-120)}"},
+        )
+        assert r.json() == {"detail": "token expired"}
+
+    def test_user_id_comes_from_the_token_only(self, browser):
+        r = browser.http.post(
+            f"{browser.service.url}/xero/auth/initiate?userId={uuid.uuid4()}",
+            headers=browser.auth,
+            json={"userId": str(uuid.uuid4())},
+        )
+        assert r.status_code == 200
+        assert browser.connections() == []
+
+
+def test_cors_only_for_the_web_app_origin(service):
+    pre = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    ok = httpx.options(f"{service.url}/xero/auth/initiate", headers={"Origin": APP_ORIGIN, **pre})
+    assert ok.status_code == 200
+    assert ok.headers["access-control-allow-origin"] == APP_ORIGIN
+    bad = httpx.options(
+        f"{service.url}/xero/auth/initiate", headers={"Origin": "https://evil.example", **pre}
+    )
+    assert bad.status_code == 400
+    assert "access-control-allow-origin" not in bad.headers
+    simple = httpx.get(f"{service.url}/healthz", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in simple.headers
+
+
+def test_health_and_docs(service):
+    r = httpx.get(f"{service.url}/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok", "database": "ok", "demoMode": False}
+    spec = httpx.get(f"{service.url}/openapi.json").json()
+    assert {
+        "/xero/auth/initiate",
+        "/xero/auth/callback",
+        "/xero/connections",
+        "/xero/connections/{tenant_id}",
+        "/xero/webhooks",
+        "/healthz",
+    } <= set(spec["paths"])
+    assert set(spec["paths"]["/xero/connections/{tenant_id}"]) == {"delete"}
+    docs = httpx.get(f"{service.url}/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()

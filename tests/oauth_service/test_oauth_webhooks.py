@@ -1,0 +1,112 @@
+"""Xero webhooks: constant-time signature check, intent to receive, events stored, empty 200."""
+
+import base64
+import hashlib
+import hmac
+import json
+import uuid
+
+import httpx
+from oauth_testlib import WEBHOOK_KEY, audit_rows
+from sqlalchemy import text
+
+
+def sign(body: bytes, key: str = WEBHOOK_KEY) -> str:
+    return base64.b64encode(hmac.new(key.encode(), body, hashlib.sha256).digest()).decode()
+
+
+def post(service, body: bytes, signature: str | None) -> httpx.Response:
+    headers = {"Content-Type": "application/json"}
+    if signature is not None:
+        headers["x-xero-signature"] = signature
+    return httpx.post(f"{service.url}/xero/webhooks", content=body, headers=headers)
+
+
+def test_intent_to_receive(service):
+    body = json.dumps(
+        {"events": [], "firstEventSequence": 0, "lastEventSequence": 0, "entropy": "S0m3r4Nd0mt3xt"}
+    ).encode()
+    good = post(service, body, sign(body))
+    assert good.status_code == 200 and good.content == b""
+    bad = post(service, body, sign(body, key="wrong-key"))
+    assert bad.status_code == 401 and bad.content == b""
+    assert post(service, body, None).status_code == 401
+    assert post(service, body, "not base64 at all!").status_code == 401
+
+
+def test_events_are_stored_once_for_the_orchestrator(service, engine):
+    tenant = str(uuid.uuid4())
+    invoice, contact = str(uuid.uuid4()), str(uuid.uuid4())
+    events = [
+        {
+            "resourceUrl": f"https://api.xero.com/api.xro/2.0/Invoices/{invoice}",
+            "resourceId": invoice,
+            "eventDateUtc": "2026-05-20T10:00:00.123",
+            "eventType": "UPDATE",
+            "eventCategory": "INVOICE",
+            "tenantId": tenant,
+            "tenantType": "ORGANISATION",
+        },
+        {
+            "resourceUrl": f"https://api.xero.com/api.xro/2.0/Contacts/{contact}",
+            "resourceId": contact,
+            "eventDateUtc": "2026-05-20T10:00:01.000",
+            "eventType": "CREATE",
+            "eventCategory": "CONTACT",
+            "tenantId": tenant,
+            "tenantType": "ORGANISATION",
+        },
+    ]
+    body = json.dumps(
+        {"events": events, "firstEventSequence": 1, "lastEventSequence": 2, "entropy": "abc"}
+    ).encode()
+    for _ in range(2):  # Xero retries deliveries: the second is deduplicated
+        r = post(service, body, sign(body))
+        assert r.status_code == 200 and r.content == b""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT * FROM app.webhook_events WHERE tenant_id = :t ORDER BY event_date"), {"t": tenant}
+        ).all()
+    assert [(r.event_category, r.event_type, r.resource_id) for r in rows] == [
+        ("INVOICE", "UPDATE", invoice),
+        ("CONTACT", "CREATE", contact),
+    ]
+    assert all(r.processed_at is None and r.received_at and r.event_date for r in rows)
+    received = audit_rows(engine, "webhook_received", tenant_id=tenant)
+    assert [a.metadata["stored"] for a in received] == [2, 0]
+    assert all(a.outcome == "success" and str(a.ip_address) == "127.0.0.1" for a in received)
+
+
+def test_bad_signature_stores_nothing(service, engine):
+    tenant = str(uuid.uuid4())
+    body = json.dumps(
+        {
+            "events": [
+                {
+                    "resourceId": "r",
+                    "tenantId": tenant,
+                    "eventCategory": "INVOICE",
+                    "eventType": "CREATE",
+                    "eventDateUtc": "2026-05-20T10:00:00",
+                }
+            ]
+        }
+    ).encode()
+    assert post(service, body, sign(body + b" ")).status_code == 401
+    with engine.connect() as conn:
+        n = conn.execute(
+            text("SELECT count(*) FROM app.webhook_events WHERE tenant_id = :t"), {"t": tenant}
+        ).scalar_one()
+    assert n == 0
+    assert any(a.outcome == "denied" for a in audit_rows(engine, "webhook_received"))
+
+
+def test_sandbox_intent_to_receive_handshake_passes(service, sandbox):
+    r = httpx.post(
+        f"{sandbox.url}/__sandbox/webhooks/intent-to-receive",
+        json={"url": f"{service.url}/xero/webhooks", "key": WEBHOOK_KEY},
+        timeout=30,
+    )
+    result = r.json()
+    assert result["ok"] is True, result
+    assert {a["signed"] for a in result["attempts"]} == {"correct", "incorrect"}
