@@ -1,0 +1,263 @@
+"""HTTP surface of the Accounting API under /api.xro/2.0, with auth, tenant checks, limits and faults."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from . import serialise
+from .core import Sandbox
+from .data import TenantData
+from .faults import Fault
+from .http_identity import problem
+from .identity import ApiAuthError
+from .query import PAGED, ValidationError, build_query, parse_if_modified_since, run_query
+
+JSON = "application/json; charset=utf-8"
+ENDPOINTS = ("Invoices", "Contacts", "Payments", "CreditNotes", "Accounts", "Organisation")
+OFFLINE_TEXT = "The Xero API is currently offline for this organisation. Please try again later."
+ERROR_500 = (
+    "An error occurred in Xero. Check the API Status page http://status.developer.xero.com for current "
+    "service status. Contact the API support team at api@xero.com for more assistance."
+)
+
+
+class DroppedResponse(Response):
+    """Sends the status line and headers, part of the body, then aborts the connection."""
+
+    def __init__(self, body: bytes, headers: dict[str, str], keep: int) -> None:
+        super().__init__(body, 200, headers=headers, media_type=JSON)
+        self.keep = keep
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        if self.keep:
+            await send({"type": "http.response.body", "body": self.body[: self.keep], "more_body": True})
+        raise ConnectionAbortedError("sandbox fault: connection dropped")
+
+
+def validation_error(message: str) -> Response:
+    body = {
+        "ErrorNumber": 10,
+        "Type": "ValidationException",
+        "Message": "A validation exception occurred",
+        "Elements": [{"ValidationErrors": [{"Message": message}]}],
+        "Detail": message,
+    }
+    return Response(serialise.dumps(body), 400, media_type=JSON)
+
+
+def envelope(sb: Sandbox, key: str, items: list[dict], pagination: dict | None = None) -> dict:
+    out: dict[str, Any] = {
+        "Id": str(uuid.uuid4()),
+        "Status": "OK",
+        "ProviderName": sb.cfg.provider_name,
+        "DateTimeUTC": serialise.net_date(sb.clock.now_ms(), offset=False),
+    }
+    if pagination is not None:
+        out["pagination"] = pagination
+    out[key] = items
+    return out
+
+
+def routes(sb: Sandbox) -> list[Route]:
+    ident = sb.identity
+
+    async def api(request: Request) -> Response:
+        endpoint = request.path_params["endpoint"]
+        rest = request.path_params.get("rest", "")
+        parts = [p for p in rest.split("/") if p]
+        stat_name = (
+            endpoint if not parts else f"{endpoint}/{{id}}" + ("/" + "/".join(parts[1:]) if parts[1:] else "")
+        )
+        tenant_hdr = request.headers.get("xero-tenant-id", "").strip()
+        try:
+            at = ident.bearer(request.headers.get("authorization"))
+            ident.check_tenant(at, tenant_hdr, "History" if parts[1:2] == ["History"] else endpoint)
+        except ApiAuthError as e:
+            resp = problem(e.status, e.detail)
+            sb.record_call(tenant_hdr or "-", stat_name, resp.status_code, len(resp.body))
+            return resp
+        t = sb.by_id[tenant_hdr]
+        decision = sb.limiter.acquire(tenant_hdr, at.grant.client_id)
+        if not decision.allowed:
+            resp = problem(429, f"Rate limit exceeded: {decision.problem}")
+            resp.headers.update(decision.headers)
+            sb.record_call(tenant_hdr, stat_name, 429, len(resp.body))
+            return resp
+        try:
+            page_raw = request.query_params.get("page")
+            page = int(page_raw) if page_raw and page_raw.isdigit() else None
+            fault = sb.faults.pick(tenant_hdr, endpoint, page)
+            latency = sb.cfg.faults.latency_ms / 1000
+            if fault is not None and fault.kind == "slow":
+                latency += fault.seconds
+            if latency:
+                await asyncio.sleep(latency)
+            resp = _answer(sb, t, request, endpoint, parts, fault)
+            resp.headers.update(decision.headers)
+            resp.headers["Xero-Correlation-Id"] = str(uuid.uuid4())
+            sb.record_call(tenant_hdr, stat_name, resp.status_code, len(resp.body))
+            return resp
+        finally:
+            sb.limiter.release(tenant_hdr)
+
+    return [
+        Route("/api.xro/2.0/{endpoint}", api, methods=["GET"]),
+        Route("/api.xro/2.0/{endpoint}/{rest:path}", api, methods=["GET"]),
+    ]
+
+
+def _answer(
+    sb: Sandbox, t: TenantData, request: Request, endpoint: str, parts: list[str], fault: Fault | None
+) -> Response:
+    if fault is not None and fault.kind in ("500", "501", "503", "429", "401", "403"):
+        return _fault_response(fault)
+    if t.offline:
+        return PlainTextResponse(OFFLINE_TEXT, 503)
+    if endpoint not in ENDPOINTS:
+        return PlainTextResponse("The resource you're looking for cannot be found", 404)
+    try:
+        with sb.data_lock:
+            body = _body(sb, t, request, endpoint, parts)
+    except ValidationError as e:
+        return validation_error(e.message)
+    if body is None:
+        return PlainTextResponse("The resource you're looking for cannot be found", 404)
+    raw = serialise.dumps(body)
+    if fault is not None and fault.kind == "drop":
+        return DroppedResponse(raw, {}, keep=len(raw) // 3)
+    if fault is not None and fault.kind == "truncate":
+        return Response(raw[: max(1, len(raw) // 2)], 200, media_type=JSON)
+    if fault is not None and fault.kind == "malformed":
+        return Response(
+            b"<html><head><title>502 Bad Gateway</title></head><body>Bad Gateway</body></html>",
+            200,
+            media_type=JSON,
+        )
+    return Response(raw, 200, media_type=JSON)
+
+
+def _fault_response(f: Fault) -> Response:
+    if f.kind == "503":
+        return PlainTextResponse(OFFLINE_TEXT, 503)
+    if f.kind == "501":
+        return PlainTextResponse("The requested method is not implemented", 501)
+    if f.kind == "429":
+        resp = problem(429, "Rate limit exceeded: minute")
+        resp.headers.update({"Retry-After": "1", "X-Rate-Limit-Problem": "minute"})
+        return resp
+    if f.kind == "401":
+        return problem(401, "TokenExpired: token expired (sandbox fault)")
+    if f.kind == "403":
+        return problem(403, "AuthenticationUnsuccessful")
+    return problem(500, ERROR_500)
+
+
+def _body(sb: Sandbox, t: TenantData, request: Request, endpoint: str, parts: list[str]) -> dict | None:
+    params = dict(request.query_params)
+    summary_only = params.get("summaryOnly", "").lower() == "true"
+    if endpoint == "Organisation":
+        return envelope(sb, "Organisations", [serialise.organisation(t, sb.cfg.tier)])
+    if endpoint == "Accounts":
+        ims = parse_if_modified_since(request.headers.get("if-modified-since"))
+        accounts = [a for a in t.accounts() if ims is None or a["updated_ms"] > ims]
+        if parts:
+            idx = t.decode_id("Accounts", parts[0])
+            accounts = [a for a in accounts if a["idx"] == idx]
+            if not accounts:
+                return None
+        statuses = params.get("where", "")
+        if 'Status=="ACTIVE"' in statuses.replace(" ", ""):
+            accounts = [a for a in accounts if a["status"] == "ACTIVE"]
+        return envelope(sb, "Accounts", [serialise.account(t, a) for a in accounts])
+    if parts:
+        return _by_id(sb, t, endpoint, parts)
+    q = build_query(
+        t, endpoint, params, request.headers.get("if-modified-since"), sb.cfg.ims_granularity_seconds
+    )
+    states, count = run_query(t, q, sb.cache, sb.cfg.max_scan_rows)
+    page = q.page or 1
+    pagination = {
+        "page": page,
+        "pageSize": q.page_size,
+        "pageCount": -(-count // q.page_size),
+        "itemCount": count,
+    }
+    if endpoint == "Invoices":
+        # Xero returns line items only when paging (or by id); summaryOnly drops the heavy fields.
+        items = [
+            serialise.invoice(t, st, lines=q.page is not None, summary_only=summary_only) for st in states
+        ]
+    elif endpoint == "CreditNotes":
+        items = [serialise.credit_note(t, st, summary_only=summary_only) for st in states]
+    else:
+        items = [sb.serialise(t, endpoint, st) for st in states]
+    assert endpoint in PAGED
+    return envelope(sb, endpoint, items, pagination)
+
+
+def _by_id(sb: Sandbox, t: TenantData, endpoint: str, parts: list[str]) -> dict | None:
+    key = parts[0]
+    idx = t.decode_id(endpoint, key)
+    if idx is None and endpoint == "Invoices":
+        idx = _invoice_by_number(t, key)
+    if idx is None:
+        try:
+            uuid.UUID(key)
+        except ValueError:
+            if endpoint != "Invoices":
+                raise ValidationError(f"'{key}' is not a valid GUID") from None
+        return None
+    st = t.get(endpoint, idx)
+    if st is None:
+        return None
+    if parts[1:] == ["History"]:
+        return envelope(sb, "HistoryRecords", _history(t, endpoint, st))
+    if parts[1:]:
+        return None
+    if endpoint == "Invoices":
+        return envelope(sb, endpoint, [serialise.invoice(t, st, full_contact=True)])
+    return envelope(sb, endpoint, [sb.serialise(t, endpoint, st)])
+
+
+def _invoice_by_number(t: TenantData, number: str) -> int | None:
+    if number.startswith("INV-") and number[4:].isdigit():
+        idx = int(number[4:]) - 1
+        st = t.invoice(idx)
+        if st is not None and st["number"] == number:
+            return idx
+    return None
+
+
+def _history(t: TenantData, endpoint: str, st: dict) -> list[dict]:
+    """Generated history (created, approved, paid) plus what run-time mutations recorded."""
+    out = []
+    created = st.get("created_ms", st["updated_ms"])
+    out.append(
+        {
+            "Changes": "Created",
+            "DateUTCString": serialise.iso_seconds(created),
+            "DateUTC": serialise.net_date(created),
+            "User": "System Generated",
+            "Details": f"{endpoint[:-1]} created",
+        }
+    )
+    if st.get("status") in ("AUTHORISED", "PAID") and st["idx"] < t.n_invoices:
+        out.append(
+            {
+                "Changes": "Approved",
+                "DateUTCString": serialise.iso_seconds(created),
+                "DateUTC": serialise.net_date(created),
+                "User": "System Generated",
+                "Details": f"{endpoint[:-1]} approved",
+            }
+        )
+    out.extend(t.history.get((endpoint, st["idx"]), []))
+    return out
