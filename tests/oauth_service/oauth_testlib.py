@@ -177,3 +177,40 @@ def audit_rows(engine, action: str, **where: str) -> list:
             text(f"SELECT * FROM app.audit_log WHERE action = :action {clauses} ORDER BY timestamp"),  # noqa: S608
             {"action": action, **where},
         ).all()
+
+
+def expire_in_db(engine, tenant_id: str) -> None:
+    """Our record of the token's expiry moves into the past (as 30 minutes passing would do)."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE app.xero_connections SET token_expires_at = now() - interval '1 minute' "
+                "WHERE tenant_id = :t"
+            ),
+            {"t": tenant_id},
+        )
+
+
+def sandbox_admin(sandbox, method: str, path: str, **kwargs) -> httpx.Response:
+    r = httpx.request(method, f"{sandbox.url}/__sandbox/{path}", timeout=30, **kwargs)
+    assert r.status_code < 400, r.text
+    return r
+
+
+def refresh_worker(env: dict, tenant_id: str, barrier, queue, log_path: str) -> None:
+    """One pipeline process: its own vault, waits for the others, then asks for a token."""
+    import logging as _logging
+    import os as _os
+
+    _logging.basicConfig(filename=log_path, level=_logging.DEBUG, format="%(name)s %(levelname)s %(message)s")
+    from oauth_service.settings import Settings
+    from oauth_service.vault import TokenVault
+
+    vault = TokenVault(Settings.from_env(env), actor=f"worker-{_os.getpid()}")
+    try:
+        barrier.wait(timeout=120)
+        queue.put(("ok", vault.access_token_for(tenant_id)))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        vault.close()

@@ -1,0 +1,65 @@
+"""The Lambda entry point (Mangum) serves the same app behind API Gateway."""
+
+import json
+import uuid
+
+import pytest
+from oauth_testlib import audit_rows, user_jwt
+
+import oauth_service.lambda_handler as lambda_handler
+
+
+def api_gateway_event(method: str, path: str, headers: dict[str, str] | None = None) -> dict:
+    return {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": {"host": "abc123.execute-api.eu-west-1.amazonaws.com", **(headers or {})},
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abc123",
+            "domainName": "abc123.execute-api.eu-west-1.amazonaws.com",
+            "domainPrefix": "abc123",
+            "requestId": str(uuid.uuid4()),
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "20/May/2026:12:00:00 +0000",
+            "timeEpoch": 1779278400000,
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "203.0.113.9",
+                "userAgent": "pytest",
+            },
+        },
+        "isBase64Encoded": False,
+    }
+
+
+@pytest.fixture
+def lambda_env(monkeypatch, service_env):
+    for key, value in service_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(lambda_handler, "_adapter", None)
+    yield
+    monkeypatch.setattr(lambda_handler, "_adapter", None)
+
+
+def test_lambda_handler_serves_health_and_initiate(lambda_env, engine):
+    health = lambda_handler.handler(api_gateway_event("GET", "/healthz"), None)
+    assert health["statusCode"] == 200
+    assert json.loads(health["body"])["database"] == "ok"
+
+    user = str(uuid.uuid4())
+    r = lambda_handler.handler(
+        api_gateway_event("POST", "/xero/auth/initiate", {"authorization": f"Bearer {user_jwt(user)}"}), None
+    )
+    assert r["statusCode"] == 200
+    assert json.loads(r["body"])["authorizationUrl"]
+    initiated = audit_rows(engine, "xero_connect_initiated", user_id=user)
+    assert [str(a.ip_address) for a in initiated] == ["203.0.113.9"]
+
+    denied = lambda_handler.handler(api_gateway_event("GET", "/xero/connections"), None)
+    assert denied["statusCode"] == 401

@@ -1,0 +1,207 @@
+"""The token vault against the sandbox: one refresh for many processes, reauth, Xero-side removal."""
+
+import multiprocessing as mp
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from oauth_testlib import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    LOG_SINK,
+    SEEN_TOKENS,
+    api_get,
+    audit_rows,
+    expire_in_db,
+    refresh_worker,
+    sandbox_admin,
+    stored_tokens,
+)
+from sqlalchemy import text
+
+from oauth_service import migrations
+from oauth_service.db import make_engine
+from oauth_service.settings import Settings, generate_key
+from oauth_service.vault import ReauthRequired, TenantNotConnected, TokenVault, reencrypt_all
+from oauth_service.xero import TokenSet
+
+PROCESSES = 20
+
+
+def status_of(engine, tenant_id: str):
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT status, status_reason FROM app.xero_connections WHERE tenant_id = :t"),
+            {"t": tenant_id},
+        ).one()
+
+
+def test_twenty_processes_cause_exactly_one_refresh(
+    make_browser, sandbox, tenant_ids, engine, vault, service_env, tmp_path: Path
+):
+    tenant = tenant_ids[4]
+    user = make_browser()
+    assert user.connect([tenant]) == {"connected": ["1"]}
+    old_access, old_refresh = stored_tokens(engine, vault.cipher, tenant)
+    assert api_get(sandbox, old_access, tenant).status_code == 200
+
+    # 30 minutes pass: Xero's access tokens expire, and our record says so too
+    sandbox_admin(sandbox, "POST", "tokens/expire")
+    expire_in_db(engine, tenant)
+    assert api_get(sandbox, old_access, tenant).status_code == 401
+    issued_before = sandbox_admin(sandbox, "GET", "identity").json()["access_tokens"]
+    refreshes_before = len(audit_rows(engine, "token_refreshed", tenant_id=tenant))
+
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(PROCESSES), ctx.Queue()
+    logs = [tmp_path / f"worker-{i}.log" for i in range(PROCESSES)]
+    procs = [
+        ctx.Process(target=refresh_worker, args=(service_env, tenant, barrier, queue, str(log)))
+        for log in logs
+    ]
+    for p in procs:
+        p.start()
+    try:
+        results = [queue.get(timeout=180) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+    for log in logs:  # the workers' own logs join the captured ones
+        if log.exists():
+            LOG_SINK.lines.extend(log.read_text().splitlines())
+
+    assert [kind for kind, _ in results] == ["ok"] * PROCESSES, results
+    tokens = {token for _, token in results}
+    SEEN_TOKENS.update(tokens)
+    assert len(tokens) == 1  # every process got the same, refreshed token
+    token = tokens.pop()
+    assert token != old_access
+
+    # exactly one refresh reached the sandbox: it issued exactly one new access token
+    issued_after = sandbox_admin(sandbox, "GET", "identity").json()["access_tokens"]
+    assert issued_after - issued_before == 1
+    assert len(audit_rows(engine, "token_refreshed", tenant_id=tenant)) - refreshes_before == 1
+    # the token works, and the rotated refresh token was stored with it
+    assert api_get(sandbox, token, tenant).status_code == 200
+    new_access, new_refresh = stored_tokens(engine, vault.cipher, tenant)
+    assert new_access == token and new_refresh != old_refresh
+    reads = [
+        a
+        for a in audit_rows(engine, "token_read", tenant_id=tenant)
+        if a.metadata.get("actor", "").startswith("worker-")
+    ]
+    assert len(reads) == PROCESSES
+
+
+def test_revoked_refresh_token_means_reauth_and_other_tenants_are_unaffected(
+    make_browser, sandbox, tenant_ids, engine, vault, service
+):
+    victim_tenant, other_tenant = tenant_ids[5], tenant_ids[6]
+    user = make_browser()
+    assert user.connect([victim_tenant]) == {"connected": ["1"]}
+    assert user.connect([other_tenant]) == {"connected": ["1"]}  # a second, separate authorisation
+    _, refresh = stored_tokens(engine, vault.cipher, victim_tenant)
+    # the user revoked the app in Xero (or the refresh token was otherwise invalidated)
+    r = httpx.post(
+        f"{sandbox.url}/connect/revocation",
+        auth=(CLIENT_ID, CLIENT_SECRET),
+        data={"token": refresh, "token_type_hint": "refresh_token"},
+    )
+    assert r.status_code == 200
+    expire_in_db(engine, victim_tenant)
+    expire_in_db(engine, other_tenant)
+
+    with pytest.raises(ReauthRequired) as err:
+        vault.access_token_for(victim_tenant)
+    message = str(err.value)
+    assert victim_tenant in message and "connect the organisation again" in message
+    assert err.value.tenant_id == victim_tenant
+    row = status_of(engine, victim_tenant)
+    assert row.status == "reauth_required" and "invalid_grant" in row.status_reason
+    failed = audit_rows(engine, "token_refresh_failed", tenant_id=victim_tenant)
+    assert len(failed) == 1 and failed[0].outcome == "failure" and str(failed[0].user_id) == user.user_id
+    assert failed[0].metadata["error"] == "invalid_grant"
+    # asking again does not call Xero again, and still says what to do
+    with pytest.raises(ReauthRequired, match="connect the organisation again"):
+        vault.access_token_for(victim_tenant)
+    assert len(audit_rows(engine, "token_refresh_failed", tenant_id=victim_tenant)) == 1
+
+    # the other tenant refreshes and works
+    token = vault.access_token_for(other_tenant)
+    SEEN_TOKENS.add(token)
+    assert api_get(sandbox, token, other_tenant).status_code == 200
+    active = {t.tenant_id for t in vault.active_tenants()}
+    assert other_tenant in active and victim_tenant not in active
+    listed = {c["tenantId"]: c for c in user.connections()}
+    assert listed[victim_tenant]["status"] == "reauth_required"
+    assert listed[other_tenant]["status"] == "active"
+
+    # reconnecting in the app repairs it
+    assert user.connect([victim_tenant]) == {"connected": ["1"]}
+    token = vault.access_token_for(victim_tenant)
+    SEEN_TOKENS.add(token)
+    assert api_get(sandbox, token, victim_tenant).status_code == 200
+
+
+def test_disconnect_made_from_xeros_side_is_detected(make_browser, sandbox, tenant_ids, engine, vault):
+    removed, kept = tenant_ids[7], tenant_ids[2]
+    user = make_browser()
+    assert user.connect([removed, kept]) == {"connected": ["2"]}
+    sandbox_admin(sandbox, "POST", f"tenants/{removed}/disconnect")
+    expire_in_db(engine, removed)
+    expire_in_db(engine, kept)
+    with pytest.raises(ReauthRequired, match="removed in Xero"):
+        vault.access_token_for(removed)
+    assert status_of(engine, removed).status == "reauth_required"
+    assert audit_rows(engine, "connection_removed_in_xero", tenant_id=removed)
+    token = vault.access_token_for(kept)  # same grant, refreshed once already: no second refresh needed
+    SEEN_TOKENS.add(token)
+    assert api_get(sandbox, token, kept).status_code == 200
+
+
+def test_unknown_tenant_mark_synced_and_active_tenants(make_browser, tenant_ids, engine, vault):
+    with pytest.raises(TenantNotConnected, match="not connected"):
+        vault.access_token_for(str(uuid.uuid4()))
+    with pytest.raises(TenantNotConnected):
+        vault.mark_synced(str(uuid.uuid4()))
+    tenant = tenant_ids[1]
+    user = make_browser()
+    assert user.connect([tenant]) == {"connected": ["1"]}
+    when = datetime(2026, 5, 20, 12, 0, tzinfo=UTC)
+    vault.mark_synced(tenant, when)
+    listed = {c["tenantId"]: c for c in user.connections()}
+    assert listed[tenant]["lastSync"].startswith("2026-05-20T12:00:00")
+    info = next(t for t in vault.active_tenants() if t.tenant_id == tenant)
+    tenant_id, name, user_id, status = info
+    assert (tenant_id, user_id, status) == (tenant, user.user_id, "active") and name
+
+
+def test_reencrypt_all_under_the_newest_key(create_database):
+    url = create_database("rotation")
+    migrations.upgrade(url)
+    engine = make_engine(url, pool_size=2)
+    old, new = generate_key(), generate_key()
+    settings = Settings(database_url=url, token_encryption_keys=(old,), auth_jwt_secret="x" * 40)
+    try:
+        vault = TokenVault(settings, engine)
+        tokens = TokenSet("access-" + uuid.uuid4().hex, "refresh-" + uuid.uuid4().hex, time.time() + 1800)
+        with engine.begin() as conn:
+            vault.store_authorization(
+                conn,
+                user_id=str(uuid.uuid4()),
+                tokens=tokens,
+                tenants=[{"tenantId": "tenant-a", "tenantName": "A"}, {"tenantId": "tenant-b"}],
+            )
+        assert reencrypt_all(engine, [new, old]) == 4
+        assert reencrypt_all(engine, f"{new},{old}") == 0
+        only_new = TokenVault(settings.replace(token_encryption_keys=(new,)), engine)
+        assert only_new.access_token_for("tenant-a") == tokens.access_token
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT access_token, refresh_token FROM app.xero_connections")).all()
+        assert all(only_new.cipher.is_current(v) for row in stored for v in row)
+        assert audit_rows(engine, "tokens_reencrypted")
+    finally:
+        engine.dispose()
