@@ -1,0 +1,74 @@
+"""`python -m oauth_service …`: operator commands of the OAuth service.
+
+    python -m oauth_service generate-key          a new TOKEN_ENCRYPTION_KEY entry
+    python -m oauth_service reencrypt             re-encrypt every stored token under the newest key
+    python -m oauth_service upgrade|current       app-schema migrations
+    python -m oauth_service serve --port 8080     run the HTTP service
+
+Key rotation: put a new key first in TOKEN_ENCRYPTION_KEY (keep the old ones after it), deploy,
+run `reencrypt`, then drop the old keys.
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+from oauth_service.settings import SettingsError
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m oauth_service",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("generate-key", help="print a new TOKEN_ENCRYPTION_KEY entry")
+    sub.add_parser("reencrypt", help="re-encrypt stored tokens under the newest TOKEN_ENCRYPTION_KEY")
+    sub.add_parser("upgrade", help="apply the app-schema migrations (DATABASE_URL)")
+    sub.add_parser("current", help="print the applied app-schema revision")
+    serve = sub.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", default="0.0.0.0")  # noqa: S104 - a container listens on all interfaces
+    serve.add_argument("--port", type=int, default=8080)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    try:
+        if args.command == "generate-key":
+            from oauth_service.settings import generate_key
+
+            print(generate_key())
+        elif args.command in ("upgrade", "current"):
+            from oauth_service import migrations
+
+            url = os.environ.get("DATABASE_URL")
+            if not url:
+                raise SettingsError("DATABASE_URL is required")
+            if args.command == "upgrade":
+                migrations.upgrade(url)
+            print(migrations.current(url))
+        elif args.command == "reencrypt":
+            from oauth_service.db import make_engine
+            from oauth_service.settings import Settings
+            from oauth_service.vault import reencrypt_all
+
+            settings = Settings.from_env()
+            engine = make_engine(settings.database_url, pool_size=1)
+            try:
+                n = reencrypt_all(engine, settings.token_encryption_keys)
+            finally:
+                engine.dispose()
+            print(f"re-encrypted {n} value(s) under the newest key")
+        elif args.command == "serve":
+            from oauth_service.server import serve as run
+
+            run(None, host=args.host, port=args.port)
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
