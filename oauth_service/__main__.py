@@ -50,13 +50,16 @@ def main(argv: list[str] | None = None) -> int:
             print(migrations.current(url))
         elif args.command == "reencrypt":
             from oauth_service.db import make_engine
-            from oauth_service.settings import Settings
+            from oauth_service.settings import check_keys
             from oauth_service.vault import reencrypt_all
 
-            settings = Settings.from_env()
-            engine = make_engine(settings.database_url, pool_size=1)
+            url = os.environ.get("DATABASE_URL")
+            keys = check_keys(os.environ.get("TOKEN_ENCRYPTION_KEY"))
+            if not url:
+                raise SettingsError("DATABASE_URL is required")
+            engine = make_engine(url, pool_size=1)
             try:
-                n = reencrypt_all(engine, settings.token_encryption_keys)
+                n = reencrypt_all(engine, keys)
             finally:
                 engine.dispose()
             print(f"re-encrypted {n} value(s) under the newest key")

@@ -9,7 +9,6 @@ GET    /healthz                       liveness and database reachability
 GET    /docs, /openapi.json           OpenAPI documentation
 """
 
-
 import base64
 import hashlib
 import hmac

@@ -75,6 +75,19 @@ def _check_fernet_key(key: str) -> str | None:
     return None
 
 
+def check_keys(value: str | None) -> tuple[str, ...]:
+    """TOKEN_ENCRYPTION_KEY parsed into its keys (newest first); SettingsError when malformed."""
+    keys = tuple(k.strip() for k in (value or "").split(",") if k.strip())
+    if not keys:
+        raise SettingsError("TOKEN_ENCRYPTION_KEY is required (comma-separated keys, newest first)")
+    problems = [
+        f"TOKEN_ENCRYPTION_KEY key #{i} {p}" for i, k in enumerate(keys, 1) if (p := _check_fernet_key(k))
+    ]
+    if problems:
+        raise SettingsError("; ".join(problems))
+    return keys
+
+
 def generate_key() -> str:
     """A new TOKEN_ENCRYPTION_KEY entry (32 random bytes, URL-safe base64: the Fernet format)."""
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")

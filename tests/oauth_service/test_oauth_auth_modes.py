@@ -1,0 +1,111 @@
+"""Caller authentication with JWKS (asymmetric keys), and the explicit demo mode the demo runs."""
+
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import jwt
+import pytest
+import requests
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from oauth_testlib import APP_RETURN_URL, free_port, user_jwt
+
+from oauth_service.auth import AuthError, JwtVerifier
+from oauth_service.server import ServiceServer
+from oauth_service.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def jwks_server():
+    """A loopback JWKS endpoint like Supabase's /auth/v1/.well-known/jwks.json."""
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    keys = []
+    for kid, key, alg in (
+        ("rsa-1", rsa_key, jwt.algorithms.RSAAlgorithm),
+        ("ec-1", ec_key, jwt.algorithms.ECAlgorithm),
+    ):
+        jwk = json.loads(alg.to_jwk(key.public_key()))
+        jwk.update({"kid": kid, "use": "sig"})
+        keys.append(jwk)
+    body = json.dumps({"keys": keys}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield {
+        "url": f"http://127.0.0.1:{server.server_port}/auth/v1/.well-known/jwks.json",
+        "rsa": rsa_key,
+        "ec": ec_key,
+    }
+    server.shutdown()
+    server.server_close()
+
+
+def signed(key, kid: str, alg: str, **claims) -> str:
+    now = int(time.time())
+    payload = {"sub": str(uuid.uuid4()), "aud": "authenticated", "exp": now + 300, "iat": now, **claims}
+    return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid})
+
+
+def test_jwks_verifier_accepts_keys_it_publishes_and_nothing_else(jwks_server, service_env):
+    env = {k: v for k, v in service_env.items() if k != "AUTH_JWT_SECRET"}
+    settings = Settings.from_env({**env, "AUTH_JWKS_URL": jwks_server["url"]})
+    verifier = JwtVerifier(settings)
+    for key, kid, alg in ((jwks_server["rsa"], "rsa-1", "RS256"), (jwks_server["ec"], "ec-1", "ES256")):
+        user = str(uuid.uuid4())
+        assert verifier.verify(f"Bearer {signed(key, kid, alg, sub=user)}").user_id == user
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cases = {
+        "token signature invalid": signed(stranger, "rsa-1", "RS256"),
+        "token signed with an unknown key": signed(stranger, "rsa-9", "RS256"),
+        "token expired": signed(jwks_server["rsa"], "rsa-1", "RS256", exp=int(time.time()) - 600),
+        "token audience not accepted": signed(jwks_server["rsa"], "rsa-1", "RS256", aud="anon"),
+    }
+    for reason, token in cases.items():
+        with pytest.raises(AuthError) as err:
+            verifier.verify(f"Bearer {token}")
+        assert err.value.reason == reason
+    # an HS256 token made with a public value is not accepted by a JWKS-configured service
+    with pytest.raises(AuthError):
+        verifier.verify(f"Bearer {user_jwt(str(uuid.uuid4()))}")
+
+
+def test_demo_mode_flow_as_the_demo_drives_it(sandbox, tenant_ids, migrated_database_url, service_env):
+    """DEMO_MODE=1, no redirect URI given: the server's own callback URL is used; a requests.Session
+    drives initiate → authorize (302) → callback (302 to APP_RETURN_URL?connected=2)."""
+    env = {k: service_env[k] for k in ("DATABASE_URL", "TOKEN_ENCRYPTION_KEY", "AUTH_JWT_SECRET")}
+    env.update({k: v for k, v in service_env.items() if k.startswith("XERO_") and k.endswith("_URL")})
+    env["DEMO_MODE"] = "1"
+    settings = Settings.from_env(env)
+    assert settings.demo_mode and settings.xero_redirect_uri is None
+    with ServiceServer(settings, port=free_port()) as service:
+        assert service.settings.xero_redirect_uri == f"{service.url}/xero/auth/callback"
+        assert httpx.get(f"{service.url}/healthz").json()["demoMode"] is True
+        http = requests.Session()
+        token = user_jwt(str(uuid.uuid4()))
+        r = http.post(f"{service.url}/xero/auth/initiate", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200
+        consent = http.get(
+            r.json()["authorizationUrl"] + "&sandbox_tenants=" + ",".join(tenant_ids[:2]),
+            allow_redirects=False,
+        )
+        assert consent.status_code == 302
+        callback = http.get(consent.headers["Location"], allow_redirects=False)
+        assert callback.status_code == 302
+        assert callback.headers["Location"] == f"{settings.app_return_url}?connected=2"
+        assert settings.app_return_url != APP_RETURN_URL
