@@ -72,6 +72,12 @@ def test_events_are_stored_once_for_the_orchestrator(service, engine):
         ("CONTACT", "CREATE", contact),
     ]
     assert all(r.processed_at is None and r.received_at and r.event_date for r in rows)
+    from oauth_service.events import mark_webhook_events_processed, pending_webhook_events
+
+    pending = pending_webhook_events(engine, tenant)
+    assert [e.resource_id for e in pending] == [invoice, contact]
+    assert mark_webhook_events_processed(engine, [e.id for e in pending]) == 2
+    assert pending_webhook_events(engine, tenant) == []
     received = audit_rows(engine, "webhook_received", tenant_id=tenant)
     assert [a.metadata["stored"] for a in received] == [2, 0]
     assert all(a.outcome == "success" and str(a.ip_address) == "127.0.0.1" for a in received)
