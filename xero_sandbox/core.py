@@ -152,7 +152,7 @@ class Sandbox:
         if resource == "Invoices":
             return serialise.invoice(t, st, summary_only=summary_only, full_contact=full)
         if resource == "Contacts":
-            return serialise.contact_full(t, st)
+            return serialise.contact_full(t, st, self.contact_balances(t).get(st["idx"], (0, 0, 0, 0)))
         if resource == "Payments":
             return serialise.payment(t, st)
         if resource == "CreditNotes":
@@ -160,6 +160,31 @@ class Sandbox:
         if resource == "Accounts":
             return serialise.account(t, st)
         raise KeyError(resource)
+
+    def contact_balances(self, t: TenantData) -> dict[int, tuple[int, int, int, int]]:
+        """Per contact: (AR outstanding, AR overdue, AP outstanding, AP overdue) in cents, from the invoices.
+
+        Computed by a scan, cached per data version and day (skipped for very large tenants: zeros).
+        """
+        if t.n_invoices > 100_000:
+            return {}
+        today = self.clock.now_ms() // 86_400_000
+        key = (t.info.tenant_id, "balances", t.version, today)
+        got = self._truth_cache.get(key)
+        if got is None:
+            acc: dict[int, list[int]] = {}
+            for st in self.iter_states(t, "Invoices"):
+                if st["status"] != "AUTHORISED":
+                    continue
+                due = t.amount_due(st)
+                row = acc.setdefault(st["contact"], [0, 0, 0, 0])
+                off = 0 if st["type"] == "ACCREC" else 2
+                row[off] += due
+                if st["due_day"] < today:
+                    row[off + 1] += due
+            got = {k: (v[0], v[1], v[2], v[3]) for k, v in acc.items()}
+            self._truth_cache[key] = got
+        return got  # type: ignore[return-value]
 
     # -- clock -----------------------------------------------------------------------------------------
 
@@ -194,6 +219,7 @@ class Sandbox:
             mine = [r for r in rows if r["tenantId"] == tid]
             tenants[tid] = {
                 "calls": sum(r["calls"] for r in mine),
+                "calls_total": sum(r["calls"] for r in mine),
                 "bytes": sum(r["bytes"] for r in mine),
                 "limitsRemaining": self.limiter.remaining(tid, self.cfg.client_id),
             }

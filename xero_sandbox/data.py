@@ -150,6 +150,14 @@ ACCOUNTS = [
     ("970", "Owner A Funds Introduced", "EQUITY", "EQUITY", "none", "ACTIVE", False),
     ("480", "Old Marketing", "EXPENSE", "EXPENSE", "purchase", "ARCHIVED", False),
 ]
+ACCOUNT_DESCRIPTIONS = {
+    "200": "Income from any normal business activity",
+    "260": "Any other income that does not relate to normal business activities",
+    "400": "Expenses incurred for advertising while trying to increase sales",
+    "404": "Fees charged by your bank for transactions regarding your bank account(s).",
+    "429": "General expenses related to the running of the business.",
+}
+CONTACT_GROUPS = ["Coaching clients", "Suppliers", "VIP", "Wholesale"]
 SALE_ACCOUNTS = ["200", "260"]
 PURCHASE_ACCOUNTS = ["310", "400", "420", "429", "453", "493"]
 
@@ -204,7 +212,8 @@ class IdCodec:
         hi, mask = self._kind(kind)
         lo = (2 << 62) | ((index * _MULT + mask) & _MASK62)  # RFC 4122 variant bits
         hi = ((hi ^ self._spread(lo)) & ~_VERSION_BITS) | 0x4000  # version 4
-        return str(uuid.UUID(int=(hi << 64) | lo))
+        h = f"{hi:016x}{lo:016x}"  # formatted by hand: uuid.UUID is the hot spot of a 1000-row page
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
     def decode(self, kind: str, value: str) -> int | None:
         try:
@@ -297,6 +306,7 @@ class TenantData:
         self.version = 0  # bumped on every mutation (invalidates query caches)
         self.history: dict[tuple[str, int], list[dict]] = {}
         self.offline = False
+        self._inv_cache: dict[int, dict] = {}
 
     # -- randomness ------------------------------------------------------------------------------------
 
@@ -423,6 +433,16 @@ class TenantData:
         return None
 
     def _base_invoice(self, i: int) -> dict:
+        # A payment or credit note is serialised with its invoice: a small cache avoids regenerating it.
+        # Cached states are shared, so callers that change a state must copy it first (mutations do).
+        got = self._inv_cache.get(i)
+        if got is None:
+            if len(self._inv_cache) >= 4096:
+                self._inv_cache.clear()
+            got = self._inv_cache[i] = self._make_base_invoice(i)
+        return got
+
+    def _make_base_invoice(self, i: int) -> dict:
         d = self._digest("inv", i)
         status, npay, has_cn = self._invoice_flags(d)
         acc_rec = d[4] < 192  # 75% sales
@@ -664,6 +684,8 @@ class TenantData:
             "account_number": f"C{idx + 1:06d}",
             "tax_number": "" if d[12] < 128 else f"{d[13]:03d}-{d[14]:03d}",
             "currency": self.base_currency,
+            "company_number": f"{int.from_bytes(d[15:18], 'big') % 10_000_000:07d}" if is_company else "",
+            "groups": (d[18] % len(CONTACT_GROUPS),) if d[19] < 90 else (),
         }
 
     # -- accounts --------------------------------------------------------------------------------------
@@ -685,6 +707,7 @@ class TenantData:
                     "status": status,
                     "bank": bank,
                     "updated_ms": self.info.created_ms + n * 1000,
+                    "description": ACCOUNT_DESCRIPTIONS.get(code, ""),
                 }
             )
         return out

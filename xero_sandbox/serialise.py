@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from .data import CITIES, DAY_MS, ITEMS, TenantData
+from .data import CITIES, CONTACT_GROUPS, DAY_MS, ITEMS, TenantData
 
 try:  # orjson is much faster for 1000-record pages; fall back to the standard library.
     import orjson
@@ -47,6 +47,7 @@ def contact_summary(t: TenantData, cidx: int) -> dict:
     c = t.contact(cidx)
     return {
         "ContactID": t.encode_id("Contacts", cidx),
+        "ContactNumber": c.get("number", "") if c else "",
         "Name": c["name"] if c else "",
         "Addresses": [],
         "Phones": [],
@@ -56,7 +57,7 @@ def contact_summary(t: TenantData, cidx: int) -> dict:
     }
 
 
-def contact_full(t: TenantData, c: dict) -> dict:
+def contact_full(t: TenantData, c: dict, balances: tuple[int, int, int, int] | None = None) -> dict:
     city, region, postcode = c["city"] if isinstance(c["city"], (list, tuple)) else CITIES[0]
     upd = c["updated_ms"]
     out = {
@@ -71,7 +72,14 @@ def contact_full(t: TenantData, c: dict) -> dict:
         "BankAccountDetails": "",
         "TaxNumber": c["tax_number"],
         "Addresses": [
-            {"AddressType": "STREET", "City": "", "Region": "", "PostalCode": "", "Country": ""},
+            {
+                "AddressType": "STREET",
+                "City": "",
+                "Region": "",
+                "PostalCode": "",
+                "Country": "",
+                "AttentionTo": "",
+            },
             {
                 "AddressType": "POBOX",
                 "AddressLine1": f"PO Box {c['idx'] + 100}",
@@ -82,6 +90,7 @@ def contact_full(t: TenantData, c: dict) -> dict:
                 "Region": region,
                 "PostalCode": postcode,
                 "Country": t.country,
+                "AttentionTo": c["first"] if c.get("company_number") else "",
             },
         ],
         "Phones": [
@@ -96,16 +105,44 @@ def contact_full(t: TenantData, c: dict) -> dict:
             {"PhoneType": "MOBILE", "PhoneNumber": "", "PhoneAreaCode": "", "PhoneCountryCode": ""},
         ],
         "UpdatedDateUTC": net_date(upd),
-        "ContactGroups": [],
+        "ContactGroups": [
+            {
+                "ContactGroupID": t.ids.encode("G", g),
+                "Name": CONTACT_GROUPS[g],
+                "Status": "ACTIVE",
+                "Contacts": [],
+                "HasValidationErrors": False,
+            }
+            for g in c.get("groups", ())
+        ],
         "IsSupplier": c["is_supplier"],
         "IsCustomer": c["is_customer"],
         "DefaultCurrency": c["currency"],
         "SalesTrackingCategories": [],
         "PurchasesTrackingCategories": [],
-        "ContactPersons": [],
+        "ContactPersons": [
+            {
+                "FirstName": c["first"],
+                "LastName": c["last"],
+                "EmailAddress": c["email"],
+                "IncludeInEmails": True,
+            }
+        ]
+        if c.get("company_number")
+        else [],
         "HasAttachments": False,
         "HasValidationErrors": False,
     }
+    if c.get("company_number"):
+        out["CompanyNumber"] = c["company_number"]
+    out["SalesDefaultLineAmountType"] = "EXCLUSIVE"
+    out["PurchasesDefaultLineAmountType"] = "EXCLUSIVE"
+    if balances is not None:
+        # Raw outstanding/overdue amounts of the contact's invoices and bills (not converted, as Xero says).
+        out["Balances"] = {
+            "AccountsReceivable": {"Outstanding": money(balances[0]), "Overdue": money(balances[1])},
+            "AccountsPayable": {"Outstanding": money(balances[2]), "Overdue": money(balances[3])},
+        }
     return out
 
 
@@ -114,6 +151,7 @@ def _line_items(t: TenantData, kind: str, st: dict, tax_for_type: str) -> list[d
     for ln in st["lines"]:
         out.append(
             {
+                "ItemCode": ln.get("item_code", f"SVC-{ln['item'] + 1:02d}"),
                 "Description": ln.get("description") or ITEMS[ln["item"]],
                 "UnitAmount": money(ln["unit"]),
                 "TaxType": "NONE" if ln["exempt"] or st["lat"] == "NoTax" else tax_for_type,
@@ -332,6 +370,8 @@ def account(t: TenantData, a: dict) -> dict:
         "UpdatedDateUTC": net_date(a["updated_ms"]),
         "AddToWatchlist": False,
     }
+    if a.get("description"):
+        out["Description"] = a["description"]
     if a["bank"]:
         out.update(
             {

@@ -165,6 +165,10 @@ class SandboxServer:
     ) -> Iterator[dict]:
         return self.sandbox.records(tenant_id, resource, include_deleted)
 
+    def truth_records(self, tenant_id: str, resource: str = "Invoices") -> Iterator[dict]:
+        """Alias of ``records``: what a perfect sync must hold, record by record (DELETED excluded)."""
+        return self.sandbox.records(tenant_id, resource)
+
     def mutate(self, tenant_id: str, action: str, **kw: Any) -> dict:
         return self.sandbox.mutator.apply(tenant_id, action, **kw)
 

@@ -21,12 +21,17 @@ class Api:
         self.session = requests.Session()
 
     def headers(self, tenant_id: str, **extra: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token['access_token']}", "xero-tenant-id": tenant_id,
-                "Accept": "application/json", **extra}
+        return {
+            "Authorization": f"Bearer {self.token['access_token']}",
+            "xero-tenant-id": tenant_id,
+            "Accept": "application/json",
+            **extra,
+        }
 
     def get(self, path: str, tenant_id: str, params: dict | None = None, **headers: str) -> requests.Response:
-        return self.session.get(f"{self.sb.api_url}/{path}", params=params,
-                                headers=self.headers(tenant_id, **headers), timeout=30)
+        return self.session.get(
+            f"{self.sb.api_url}/{path}", params=params, headers=self.headers(tenant_id, **headers), timeout=30
+        )
 
 
 @pytest.fixture
