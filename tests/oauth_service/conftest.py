@@ -23,9 +23,11 @@ from oauth_service.settings import Settings
 from oauth_service.vault import TokenVault
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def _capture_logs() -> Iterator[LogSink]:
-    """Everything logged by the service, the vault, HTTP clients and the sandbox, at DEBUG."""
+    """During each test of this folder: everything logged by the service, the vault, HTTP clients, the
+    sandbox and SQLAlchemy (statements and parameters), at DEBUG, into LOG_SINK. Restored after each
+    test so that other folders' tests are not slowed down."""
     root = logging.getLogger()
     root.addHandler(LOG_SINK)
     previous = {}
