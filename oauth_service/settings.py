@@ -46,6 +46,7 @@ DEMO_APP_ORIGIN = "http://localhost:3000"
 # Used only in DEMO_MODE when no AUTH_JWT_SECRET/AUTH_JWKS_URL is given; logged loudly.
 DEMO_JWT_SECRET = "xero-elt-demo-mode-insecure-jwt-secret"  # noqa: S105
 
+_DEMO_WARNED = False
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -342,6 +343,11 @@ class Settings:
                 raise SettingsError(f"Xero URL {u!r} {problem}")
 
     def warn_demo(self) -> None:
+        global _DEMO_WARNED
+        if _DEMO_WARNED:
+            log.warning("DEMO_MODE=1: demo mode (see the warning above); never use it with real Xero tenants")
+            return
+        _DEMO_WARNED = True
         banner = "!" * 78
         log.warning(
             "\n%s\n  DEMO_MODE=1: the OAuth service runs in DEMO MODE.\n"
