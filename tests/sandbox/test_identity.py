@@ -1,0 +1,356 @@
+"""Identity: authorize, token (code + PKCE + refresh rotation), revocation, connections — over real HTTP."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from requests_oauthlib import OAuth2Session
+
+from xero_sandbox import SandboxConfig, SandboxServer, UserConfig
+from xero_sandbox.pytest_plugin import sandbox_token
+
+REDIRECT = "http://127.0.0.1:1/callback"
+SCOPE = "openid profile email offline_access accounting.transactions.read accounting.contacts.read"
+AUTH = ("sandbox-client-id", "sandbox-client-secret")
+
+
+def authorize(sb: SandboxServer, **params: str) -> requests.Response:
+    q = {
+        "response_type": "code",
+        "client_id": sb.config.client_id,
+        "redirect_uri": REDIRECT,
+        "scope": SCOPE,
+        "state": "st4te",
+        **params,
+    }
+    return requests.get(sb.authorize_url, params=q, allow_redirects=False, timeout=10)
+
+
+def redirect_query(r: requests.Response) -> dict[str, str]:
+    assert r.status_code == 302, r.text
+    loc = r.headers["Location"]
+    assert loc.startswith(REDIRECT)
+    return {k: v[0] for k, v in parse_qs(urlsplit(loc).query).items()}
+
+
+def token(sb: SandboxServer, auth: tuple[str, str] | None = AUTH, **form: str) -> requests.Response:
+    return requests.post(sb.token_url, data=form, auth=auth, timeout=10)
+
+
+def exchange(sb: SandboxServer, **authorize_params: str) -> dict:
+    code = redirect_query(authorize(sb, **authorize_params))["code"]
+    r = token(sb, grant_type="authorization_code", code=code, redirect_uri=REDIRECT)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def refresh(sb: SandboxServer, refresh_token: str) -> requests.Response:
+    return token(sb, grant_type="refresh_token", refresh_token=refresh_token)
+
+
+def api_status(sb: SandboxServer, access: str, tenant_id: str, path: str = "Invoices") -> requests.Response:
+    return requests.get(
+        f"{sb.api_url}/{path}",
+        timeout=10,
+        headers={"Authorization": f"Bearer {access}", "xero-tenant-id": tenant_id},
+    )
+
+
+def test_requests_oauthlib_completes_code_flow_with_pkce_and_refresh(
+    xero_sandbox_server, monkeypatch
+) -> None:
+    sb = xero_sandbox_server
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # plain http on loopback only
+    oauth = OAuth2Session(sb.config.client_id, redirect_uri=REDIRECT, scope=SCOPE.split(), pkce="S256")
+    url, state = oauth.authorization_url(sb.authorize_url)
+    assert "code_challenge=" in url
+    r = requests.get(url, allow_redirects=False, timeout=10)
+    assert r.status_code == 302 and redirect_query(r)["state"] == state
+    tok = oauth.fetch_token(
+        sb.token_url, authorization_response=r.headers["Location"], client_secret=sb.config.client_secret
+    )
+    assert tok["token_type"] == "Bearer" and tok["expires_in"] == 1800 and tok["refresh_token"]
+    conns = oauth.get(sb.connections_url).json()
+    assert {c["tenantId"] for c in conns} == {t.tenant_id for t in sb.tenants}
+    r = oauth.get(f"{sb.api_url}/Invoices", headers={"xero-tenant-id": conns[0]["tenantId"]})
+    assert r.status_code == 200 and r.json()["Invoices"]
+    new = oauth.refresh_token(sb.token_url, auth=AUTH)
+    assert new["refresh_token"] != tok["refresh_token"] and new["access_token"] != tok["access_token"]
+    assert oauth.get(sb.connections_url).status_code == 200
+
+
+def test_authorize_validates_client_redirect_scope_and_type(xero_sandbox_server) -> None:
+    sb = xero_sandbox_server
+    r = authorize(sb, client_id="nope")
+    assert r.status_code == 400 and "Location" not in r.headers
+    assert authorize(sb, redirect_uri="https://evil.example/cb").status_code == 400
+    assert redirect_query(authorize(sb, scope="openid accounting.everything")) == {
+        "error": "invalid_scope",
+        "state": "st4te",
+    }
+    assert redirect_query(authorize(sb, response_type="token"))["error"] == "unsupported_response_type"
+    assert redirect_query(authorize(sb, sandbox_deny="1")) == {"error": "access_denied", "state": "st4te"}
+    sb.set_consent(error="access_denied")
+    assert redirect_query(authorize(sb))["error"] == "access_denied"
+    sb.set_consent()
+    ok = redirect_query(authorize(sb))
+    assert ok["state"] == "st4te" and ok["code"]
+
+
+def test_configured_redirect_uris_are_enforced(xero_sandbox_factory) -> None:
+    sb = xero_sandbox_factory(redirect_uris=["http://localhost:9999/cb"])
+    assert authorize(sb).status_code == 400
+    assert authorize(sb, redirect_uri="http://localhost:9999/cb").status_code == 302
+
+
+def test_code_exchange_rules(xero_sandbox_server) -> None:
+    sb = xero_sandbox_server
+    code = redirect_query(authorize(sb))["code"]
+    bad = token(
+        sb,
+        auth=("sandbox-client-id", "wrong"),
+        grant_type="authorization_code",
+        code=code,
+        redirect_uri=REDIRECT,
+    )
+    assert bad.status_code == 400 and bad.json() == {"error": "invalid_client"}
+    wrong_uri = token(sb, grant_type="authorization_code", code=code, redirect_uri="http://127.0.0.1:2/x")
+    assert wrong_uri.json()["error"] == "invalid_grant"
+    # client credentials in the body are accepted too
+    ok = token(
+        sb,
+        auth=None,
+        grant_type="authorization_code",
+        code=code,
+        redirect_uri=REDIRECT,
+        client_id=AUTH[0],
+        client_secret=AUTH[1],
+    )
+    assert ok.status_code == 200
+    again = token(sb, grant_type="authorization_code", code=code, redirect_uri=REDIRECT)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    # a replayed code revokes what it issued
+    assert refresh(sb, ok.json()["refresh_token"]).json()["error"] == "invalid_grant"
+    late = redirect_query(authorize(sb))["code"]
+    sb.advance_clock(301)
+    assert (
+        token(sb, grant_type="authorization_code", code=late, redirect_uri=REDIRECT).json()["error"]
+        == "invalid_grant"
+    )
+    assert token(sb, grant_type="password").json()["error"] == "unsupported_grant_type"
+
+
+def test_pkce_s256_is_checked(xero_sandbox_server) -> None:
+    import base64
+    import hashlib
+
+    sb = xero_sandbox_server
+    verifier = "v" * 50
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    code = redirect_query(authorize(sb, code_challenge=challenge, code_challenge_method="S256"))["code"]
+    r = token(sb, grant_type="authorization_code", code=code, redirect_uri=REDIRECT, code_verifier="w" * 50)
+    assert r.json()["error"] == "invalid_grant"
+    code = redirect_query(authorize(sb, code_challenge=challenge, code_challenge_method="S256"))["code"]
+    assert (
+        token(sb, grant_type="authorization_code", code=code, redirect_uri=REDIRECT).json()["error"]
+        == "invalid_grant"
+    )
+    # a public client (no secret) may use PKCE
+    code = redirect_query(authorize(sb, code_challenge=challenge, code_challenge_method="S256"))["code"]
+    r = token(
+        sb,
+        auth=None,
+        grant_type="authorization_code",
+        code=code,
+        redirect_uri=REDIRECT,
+        client_id=sb.config.client_id,
+        code_verifier=verifier,
+    )
+    assert r.status_code == 200 and r.json()["access_token"]
+
+
+def test_access_token_lives_1800_sandbox_seconds(xero_sandbox_server) -> None:
+    sb = xero_sandbox_server
+    tok = exchange(sb)
+    tid = sb.tenants[0].tenant_id
+    sb.advance_clock(1790)
+    assert api_status(sb, tok["access_token"], tid).status_code == 200
+    sb.advance_clock(15)
+    r = api_status(sb, tok["access_token"], tid)
+    assert r.status_code == 401
+    assert r.json()["Title"] == "Unauthorized" and r.json()["Detail"].startswith("TokenExpired")
+    assert (
+        requests.get(
+            sb.connections_url, headers={"Authorization": f"Bearer {tok['access_token']}"}, timeout=10
+        ).status_code
+        == 401
+    )
+
+
+def test_refresh_rotation_with_grace_for_a_lost_response(xero_sandbox_server) -> None:
+    sb = xero_sandbox_server
+    r1 = exchange(sb)["refresh_token"]
+    first = refresh(sb, r1).json()
+    r2 = first["refresh_token"]
+    assert r2 != r1
+    # The response was "lost": replaying r1 within 30 minutes gives the same successor, not a fork.
+    sb.advance_clock(600)
+    replay = refresh(sb, r1)
+    assert replay.status_code == 200 and replay.json()["refresh_token"] == r2
+    # Once the successor is used, the old token is dead.
+    r3 = refresh(sb, r2).json()["refresh_token"]
+    bad = refresh(sb, r1)
+    assert bad.status_code == 400 and bad.json() == {"error": "invalid_grant"}
+    # r2 was rotated but r3 not yet used: grace applies for 30 minutes, then never again.
+    assert refresh(sb, r2).json()["refresh_token"] == r3
+    sb.advance_clock(1801)
+    assert refresh(sb, r2).json()["error"] == "invalid_grant"
+    assert refresh(sb, r3).status_code == 200
+
+
+def test_two_workers_refreshing_at_once_lose_a_token(xero_sandbox_server) -> None:
+    """The classic invalid_grant: B refreshes with a token A already rotated and whose successor A used."""
+    sb = xero_sandbox_server
+    shared = exchange(sb)["refresh_token"]
+    a = refresh(sb, shared).json()["refresh_token"]
+    refresh(sb, a)  # A carries on
+    assert refresh(sb, shared).json()["error"] == "invalid_grant"  # B is out
+
+
+def test_refresh_token_expires_after_60_days_unused(xero_sandbox_server) -> None:
+    sb = xero_sandbox_server
+    rt = exchange(sb)["refresh_token"]
+    sb.advance_clock(59 * 86400)
+    rt2 = refresh(sb, rt).json()["refresh_token"]  # used in time: a fresh 60 days
+    sb.advance_clock(59 * 86400)
+    rt3 = refresh(sb, rt2).json()["refresh_token"]
+    sb.advance_clock(60 * 86400 + 1)
+    assert refresh(sb, rt3).json()["error"] == "invalid_grant"
+
+
+def test_revocation_removes_the_authorisation(xero_sandbox_server) -> None:
+    sb = xero_sandbox_server
+    tok = exchange(sb)
+    tid = sb.tenants[0].tenant_id
+    r = requests.post(sb.revocation_url, data={"token": tok["refresh_token"]}, auth=AUTH, timeout=10)
+    assert r.status_code == 200
+    assert refresh(sb, tok["refresh_token"]).json()["error"] == "invalid_grant"
+    assert api_status(sb, tok["access_token"], tid).status_code == 401
+    assert (
+        requests.post(
+            sb.revocation_url, data={"token": "x"}, auth=("sandbox-client-id", "bad"), timeout=10
+        ).json()["error"]
+        == "invalid_client"
+    )
+
+
+def test_connections_list_and_delete(xero_sandbox_server) -> None:
+    sb = xero_sandbox_server
+    tok = exchange(sb)
+    h = {"Authorization": f"Bearer {tok['access_token']}"}
+    conns = requests.get(sb.connections_url, headers=h, timeout=10).json()
+    assert len(conns) == 2
+    assert set(conns[0]) == {
+        "id",
+        "authEventId",
+        "tenantId",
+        "tenantType",
+        "tenantName",
+        "createdDateUtc",
+        "updatedDateUtc",
+    }
+    gone, kept = conns
+    r = requests.delete(f"{sb.connections_url}/{gone['id']}", headers=h, timeout=10)
+    assert r.status_code == 204 and r.content == b""
+    assert requests.delete(f"{sb.connections_url}/{gone['id']}", headers=h, timeout=10).status_code == 404
+    assert [c["id"] for c in requests.get(sb.connections_url, headers=h, timeout=10).json()] == [kept["id"]]
+    denied = api_status(sb, tok["access_token"], gone["tenantId"])
+    assert denied.status_code == 403 and denied.json()["Detail"] == "AuthenticationUnsuccessful"
+    assert api_status(sb, tok["access_token"], kept["tenantId"]).status_code == 200
+
+
+def test_disconnect_from_xero_side(xero_sandbox_server) -> None:
+    sb = xero_sandbox_server
+    tok = exchange(sb)
+    tid = sb.tenants[1].tenant_id
+    assert sb.disconnect_tenant(tid) == 1
+    assert api_status(sb, tok["access_token"], tid).status_code == 403
+
+
+def test_consent_chooses_tenants_and_user(xero_sandbox_factory) -> None:
+    sb = xero_sandbox_factory(
+        tenants=3,
+        invoices_per_tenant=5,
+        users=[UserConfig("user-a", "a@example.com"), UserConfig("user-b", "b@example.com")],
+    )
+    t0, t1, t2 = (t.tenant_id for t in sb.tenants)
+    tok_a = exchange(sb, sandbox_tenants=f"{t0},{t2}")
+    conns = requests.get(
+        sb.connections_url, headers={"Authorization": f"Bearer {tok_a['access_token']}"}, timeout=10
+    ).json()
+    assert {c["tenantId"] for c in conns} == {t0, t2}
+    assert api_status(sb, tok_a["access_token"], t1).status_code == 403
+    sb.set_consent(user_id="b@example.com", tenants=[t1])
+    tok_b = exchange(sb)
+    conns_b = requests.get(
+        sb.connections_url, headers={"Authorization": f"Bearer {tok_b['access_token']}"}, timeout=10
+    ).json()
+    assert [c["tenantId"] for c in conns_b] == [t1]
+    import jwt
+
+    claims = jwt.decode(tok_b["id_token"], options={"verify_signature": False})
+    assert claims["email"] == "b@example.com" and claims["aud"] == sb.config.client_id
+
+
+def test_scopes_gate_endpoints_and_refresh_tokens(xero_sandbox_server) -> None:
+    sb = xero_sandbox_server
+    tid = sb.tenants[0].tenant_id
+    tok = sandbox_token(sb, scope="accounting.transactions.read")
+    assert "refresh_token" not in tok and "id_token" not in tok
+    assert api_status(sb, tok["access_token"], tid, "Invoices").status_code == 200
+    r = api_status(sb, tok["access_token"], tid, "Contacts")
+    assert r.status_code == 401 and r.json()["Detail"] == "AuthorizationUnsuccessful"
+    granular = sandbox_token(sb, scope="offline_access accounting.invoices.read accounting.settings.read")
+    assert api_status(sb, granular["access_token"], tid, "Invoices").status_code == 200
+    assert api_status(sb, granular["access_token"], tid, "Organisation").status_code == 200
+    assert api_status(sb, granular["access_token"], tid, "Payments").status_code == 401
+
+
+@pytest.mark.parametrize("header", [None, "Bearer nonsense", "Basic abc"])
+def test_bad_bearer_is_401_problem_json(xero_sandbox_server, header) -> None:
+    sb = xero_sandbox_server
+    headers = {"xero-tenant-id": sb.tenants[0].tenant_id}
+    if header:
+        headers["Authorization"] = header
+    r = requests.get(f"{sb.api_url}/Invoices", headers=headers, timeout=10)
+    assert r.status_code == 401
+    assert r.json()["Status"] == 401 and r.json()["Title"] == "Unauthorized"
+
+
+def test_tenant_header_is_required(xero_sandbox_server) -> None:
+    sb = xero_sandbox_server
+    tok = exchange(sb)
+    assert api_status(sb, tok["access_token"], "").status_code == 403
+    assert api_status(sb, tok["access_token"], "00000000-0000-4000-8000-000000000000").status_code == 403
+
+
+def test_extra_clients_are_separate_apps(xero_sandbox_factory) -> None:
+    sb = xero_sandbox_factory(
+        config=SandboxConfig(tenants=1, invoices_per_tenant=3, extra_clients={"other-app": "other-secret"})
+    )
+    code = redirect_query(authorize(sb, client_id="other-app"))["code"]
+    r = token(
+        sb,
+        auth=("other-app", "other-secret"),
+        grant_type="authorization_code",
+        code=code,
+        redirect_uri=REDIRECT,
+    )
+    assert r.status_code == 200
+    main = exchange(sb)
+    conns = requests.get(
+        sb.connections_url, headers={"Authorization": f"Bearer {main['access_token']}"}, timeout=10
+    ).json()
+    assert len(conns) == 1  # the other app's connection is not this app's

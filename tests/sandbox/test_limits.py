@@ -1,0 +1,180 @@
+"""Rate limits: each one hit over HTTP, exact status and headers, recovery as the sandbox clock moves."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import requests
+
+from xero_sandbox import LimitConfig, SandboxConfig
+from xero_sandbox.pytest_plugin import sandbox_token
+
+
+class Client:
+    def __init__(self, sb) -> None:
+        self.sb = sb
+        self.s = requests.Session()
+        self.s.headers["Authorization"] = f"Bearer {sandbox_token(sb)['access_token']}"
+
+    def get(self, tenant: int = 0, path: str = "Organisation") -> requests.Response:
+        return self.s.get(
+            f"{self.sb.api_url}/{path}",
+            timeout=30,
+            headers={"xero-tenant-id": self.sb.tenants[tenant].tenant_id},
+        )
+
+
+def test_minute_limit_60_then_429_and_recovery(xero_sandbox_server) -> None:
+    c = Client(xero_sandbox_server)
+    for n in range(60):
+        r = c.get()
+        assert r.status_code == 200
+        assert r.headers["X-MinLimit-Remaining"] == str(59 - n)
+        assert r.headers["X-DayLimit-Remaining"] == str(4999 - n)
+        assert r.headers["X-AppMinLimit-Remaining"] == str(9999 - n)
+    r = c.get()
+    assert r.status_code == 429
+    assert r.headers["X-Rate-Limit-Problem"] == "minute"
+    assert 1 <= int(r.headers["Retry-After"]) <= 60
+    assert r.headers["X-MinLimit-Remaining"] == "0"
+    assert r.headers["X-DayLimit-Remaining"] == "4940"  # a refused call costs nothing
+    assert c.get(tenant=1).status_code == 200  # limits are per tenant
+    xero_sandbox_server.advance_clock(60)
+    r = c.get()
+    assert r.status_code == 200 and r.headers["X-MinLimit-Remaining"] == "59"
+
+
+def test_starter_tier_day_limit_1000(xero_sandbox_factory) -> None:
+    sb = xero_sandbox_factory(
+        tenants=1,
+        invoices_per_tenant=5,
+        tier="STARTER",
+        limits=LimitConfig(per_minute=None, per_day=1000, concurrent=None),
+    )
+    c = Client(sb)
+    last = None
+    for _ in range(1000):
+        last = c.get()
+        assert last.status_code == 200
+    assert last is not None and last.headers["X-DayLimit-Remaining"] == "0"
+    assert "X-MinLimit-Remaining" not in last.headers  # that limit is switched off
+    r = c.get()
+    assert r.status_code == 429 and r.headers["X-Rate-Limit-Problem"] == "day"
+    assert 86000 <= int(r.headers["Retry-After"]) <= 86400
+    sb.advance_clock(1500)
+    assert c.get().status_code == 429  # a daily 429 is not worth retrying today
+    sb.advance_clock(86400 - 1500)
+    r = Client(sb).get()  # (a new access token: the old one expired meanwhile)
+    assert r.status_code == 200 and r.headers["X-DayLimit-Remaining"] == "999"
+
+
+def test_default_day_limit_is_5000(xero_sandbox_factory) -> None:
+    sb = xero_sandbox_factory(tenants=1, invoices_per_tenant=1)
+    c = Client(sb)
+    for _ in range(4):
+        for _ in range(60):
+            assert c.get().status_code == 200
+        sb.advance_clock(60)
+    r = c.get()
+    assert r.headers["X-DayLimit-Remaining"] == str(5000 - 241)
+
+
+def test_app_minute_limit_across_tenants(xero_sandbox_factory) -> None:
+    sb = xero_sandbox_factory(tenants=2, invoices_per_tenant=5, limits=LimitConfig(app_per_minute=10))
+    c = Client(sb)
+    for n in range(10):
+        r = c.get(tenant=n % 2)
+        assert r.status_code == 200 and r.headers["X-AppMinLimit-Remaining"] == str(9 - n)
+    for tenant in (0, 1):
+        r = c.get(tenant=tenant)
+        assert r.status_code == 429 and r.headers["X-Rate-Limit-Problem"] == "appminute"
+        assert r.headers["X-AppMinLimit-Remaining"] == "0"
+    sb.advance_clock(61)
+    assert c.get().status_code == 200
+
+
+def test_concurrent_limit_5_in_flight(xero_sandbox_server) -> None:
+    sb = xero_sandbox_server
+    c = Client(sb)
+    tid = sb.tenants[0].tenant_id
+    sb.add_fault("slow", times=5, seconds=1.5)
+    results: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(Client(sb).get().status_code)) for _ in range(5)
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while sb.stats()["tenants"][tid]["limitsRemaining"]["concurrent"] > 0:
+        assert time.monotonic() < deadline, "the slow calls never got in flight"
+        time.sleep(0.01)
+    r = c.get()
+    assert r.status_code == 429 and r.headers["X-Rate-Limit-Problem"] == "concurrent"
+    assert r.headers["Retry-After"] == "1"
+    assert c.get(tenant=1).status_code == 200  # another tenant is unaffected
+    for t in threads:
+        t.join()
+    assert results == [200] * 5
+    assert c.get().status_code == 200
+
+
+def test_accelerated_clock_makes_a_minute_short(xero_sandbox_factory) -> None:
+    sb = xero_sandbox_factory(
+        tenants=1, invoices_per_tenant=5, clock_speed=120, limits=LimitConfig(per_minute=3)
+    )
+    c = Client(sb)
+    for _ in range(3):
+        assert c.get().status_code == 200
+    r = c.get()
+    assert r.status_code == 429 and r.headers["X-Rate-Limit-Problem"] == "minute"
+    # Retry-After is in wall-clock seconds at this clock speed: 60 sandbox s / 120 -> 1 s.
+    assert r.headers["Retry-After"] == "1"
+    for _ in range(50):
+        time.sleep(int(r.headers["Retry-After"]))
+        r = c.get()
+        if r.status_code == 200:
+            break
+    assert r.status_code == 200
+
+
+def test_retry_after_in_sandbox_seconds_when_asked(xero_sandbox_factory) -> None:
+    sb = xero_sandbox_factory(
+        tenants=1,
+        invoices_per_tenant=5,
+        clock_speed=120,
+        limits=LimitConfig(per_minute=1, retry_after_wall_clock=False),
+    )
+    c = Client(sb)
+    assert c.get().status_code == 200
+    r = c.get()
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 1
+
+
+def test_limits_switched_off(xero_sandbox_factory) -> None:
+    sb = xero_sandbox_factory(config=SandboxConfig(tenants=1, invoices_per_tenant=5, rate_limits=False))
+    c = Client(sb)
+    for _ in range(80):
+        r = c.get()
+        assert r.status_code == 200
+    assert not any(h.startswith("X-") and "Limit" in h for h in r.headers)
+
+
+def test_429_answers_of_every_endpoint_carry_headers(xero_sandbox_factory) -> None:
+    sb = xero_sandbox_factory(tenants=1, invoices_per_tenant=5, limits=LimitConfig(per_minute=1))
+    c = Client(sb)
+    assert c.get(path="Invoices").status_code == 200
+    for path in ("Invoices", "Contacts", "Payments", "CreditNotes", "Accounts", "Organisation"):
+        r = c.get(path=path)
+        assert r.status_code == 429
+        for header in (
+            "Retry-After",
+            "X-Rate-Limit-Problem",
+            "X-MinLimit-Remaining",
+            "X-DayLimit-Remaining",
+            "X-AppMinLimit-Remaining",
+        ):
+            assert header in r.headers
+    stats = sb.stats()["tenants"][sb.tenants[0].tenant_id]
+    assert stats["limitsRemaining"]["minute"] == 0
+    assert stats["calls"] == 7
