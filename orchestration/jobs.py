@@ -1,17 +1,16 @@
-"""The tenant sync job: raw extract (dlt) then dbt, one tenant (partition) per run."""
+"""The tenant sync job: raw extract (dlt) then dbt, one tenant (partition) per run.
+
+Its partitioning (tenants) comes from the selected assets."""
 
 from __future__ import annotations
 
 import dagster as dg
-
-from orchestration.partitions import tenant_partitions
 
 SYNC_JOB_NAME = "xero_tenant_sync"
 
 tenant_sync_job = dg.define_asset_job(
     name=SYNC_JOB_NAME,
     selection=dg.AssetSelection.groups("xero_raw", "analytics"),
-    partitions_def=tenant_partitions,
     description="Extract one Xero tenant into raw_xero, then build its analytics models.",
     # Xero answers 429/5xx at times; the client retries requests, this retries a failed step.
     op_retry_policy=dg.RetryPolicy(

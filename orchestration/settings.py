@@ -133,9 +133,12 @@ def prepare_environment(environ: dict[str, str] | None = None) -> DatabaseUrl:
     if not env.get("DAGSTER_POSTGRES_URL"):
         dagster_db = f"{db.database}_dagster"
         ensure_database(db, dagster_db)
-        env["DAGSTER_POSTGRES_URL"] = db.with_database(dagster_db).url
+        dagster_url = db.with_database(dagster_db)
     else:
-        DatabaseUrl.parse(env["DAGSTER_POSTGRES_URL"], "DAGSTER_POSTGRES_URL")
+        dagster_url = DatabaseUrl.parse(env["DAGSTER_POSTGRES_URL"], "DAGSTER_POSTGRES_URL")
+    # dagster-postgres speaks psycopg2 (its NOTIFY is psycopg2-only); SQLAlchemy 2.1's default
+    # driver for a bare postgresql:// is psycopg 3, so name the driver.
+    env["DAGSTER_POSTGRES_URL"] = dagster_url.url.replace("postgresql://", "postgresql+psycopg2://", 1)
 
     home = Path(env.setdefault("DAGSTER_HOME", str(local_dir() / "dagster")))
     home.mkdir(parents=True, exist_ok=True)

@@ -69,6 +69,7 @@ def sync_tenants(
     *,
     full_refresh: bool = False,
     instance: dg.DagsterInstance | None = None,
+    log_level: str = "WARNING",
 ) -> list[TenantSyncResult]:
     """Materialise raw + dbt assets for the given tenants (default: every active one)."""
     from orchestration.definitions import defs
@@ -89,7 +90,11 @@ def sync_tenants(
             partition_key=tenant_id,
             instance=instance,
             raise_on_error=False,
-            run_config={"ops": {"xero_raw": {"config": {"full_refresh": full_refresh}}}},
+            run_config={
+                "ops": {"xero_raw": {"config": {"full_refresh": full_refresh}}},
+                # The run's full log is on the instance (the UI); the terminal gets the summary.
+                "loggers": {"console": {"config": {"log_level": log_level}}},
+            },
             tags={"xero-elt/launched-by": "xero-elt sync"},
         )
         fetched = {}

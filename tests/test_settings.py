@@ -42,7 +42,8 @@ def test_prepare_environment_uses_a_given_database(database_url, tmp_path):
     db = prepare_environment(env)
     assert db.url == DatabaseUrl.parse(database_url).url
     dagster_db = f"{db.database}_dagster"
-    assert env["DAGSTER_POSTGRES_URL"] == db.with_database(dagster_db).url
+    assert env["DAGSTER_POSTGRES_URL"] == db.with_database(dagster_db).url.replace(
+        "postgresql://", "postgresql+psycopg2://")
     with psycopg.connect(db.url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(dagster_db)))
     assert (tmp_path / "dagster" / "dagster.yaml").exists()

@@ -84,7 +84,8 @@ class XeroClient:
             try:
                 resp = self.session.get(url, params=params, headers=headers,
                                         timeout=self.settings.request_timeout_seconds)
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+                # ChunkedEncodingError: the connection dropped in the middle of the body.
                 self._backoff_or_raise(attempt, where, f"connection failed ({type(exc).__name__})")
                 continue
             self.calls += 1

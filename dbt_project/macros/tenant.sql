@@ -11,10 +11,11 @@
   {{ return("'" ~ tenant ~ "'") }}
 {% endmacro %}
 
-{#- `where` clause restricting a relation to this run's tenant (or nothing when unset). -#}
-{% macro tenant_filter(column='tenant_id') %}
+{#- Condition restricting rows to this run's tenant (`true` when unset). Every model must apply
+    it: models are delete+insert on tenant_id, so whatever a run selects, it replaces. -#}
+{% macro tenant_condition(column='tenant_id') %}
   {%- set literal = tenant_literal() -%}
-  {%- if literal is not none -%} where {{ column }} = {{ literal }} {%- endif -%}
+  {%- if literal is none -%} true {%- else -%} {{ column }} = {{ literal }} {%- endif -%}
 {% endmacro %}
 
 {#- Latest version of each record: raw keeps one row per fetched version. -#}
@@ -26,7 +27,7 @@
         order by r.updated_date_utc desc, r._dlt_load_id desc
       ) as _version_rank
     from {{ relation }} as r
-    {{ tenant_filter('r.tenant_id') }}
+    where {{ tenant_condition('r.tenant_id') }}
   ) as versions
   where _version_rank = 1
 {% endmacro %}

@@ -24,3 +24,4 @@ select
     updated_at
 from {{ ref('stg_xero__invoices') }}
 where not is_deleted
+  and {{ tenant_condition() }}

@@ -1,0 +1,114 @@
+"""The Xero client against the sandbox over HTTP: paging, If-Modified-Since, limits, faults."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from xero_sandbox import LimitConfig, SandboxConfig
+from xero_sandbox.pytest_plugin import sandbox_token
+from xero_source import DailyLimitExceeded, SourceSettings, XeroApiError, XeroClient
+
+
+@pytest.fixture
+def sandbox(xero_sandbox_factory):
+    return xero_sandbox_factory(SandboxConfig(seed=3, tenants=1, invoices_per_tenant=230))
+
+
+def make_client(sb, page_size=100, **kw) -> tuple[XeroClient, list[float], list[int]]:
+    token = sandbox_token(sb)["access_token"]
+    sleeps: list[float] = []
+    provided: list[int] = []
+
+    def provider() -> str:
+        provided.append(1)
+        return token
+
+    settings = SourceSettings(api_url=f"{sb.url}/api.xro/2.0", page_size=page_size, **kw)
+    client = XeroClient(sb.tenants[0].tenant_id, provider, settings, sleep=sleeps.append)
+    return client, sleeps, provided
+
+
+def invoice_calls(sb) -> int:
+    tenant = sb.tenants[0].tenant_id
+    return sum(e["calls"] for e in sb.stats()["endpoints"]
+               if e["tenantId"] == tenant and e["endpoint"] == "Invoices")
+
+
+def test_pages_until_a_short_page_with_decimal_amounts(sandbox):
+    client, _, provided = make_client(sandbox, page_size=100)
+    pages = list(client.paged("Invoices", "Invoices", params={"order": "UpdatedDateUTC ASC"}))
+    assert [len(p) for p in pages] == [100, 100, 30]
+    ids = {r["InvoiceID"] for p in pages for r in p}
+    assert len(ids) == 230  # every invoice, DELETED ones included, each once
+    assert all(isinstance(r["Total"], Decimal | int) for p in pages for r in p)
+    assert any(isinstance(r["Total"], Decimal) for p in pages for r in p)
+    assert invoice_calls(sandbox) == 3 and len(provided) == 3  # a token asked for per request
+
+
+def test_if_modified_since_returns_only_changes(sandbox):
+    client, _, _ = make_client(sandbox)
+    tenant = sandbox.tenants[0].tenant_id
+    since = datetime.fromtimestamp(sandbox.now_ms() / 1000, tz=UTC)
+    sandbox.advance_clock(60)
+    edited = next(r for r in sandbox.truth_records(tenant, "Invoices") if r["Status"] == "AUTHORISED")
+    sandbox.mutate(tenant, "edit_invoice", invoice_id=edited["InvoiceID"], reference="changed")
+    pages = list(client.paged("Invoices", "Invoices", modified_since=since))
+    assert [r["InvoiceID"] for p in pages for r in p] == [edited["InvoiceID"]]
+    assert pages[0][0]["Reference"] == "changed"
+
+
+@pytest.mark.parametrize("kind", ["500", "503", "drop", "truncate", "malformed", "429"])
+def test_transient_faults_are_retried(sandbox, kind):
+    client, sleeps, _ = make_client(sandbox)
+    sandbox.add_fault(kind, endpoint="Invoices", page=2, times=1)
+    pages = list(client.paged("Invoices", "Invoices"))
+    assert sum(len(p) for p in pages) == 230
+    assert len(sleeps) == 1  # waited once, then page 2 came through
+    if kind == "429":
+        assert sleeps[0] >= 1  # honoured Retry-After
+
+
+def test_an_expired_token_is_asked_for_again(sandbox):
+    client, _, provided = make_client(sandbox)
+    sandbox.add_fault("401", endpoint="Invoices", times=1)
+    body = client.get("Invoices", {"page": 1, "pageSize": 10})
+    assert len(body["Invoices"]) == 10
+    assert len(provided) == 2
+
+
+def test_persistent_errors_name_tenant_endpoint_and_page(sandbox):
+    client, sleeps, _ = make_client(sandbox, max_retries=2)
+    sandbox.add_fault("503", endpoint="Invoices", page=2, times=None)
+    with pytest.raises(XeroApiError) as err:
+        list(client.paged("Invoices", "Invoices"))
+    message = str(err.value)
+    assert sandbox.tenants[0].tenant_id in message and "Invoices page 2" in message
+    assert len(sleeps) == 2
+
+
+def test_daily_limit_is_not_retried(xero_sandbox_factory):
+    sb = xero_sandbox_factory(SandboxConfig(seed=3, tenants=1, invoices_per_tenant=30,
+                                            limits=LimitConfig(per_day=2)))
+    client, sleeps, _ = make_client(sb, page_size=10)
+    with pytest.raises(DailyLimitExceeded) as err:
+        list(client.paged("Invoices", "Invoices"))
+    assert "daily" in str(err.value) and sb.tenants[0].tenant_id in str(err.value)
+    assert sleeps == []
+
+
+def test_minute_limit_waits_as_told(xero_sandbox_factory):
+    sb = xero_sandbox_factory(SandboxConfig(seed=3, tenants=1, invoices_per_tenant=50,
+                                            limits=LimitConfig(per_minute=2)))
+    client, sleeps, _ = make_client(sb, page_size=10)
+
+    def sleep_on_sandbox_clock(seconds: float) -> None:
+        sleeps.append(seconds)
+        sb.advance_clock(seconds)  # the sandbox's minute passes without the test waiting
+
+    client.sleep = sleep_on_sandbox_clock
+    pages = list(client.paged("Invoices", "Invoices"))
+    assert sum(len(p) for p in pages) == 50
+    assert sleeps and all(0 < s <= 60 for s in sleeps)
