@@ -641,8 +641,10 @@ class TenantData:
             "allocations": [(idx, allocated, upd // DAY_MS)],
         }
         self.compute_totals(st)
-        # Rounding of the back-computed net amount can move the total by a cent: keep allocations <= total.
-        st["allocations"] = [(idx, min(allocated, st["total"]), upd // DAY_MS)]
+        # The net amount is back-computed from the gross: nudge it so the total covers what was allocated.
+        while st["total"] < gross:
+            st["lines"][0]["unit"] += 1
+            self.compute_totals(st)
         st["status"] = "PAID" if st["total"] == sum(a for _, a, _ in st["allocations"]) else "AUTHORISED"
         return st
 

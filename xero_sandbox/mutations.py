@@ -59,6 +59,7 @@ def _day(value: str | None, default: int) -> int:
 class Mutator:
     def __init__(self, sb: Sandbox) -> None:
         self.sb = sb
+        self._last_ms = 0
 
     def apply(self, tenant_id: str, action: str, **kw: Any) -> dict:
         if action not in ACTIONS:
@@ -70,7 +71,10 @@ class Mutator:
     # -- helpers ---------------------------------------------------------------------------------------
 
     def _now(self) -> int:
-        return self.sb.clock.now_ms()
+        # Strictly increasing: two changes never share an UpdatedDateUTC, so their order is well defined.
+        now = max(self.sb.clock.now_ms(), self._last_ms + 1)
+        self._last_ms = now
+        return now
 
     def _find(self, t: TenantData, kind: str, value: str | None) -> dict:
         idx = t.decode_id(kind, value or "")
