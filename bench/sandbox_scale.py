@@ -91,6 +91,7 @@ def main() -> int:
         s.headers.update({"Authorization": f"Bearer {tok['access_token']}", "xero-tenant-id": tenant})
 
         pages = items = nbytes = 0
+        max_updated = ""
         t0 = time.perf_counter()
         page = 1
         while True:
@@ -98,6 +99,8 @@ def main() -> int:
             r.raise_for_status()
             nbytes += len(r.content)
             batch = r.json()["Invoices"]
+            if batch:
+                max_updated = max(max_updated, batch[-1]["UpdatedDateUTCString"])
             pages += 1
             items += len(batch)
             if page % 100 == 0:
@@ -115,6 +118,18 @@ def main() -> int:
         truth_t0 = time.perf_counter()
         truth = s.get(f"{base}/__sandbox/tenants/{tenant}/truth", params={"resource": "Invoices"}).json()
         truth_wall = time.perf_counter() - truth_t0
+        # Incremental: 100 changes, then If-Modified-Since from the newest record seen.
+        s.post(f"{base}/__sandbox/tenants/{tenant}/mutations", json={"action": "random", "count": 100})
+        inc_t0 = time.perf_counter()
+        inc = s.get(
+            f"{base}/api.xro/2.0/Invoices",
+            params={"page": 1, "pageSize": args.page_size},
+            headers={"If-Modified-Since": max_updated.rstrip("Z")},
+        ).json()
+        inc_wall = time.perf_counter() - inc_t0
+        pay_t0 = time.perf_counter()
+        pay = s.get(f"{base}/api.xro/2.0/Payments", params={"page": 1, "pageSize": args.page_size}).json()
+        pay_wall = time.perf_counter() - pay_t0
         peak = peak_rss_mb(proc.pid)
         print(f"invoices per tenant: {args.invoices:,}; page size {args.page_size}")
         print(
@@ -124,6 +139,11 @@ def main() -> int:
         print(f"bytes served: {nbytes:,} ({nbytes / 2**30:.2f} GiB, {nbytes / max(items, 1):,.0f} B/invoice)")
         print(
             f"ground truth: count {truth['count']:,}, total {truth['total']} (computed in {truth_wall:.1f} s)"
+        )
+        print(
+            f"incremental after 100 changes: {inc['pagination']['itemCount']} invoices in one call "
+            f"({inc_wall * 1000:.0f} ms); Payments page 1 of {pay['pagination']['pageCount']} "
+            f"(first use builds the payment index) in {pay_wall:.1f} s"
         )
         print(
             f"sandbox RSS: {rss_start:.0f} MB after start; peak {peak:.0f} MB "
