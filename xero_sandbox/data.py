@@ -420,7 +420,8 @@ class TenantData:
             has_cn = 1 if d[2] < 13 else 0
             npay = 1 if d[3] < 128 else 0  # half are part-paid
         else:
-            has_cn = npay = 0
+            npay = 0
+            has_cn = 1 if d[2] < 40 else 0  # a standalone credit note sharing the invoice's status
         return status, npay, has_cn
 
     def invoice(self, idx: int) -> dict | None:
@@ -500,7 +501,8 @@ class TenantData:
         st["rate_micro"] = self.currency_rate_micro(currency, date_day)
         self.compute_totals(st)
         total = st["total"]
-        if has_cn:
+        st["_cn"] = has_cn
+        if has_cn and status in ("AUTHORISED", "PAID"):
             share = 10 + d[44] % 41  # 10..50 % of the total
             st["credited"] = total * share // 100
             st["credit_notes"] = [i]
@@ -603,13 +605,18 @@ class TenantData:
         if idx >= self.n_invoices:
             return None
         inv = self._base_invoice(idx)
-        if not inv["credit_notes"]:
+        if not inv.get("_cn"):
             return None
         d = self._digest("cn", idx)
         allocated = inv["credited"]
-        # Some credit notes are larger than what was allocated, leaving RemainingCredit.
-        extra = 0 if d[0] < 160 else allocated * (5 + d[1] % 40) // 100
-        gross = allocated + extra
+        standalone = inv["status"] not in ("AUTHORISED", "PAID")
+        if standalone:
+            # Not allocated to anything: a draft, submitted, voided or deleted credit note of its own.
+            gross = max(100, inv["total"] * (20 + d[1] % 31) // 100)
+        else:
+            # Some credit notes are larger than what was allocated, leaving RemainingCredit.
+            extra = 0 if d[0] < 160 else allocated * (5 + d[1] % 40) // 100
+            gross = allocated + extra
         num, den = self.tax_rate
         if inv["lat"] == "NoTax":
             lat, unit = "NoTax", gross
@@ -638,14 +645,17 @@ class TenantData:
                     "j": 0,
                 }
             ],
-            "allocations": [(idx, allocated, upd // DAY_MS)],
+            "allocations": [] if standalone else [(idx, allocated, upd // DAY_MS)],
         }
         self.compute_totals(st)
         # The net amount is back-computed from the gross: nudge it so the total covers what was allocated.
         while st["total"] < gross:
             st["lines"][0]["unit"] += 1
             self.compute_totals(st)
-        st["status"] = "PAID" if st["total"] == sum(a for _, a, _ in st["allocations"]) else "AUTHORISED"
+        if standalone:
+            st["status"] = inv["status"]
+        else:
+            st["status"] = "PAID" if st["total"] == sum(a for _, a, _ in st["allocations"]) else "AUTHORISED"
         return st
 
     def credit_remaining(self, st: dict) -> int:

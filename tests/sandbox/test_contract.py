@@ -103,6 +103,8 @@ def sandbox() -> Iterator[tuple[SandboxServer, dict]]:
         part = sb.mutate(tid, "create_invoice", status="AUTHORISED")
         sb.mutate(tid, "pay_invoice", invoice_id=part["InvoiceID"], amount="1.00")
         sb.mutate(tid, "create_credit_note", invoice_id=part["InvoiceID"], amount="2.00")
+        paid = sb.mutate(tid, "pay_invoice", invoice_id=part["InvoiceID"], amount="1.00")
+        sb.mutate(tid, "delete_payment", payment_id=paid["Payment"]["PaymentID"])
         sb.mutate(tid, "create_contact", name="Contract Test Contact")
         yield sb, sandbox_token(sb)
 
@@ -164,11 +166,12 @@ def test_every_status_and_type_is_produced_and_deserialises(sandbox, model_finde
     assert len({v(i.currency_code) for i in models}) >= 3
     credit = deserialize("CreditNotes", fetch(sandbox, "CreditNotes", page="1"), model_finder).credit_notes
     assert {v(c.type) for c in credit} == {"ACCRECCREDIT", "ACCPAYCREDIT"}
-    assert {"AUTHORISED", "PAID"} <= {v(c.status) for c in credit}
+    assert {v(c.status) for c in credit} == {"DRAFT", "SUBMITTED", "AUTHORISED", "PAID", "VOIDED", "DELETED"}
     pays = deserialize(
         "Payments", fetch(sandbox, "Payments", page="1", pageSize="1000"), model_finder
     ).payments
     assert {v(p.payment_type) for p in pays} == {"ACCRECPAYMENT", "ACCPAYPAYMENT"}
+    assert {v(p.status) for p in pays} == {"AUTHORISED", "DELETED"}
     contacts = deserialize(
         "Contacts", fetch(sandbox, "Contacts", page="1", includeArchived="true"), model_finder
     ).contacts
