@@ -88,7 +88,13 @@ def main() -> int:
             data={"grant_type": "authorization_code", "code": code, "redirect_uri": "http://127.0.0.1/cb"},
             auth=(info["clientId"], "sandbox-client-secret"),
         ).json()
-        s.headers.update({"Authorization": f"Bearer {tok['access_token']}", "xero-tenant-id": tenant})
+        s.headers.update(
+            {
+                "Authorization": f"Bearer {tok['access_token']}",
+                "xero-tenant-id": tenant,
+                "Accept": "application/json",
+            }
+        )
 
         pages = items = nbytes = 0
         max_updated = ""

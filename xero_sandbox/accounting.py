@@ -20,6 +20,7 @@ from .identity import ApiAuthError
 from .query import PAGED, ValidationError, build_query, parse_if_modified_since, run_query
 
 JSON = "application/json; charset=utf-8"
+XML = "text/xml; charset=utf-8"
 ENDPOINTS = ("Invoices", "Contacts", "Payments", "CreditNotes", "Accounts", "Organisation")
 OFFLINE_TEXT = "The Xero API is currently offline for this organisation. Please try again later."
 ERROR_500 = (
@@ -42,7 +43,13 @@ class DroppedResponse(Response):
         raise ConnectionAbortedError("sandbox fault: connection dropped")
 
 
-def validation_error(message: str) -> Response:
+def wants_json(request: Request, sb: Sandbox) -> bool:
+    """Xero answers XML unless the client asks for JSON (a classic first-integration surprise)."""
+    accept = request.headers.get("accept", "").lower()
+    return "json" in accept or (sb.cfg.json_by_default and "xml" not in accept)
+
+
+def validation_error(message: str, as_json: bool = True) -> Response:
     body = {
         "ErrorNumber": 10,
         "Type": "ValidationException",
@@ -50,6 +57,8 @@ def validation_error(message: str) -> Response:
         "Elements": [{"ValidationErrors": [{"Message": message}]}],
         "Detail": message,
     }
+    if not as_json:
+        return Response(serialise.to_xml(body, "ApiException"), 400, media_type=XML)
     return Response(serialise.dumps(body), 400, media_type=JSON)
 
 
@@ -127,9 +136,11 @@ def _answer(
         with sb.data_lock:
             body = _body(sb, t, request, endpoint, parts)
     except ValidationError as e:
-        return validation_error(e.message)
+        return validation_error(e.message, wants_json(request, sb))
     if body is None:
         return PlainTextResponse("The resource you're looking for cannot be found", 404)
+    if not wants_json(request, sb):
+        return Response(serialise.to_xml(body), 200, media_type=XML)
     raw = serialise.dumps(body)
     if fault is not None and fault.kind == "drop":
         return DroppedResponse(raw, {}, keep=len(raw) // 3)

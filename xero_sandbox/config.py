@@ -119,6 +119,8 @@ class SandboxConfig:
     # Maximum rows a filtered/re-ordered query may scan before Xero-like 400 "too large" (None = no cap).
     max_scan_rows: int | None = None
     provider_name: str = "Xero Sandbox"
+    # Xero answers the Accounting API in XML unless ``Accept`` asks for JSON; True relaxes that.
+    json_by_default: bool = False
 
     def effective_limits(self) -> LimitConfig:
         return self.limits if self.rate_limits else LimitConfig.off()

@@ -7,7 +7,9 @@ text on the wire is exact (e.g. 148062.76, 46.0).
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
+from xml.sax.saxutils import escape
 
 from .data import CITIES, CONTACT_GROUPS, DAY_MS, ITEMS, TenantData
 
@@ -21,6 +23,54 @@ except ImportError:  # pragma: no cover
 
     def dumps(obj: object) -> bytes:
         return json.dumps(obj, separators=(",", ":")).encode()
+
+
+_NET_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
+# Element names of list items in Xero's XML.
+_SINGULAR = {
+    "Addresses": "Address",
+    "Tracking": "TrackingCategory",
+    "SalesTrackingCategories": "SalesTrackingCategory",
+    "PurchasesTrackingCategories": "PurchasesTrackingCategory",
+    "Elements": "DataContractBase",
+}
+
+
+def to_xml(body: dict, root: str = "Response") -> bytes:
+    """Xero's XML rendering of a JSON body: ISO dates, no ``*String`` siblings, singular list items."""
+    out: list[str] = ['<?xml version="1.0" encoding="utf-8"?>']
+
+    def emit(name: str, value: object) -> None:
+        if value is None:
+            return
+        if isinstance(value, dict):
+            out.append(f"<{name}>")
+            for k, v in value.items():
+                if not (k.endswith("String") and k[:-6] in value):
+                    emit(k[:1].upper() + k[1:], v)
+            out.append(f"</{name}>")
+        elif isinstance(value, list):
+            out.append(f"<{name}>")
+            item = _SINGULAR.get(name) or (name[:-1] if name.endswith("s") else name)
+            for v in value:
+                emit(item, v)
+            out.append(f"</{name}>")
+        else:
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str):
+                m = _NET_DATE.match(value)
+                if m:
+                    ms = int(m[1])
+                    text = iso_seconds(ms) + (f".{ms % 1000:03d}" if ms % 1000 else "")
+                else:
+                    text = escape(value)
+            else:
+                text = str(value)
+            out.append(f"<{name}>{text}</{name}>")
+
+    emit(root, body)
+    return "".join(out).encode()
 
 
 def net_date(ms: int, offset: bool = True) -> str:

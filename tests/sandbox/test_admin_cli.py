@@ -61,7 +61,11 @@ def test_stats_count_calls_and_bytes_per_tenant_and_endpoint(xero_sandbox_server
         r = requests.get(
             f"{sb.api_url}/{path}",
             timeout=10,
-            headers={"Authorization": f"Bearer {tok['access_token']}", "xero-tenant-id": tid},
+            headers={
+                "Authorization": f"Bearer {tok['access_token']}",
+                "xero-tenant-id": tid,
+                "Accept": "application/json",
+            },
         )
         sizes.append(len(r.content))
     stats = requests.get(f"{sb.url}/__sandbox/stats", timeout=10).json()

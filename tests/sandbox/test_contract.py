@@ -126,6 +126,7 @@ def fetch(sandbox: tuple[SandboxServer, dict], path: str, tenant: int = 0, **par
         headers={
             "Authorization": f"Bearer {token['access_token']}",
             "xero-tenant-id": sb.tenants[tenant].tenant_id,
+            "Accept": "application/json",
         },
     )
     assert r.status_code == 200, r.text

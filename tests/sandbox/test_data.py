@@ -28,7 +28,11 @@ class Api:
         self.tid = sb.tenants[tenant].tenant_id
         self.s = requests.Session()
         self.s.headers.update(
-            {"Authorization": f"Bearer {sandbox_token(sb)['access_token']}", "xero-tenant-id": self.tid}
+            {
+                "Authorization": f"Bearer {sandbox_token(sb)['access_token']}",
+                "xero-tenant-id": self.tid,
+                "Accept": "application/json",
+            }
         )
 
     def raw(self, path: str, headers: dict | None = None, **params: object) -> requests.Response:
@@ -355,3 +359,28 @@ def test_a_million_invoices_are_lazy() -> None:
     assert t.ordered_slice("Invoices", None, 999_999, 1_000_000) == [500_000]
     assert t.ordered_slice("Invoices", None, 499_999, 500_001) == [499_999, 500_001]
     assert t.ordered_count("Invoices", cut) == 250_000
+
+
+def test_xml_unless_json_is_asked_for(xero_sandbox_server) -> None:
+    import xml.etree.ElementTree as ET
+
+    sb = xero_sandbox_server
+    api = Api(sb)
+    r = api.s.get(
+        f"{sb.api_url}/Invoices", params={"page": 1, "pageSize": 5}, headers={"Accept": "*/*"}, timeout=30
+    )
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/xml")
+    root = ET.fromstring(r.content)  # noqa: S314 (our own loopback server)
+    invoices = root.find("Invoices")
+    assert root.tag == "Response" and root.findtext("Status") == "OK" and len(invoices) == 5
+    first = invoices[0]
+    as_json = api.get("Invoices", page=1, pageSize=5)["Invoices"][0]
+    assert first.findtext("InvoiceID") == as_json["InvoiceID"]
+    assert first.findtext("Date") == as_json["DateString"]  # ISO dates in XML, no .NET dates
+    assert first.find("DateString") is None
+    assert Decimal(first.findtext("Total")) == as_json["Total"]
+    assert first.find("LineItems")[0].tag == "LineItem"
+    bad = api.s.get(
+        f"{sb.api_url}/Invoices", params={"pageSize": 5000}, headers={"Accept": "text/xml"}, timeout=30
+    )
+    assert bad.status_code == 400 and ET.fromstring(bad.content).findtext("Type") == "ValidationException"  # noqa: S314

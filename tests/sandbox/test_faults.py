@@ -17,6 +17,7 @@ def session(sb: SandboxServer, tenant: int = 0) -> requests.Session:
         {
             "Authorization": f"Bearer {sandbox_token(sb)['access_token']}",
             "xero-tenant-id": sb.tenants[tenant].tenant_id,
+            "Accept": "application/json",
         }
     )
     return s

@@ -54,7 +54,11 @@ def api_status(sb: SandboxServer, access: str, tenant_id: str, path: str = "Invo
     return requests.get(
         f"{sb.api_url}/{path}",
         timeout=10,
-        headers={"Authorization": f"Bearer {access}", "xero-tenant-id": tenant_id},
+        headers={
+            "Authorization": f"Bearer {access}",
+            "xero-tenant-id": tenant_id,
+            "Accept": "application/json",
+        },
     )
 
 
@@ -74,7 +78,10 @@ def test_requests_oauthlib_completes_code_flow_with_pkce_and_refresh(
     assert tok["token_type"] == "Bearer" and tok["expires_in"] == 1800 and tok["refresh_token"]
     conns = oauth.get(sb.connections_url).json()
     assert {c["tenantId"] for c in conns} == {t.tenant_id for t in sb.tenants}
-    r = oauth.get(f"{sb.api_url}/Invoices", headers={"xero-tenant-id": conns[0]["tenantId"]})
+    r = oauth.get(
+        f"{sb.api_url}/Invoices",
+        headers={"xero-tenant-id": conns[0]["tenantId"], "Accept": "application/json"},
+    )
     assert r.status_code == 200 and r.json()["Invoices"]
     new = oauth.refresh_token(sb.token_url, auth=AUTH)
     assert new["refresh_token"] != tok["refresh_token"] and new["access_token"] != tok["access_token"]
@@ -321,7 +328,7 @@ def test_scopes_gate_endpoints_and_refresh_tokens(xero_sandbox_server) -> None:
 @pytest.mark.parametrize("header", [None, "Bearer nonsense", "Basic abc"])
 def test_bad_bearer_is_401_problem_json(xero_sandbox_server, header) -> None:
     sb = xero_sandbox_server
-    headers = {"xero-tenant-id": sb.tenants[0].tenant_id}
+    headers = {"xero-tenant-id": sb.tenants[0].tenant_id, "Accept": "application/json"}
     if header:
         headers["Authorization"] = header
     r = requests.get(f"{sb.api_url}/Invoices", headers=headers, timeout=10)

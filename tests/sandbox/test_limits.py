@@ -21,7 +21,7 @@ class Client:
         return self.s.get(
             f"{self.sb.api_url}/{path}",
             timeout=30,
-            headers={"xero-tenant-id": self.sb.tenants[tenant].tenant_id},
+            headers={"xero-tenant-id": self.sb.tenants[tenant].tenant_id, "Accept": "application/json"},
         )
 
 
