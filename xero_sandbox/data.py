@@ -307,6 +307,8 @@ class TenantData:
         self.history: dict[tuple[str, int], list[dict]] = {}
         self.offline = False
         self._inv_cache: dict[int, dict] = {}
+        self.summary_cache: dict[int, dict] = {}  # contact summaries, see serialise.contact_summary
+        self.branding_theme_id = self.ids.encode("B", 0)
 
     # -- randomness ------------------------------------------------------------------------------------
 

@@ -81,8 +81,16 @@ def iso_seconds(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+_DAYS: dict[int, str] = {}
+
+
 def day_string(day: int) -> str:
-    return iso_seconds(day * DAY_MS)
+    got = _DAYS.get(day)
+    if got is None:
+        if len(_DAYS) > 100_000:
+            _DAYS.clear()
+        got = _DAYS[day] = iso_seconds(day * DAY_MS)
+    return got
 
 
 def money(cents: int) -> float:
@@ -94,8 +102,15 @@ def rate(micro: int) -> float:
 
 
 def contact_summary(t: TenantData, cidx: int) -> dict:
+    # Contacts repeat across invoices: cache the (immutable) summaries of unmodified generated contacts.
+    # A fresh dict is returned each time, so callers may not alter the cache by accident.
+    modified = cidx in t.overlay["Contacts"]
+    if not modified:
+        got = t.summary_cache.get(cidx)
+        if got is not None:
+            return {**got, "Addresses": [], "Phones": [], "ContactGroups": [], "ContactPersons": []}
     c = t.contact(cidx)
-    return {
+    out = {
         "ContactID": t.encode_id("Contacts", cidx),
         "ContactNumber": c.get("number", "") if c else "",
         "Name": c["name"] if c else "",
@@ -105,6 +120,12 @@ def contact_summary(t: TenantData, cidx: int) -> dict:
         "ContactPersons": [],
         "HasValidationErrors": False,
     }
+    if not modified:
+        if len(t.summary_cache) > 50_000:
+            t.summary_cache.clear()
+        t.summary_cache[cidx] = out
+        return {**out, "Addresses": [], "Phones": [], "ContactGroups": [], "ContactPersons": []}
+    return out
 
 
 def contact_full(t: TenantData, c: dict, balances: tuple[int, int, int, int] | None = None) -> dict:
@@ -288,7 +309,7 @@ def invoice(
             "Date": net_date(st["date_day"] * DAY_MS),
             "DueDateString": day_string(st["due_day"]),
             "DueDate": net_date(st["due_day"] * DAY_MS),
-            "BrandingThemeID": t.ids.encode("B", 0),
+            "BrandingThemeID": t.branding_theme_id,
             "Status": st["status"],
             "LineAmountTypes": st["lat"],
         }
