@@ -18,7 +18,7 @@ import json
 import signal
 import sys
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.error import HTTPError
 from urllib.request import Request, urlopen
@@ -44,6 +44,11 @@ def _serve_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--history-days", type=int, default=730)
     p.add_argument("--clock-speed", type=float, default=1.0, help="sandbox seconds per wall second")
+    p.add_argument(
+        "--clock-start",
+        default=None,
+        help="ISO instant the sandbox clock starts at, or 'now' (default: the anchor)",
+    )
     p.add_argument("--no-rate-limits", action="store_true", help="switch every rate limit off")
     p.add_argument("--starter", action="store_true", help="Starter tier: 1,000 calls per tenant per day")
     p.add_argument("--per-minute", type=int, default=60)
@@ -73,6 +78,11 @@ def _serve_parser() -> argparse.ArgumentParser:
 
 def config_from_args(a: argparse.Namespace) -> SandboxConfig:
     anchor = datetime.fromisoformat(a.anchor.replace("Z", "+00:00"))
+    clock_start = None
+    if a.clock_start == "now":
+        clock_start = datetime.now(UTC)
+    elif a.clock_start:
+        clock_start = datetime.fromisoformat(a.clock_start.replace("Z", "+00:00"))
     per_day = a.per_day if a.per_day is not None else (1000 if a.starter else 5000)
     limits = LimitConfig(
         concurrent=a.concurrent, per_minute=a.per_minute, per_day=per_day, app_per_minute=a.app_per_minute
@@ -99,6 +109,7 @@ def config_from_args(a: argparse.Namespace) -> SandboxConfig:
         anchor=anchor,
         history_days=a.history_days,
         clock_speed=a.clock_speed,
+        clock_start=clock_start,
         ims_granularity_seconds=a.ims_granularity,
         tier="STARTER" if a.starter else "STANDARD",
     )

@@ -103,6 +103,9 @@ class SandboxConfig:
     anchor: datetime = DEFAULT_ANCHOR
     history_days: int = 730  # generated data spans this many days before the anchor
     clock_speed: float = 1.0  # sandbox seconds per wall second
+    # Where the sandbox clock starts: None = the anchor (fully reproducible, the default); a datetime at or
+    # after the anchor, e.g. datetime.now(UTC), makes run-time changes and token times line up with real time.
+    clock_start: datetime | None = None
     access_token_lifetime: int = 1800
     refresh_token_lifetime: int = 60 * 86400
     refresh_grace: int = 1800

@@ -26,7 +26,8 @@ class UnknownTenant(KeyError):
 class Sandbox:
     def __init__(self, cfg: SandboxConfig) -> None:
         self.cfg = cfg
-        self.clock = SandboxClock(cfg.anchor, cfg.clock_speed)
+        start = cfg.anchor if cfg.clock_start is None else max(cfg.anchor, cfg.clock_start)
+        self.clock = SandboxClock(start, cfg.clock_speed)
         self.tenants: list[TenantData] = [TenantData(cfg, i) for i in range(cfg.tenants)]
         self.by_id: dict[str, TenantData] = {t.info.tenant_id: t for t in self.tenants}
         self.identity = IdentityStore(

@@ -384,3 +384,14 @@ def test_xml_unless_json_is_asked_for(xero_sandbox_server) -> None:
         f"{sb.api_url}/Invoices", params={"pageSize": 5000}, headers={"Accept": "text/xml"}, timeout=30
     )
     assert bad.status_code == 400 and ET.fromstring(bad.content).findtext("Type") == "ValidationException"  # noqa: S314
+
+
+def test_clock_can_start_later_without_changing_generated_data() -> None:
+    late = datetime(2026, 11, 1, tzinfo=UTC)
+    a = Sandbox(SandboxConfig(seed=4, tenants=1, invoices_per_tenant=20))
+    b = Sandbox(SandboxConfig(seed=4, tenants=1, invoices_per_tenant=20, clock_start=late))
+    tid = a.tenant_infos()[0].tenant_id
+    assert list(a.records(tid, "Invoices", True)) == list(b.records(tid, "Invoices", True))
+    assert b.clock.now_ms() >= int(late.timestamp() * 1000) > a.clock.now_ms()
+    created = b.mutator.apply(tid, "create_invoice")
+    assert ms(created["UpdatedDateUTC"]) >= int(late.timestamp() * 1000)
