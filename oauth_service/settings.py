@@ -124,7 +124,9 @@ class Settings:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, for_service: bool = True) -> Settings:
+        """`for_service=False` is the token vault's view (the pipeline): it needs the database, the
+        keys and the Xero app, not the HTTP service's caller authentication, redirect or web app."""
         env = os.environ if environ is None else environ
         problems: list[str] = []
 
@@ -164,7 +166,7 @@ class Settings:
         if client_secret is None:
             problems.append("XERO_CLIENT_SECRET is required (the Xero app's client secret)")
         redirect_uri = get("XERO_REDIRECT_URI")
-        if redirect_uri is None and not demo:
+        if redirect_uri is None and not demo and for_service:
             problems.append(
                 "XERO_REDIRECT_URI is required (this service's …/xero/auth/callback URL, "
                 "as registered on the Xero app)"
@@ -212,7 +214,7 @@ class Settings:
         if not jwt_secret and not jwks_url:
             if demo:
                 jwt_secret = DEMO_JWT_SECRET
-            else:
+            elif for_service:
                 problems.append(
                     "AUTH_JWT_SECRET or AUTH_JWKS_URL is required: the service refuses to start without a "
                     "way to check the web app's bearer JWT (or set DEMO_MODE=1 for the local demo)"
@@ -221,7 +223,8 @@ class Settings:
         # -- web app
         return_url = get("APP_RETURN_URL") or (DEMO_APP_RETURN_URL if demo else None)
         if return_url is None:
-            problems.append("APP_RETURN_URL is required (where the callback sends the browser back)")
+            if for_service:
+                problems.append("APP_RETURN_URL is required (where the callback sends the browser back)")
         else:
             problem = _url_problem(return_url, allow_loopback_http=True)
             if problem:

@@ -200,6 +200,32 @@ class TokenVault:
             else:
                 self._cache.pop(tenant_id, None)
 
+    def access_token_rejected(self, tenant_id: str, token: str) -> None:
+        """Xero answered 401 to `token` before its recorded expiry (clock skew, revoked early): make
+        the next `access_token_for` refresh, unless another caller has already replaced it."""
+        self.forget(tenant_id)
+        with self.engine.begin() as conn:
+            target, _ = self._lock_grant(conn, tenant_id)
+            if target is None or not target.access_token:
+                return
+            if self.cipher.decrypt(target.access_token) != token:
+                return  # already refreshed by someone else
+            conn.execute(
+                text("UPDATE app.xero_connections SET token_expires_at = now(), updated_at = now() "
+                     "WHERE id = :id"),
+                {"id": target.id},
+            )
+            record_audit(
+                conn,
+                "token_rejected",
+                user_id=target.user_id,
+                tenant_id=tenant_id,
+                table_accessed=CONNECTIONS,
+                record_id=target.id,
+                outcome="failure",
+                metadata={"actor": self.actor, "reason": "Xero answered 401 before the recorded expiry"},
+            )
+
     # ------------------------------------------------------------------ refresh
     def _lock_grant(self, conn: Connection, tenant_id: str) -> tuple[Any, list[Any]]:
         """Lock every row sharing the tenant's grant (ordered by id); return (target, rows)."""

@@ -8,6 +8,7 @@ checked against the sandbox's own ground truth.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -128,7 +129,12 @@ def run_demo(tenants: int = DEMO_TENANTS, invoices: int = DEMO_INVOICES, seed: i
             connected = connect_organisations(service.url, user_jwt(secrets_.jwt_secret, DEMO_USER_ID))
             print(f"oauth: demo user {DEMO_USER_ID} connected {connected} organisations "
                   f"through {service.url}")
-            results = sync_tenants([t.tenant_id for t in sandbox.tenants])
+            # dbt's own progress lines go to a log file; the run's full log is on the Dagster instance.
+            log_path = local_dir() / "logs" / f"demo-sync-{time.strftime('%Y%m%d-%H%M%S')}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "w") as log, contextlib.redirect_stdout(log):
+                results = sync_tenants([t.tenant_id for t in sandbox.tenants])
+            print(f"sync: {len(results)} tenants through Dagster (dbt output: {log_path})")
 
         names = {t.tenant_id: t.tenant_name for t in sandbox.tenants}
         failures = 0

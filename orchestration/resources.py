@@ -20,7 +20,7 @@ from xero_source import SourceSettings, xero_source
 
 @cache
 def _vault(database_url: str) -> TokenVault:
-    return TokenVault(ServiceSettings.from_env())
+    return TokenVault(ServiceSettings.from_env(for_service=False))
 
 
 class TokenVaultResource(dg.ConfigurableResource):
@@ -54,6 +54,7 @@ class XeroPipelineResource(dg.ConfigurableResource):
         return xero_source(
             tenant_id,
             token_provider=lambda: vault.access_token_for(tenant_id),
+            token_rejected=lambda token: vault.access_token_rejected(tenant_id, token),
             settings=SourceSettings.from_env(),
             full_refresh=full_refresh,
         )

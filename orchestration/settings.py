@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from oauth_service.settings import SettingsError  # one error type for every bad setting
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
 DAGSTER_YAML_TEMPLATE = REPO_ROOT / "deploy" / "dagster.yaml"
@@ -28,8 +30,6 @@ TELEMETRY_OFF = {
 }
 
 
-class SettingsError(ValueError):
-    """A missing or malformed setting; the message names the variable."""
 
 
 def local_dir() -> Path:

@@ -55,3 +55,16 @@ def test_prepare_environment_rejects_a_bad_dagster_url(database_url, tmp_path):
     env = {"DATABASE_URL": database_url, "DAGSTER_HOME": str(tmp_path), "DAGSTER_POSTGRES_URL": "sqlite:///x"}
     with pytest.raises(SettingsError, match="DAGSTER_POSTGRES_URL"):
         prepare_environment(env)
+
+
+def test_the_pipeline_reads_vault_settings_without_the_services_web_settings(database_url):
+    from oauth_service.settings import Settings, generate_key
+
+    env = {"DATABASE_URL": database_url, "TOKEN_ENCRYPTION_KEY": generate_key(),
+           "XERO_CLIENT_ID": "id", "XERO_CLIENT_SECRET": "secret"}
+    vault_settings = Settings.from_env(env, for_service=False)
+    assert vault_settings.auth_jwt_secret is None and vault_settings.xero_client_id == "id"
+    with pytest.raises(SettingsError) as err:  # the HTTP service itself still refuses to start
+        Settings.from_env(env)
+    for variable in ("XERO_REDIRECT_URI", "AUTH_JWT_SECRET", "APP_RETURN_URL"):
+        assert variable in str(err.value)

@@ -23,7 +23,12 @@ from xero_source.settings import SourceSettings
 
 log = logging.getLogger(__name__)
 
-TokenProvider = Callable[[], str]
+TokenProvider = Callable[[], str]  # a valid access token for the tenant, refreshed as needed
+TokenRejected = Callable[[str], None]  # told of a token Xero answered 401 to, before asking again
+# ChunkedEncodingError: the connection dropped in the middle of the body.
+_TRANSIENT_NETWORK_ERRORS = (
+    requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+)
 _NET_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
 
 
@@ -55,9 +60,11 @@ class XeroClient:
         settings: SourceSettings | None = None,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        token_rejected: TokenRejected | None = None,
     ):
         self.tenant_id = tenant_id
         self.token_provider = token_provider
+        self.token_rejected = token_rejected
         self.settings = settings or SourceSettings()
         self.session = session or requests.Session()
         self.sleep = sleep
@@ -80,12 +87,12 @@ class XeroClient:
         attempt = 0
         while True:
             attempt += 1
-            headers["Authorization"] = f"Bearer {self.token_provider()}"
+            token = self.token_provider()
+            headers["Authorization"] = f"Bearer {token}"
             try:
                 resp = self.session.get(url, params=params, headers=headers,
                                         timeout=self.settings.request_timeout_seconds)
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-                # ChunkedEncodingError: the connection dropped in the middle of the body.
+            except _TRANSIENT_NETWORK_ERRORS as exc:
                 self._backoff_or_raise(attempt, where, f"connection failed ({type(exc).__name__})")
                 continue
             self.calls += 1
@@ -100,7 +107,10 @@ class XeroClient:
             if status == 304:
                 return {}
             if status == 401 and not refreshed_after_401:
-                refreshed_after_401 = True  # an access token expired between provider and request
+                # Expired between provider and request, or earlier than recorded: ask once more.
+                refreshed_after_401 = True
+                if self.token_rejected is not None:
+                    self.token_rejected(token)
                 continue
             if status == 429:
                 problem = resp.headers.get("X-Rate-Limit-Problem", "")

@@ -11,7 +11,7 @@ from typing import Any
 import dlt
 from dlt.sources import DltResource
 
-from xero_source.client import TokenProvider, XeroClient, parse_net_date
+from xero_source.client import TokenProvider, TokenRejected, XeroClient, parse_net_date
 from xero_source.settings import SourceSettings
 
 log = logging.getLogger(__name__)
@@ -108,11 +108,13 @@ def xero_source(
     settings: SourceSettings | None = None,
     resources: Sequence[str] = DEFAULT_RESOURCES,
     full_refresh: bool = False,
+    token_rejected: TokenRejected | None = None,
 ) -> list[DltResource]:
-    """One tenant's Xero records. `token_provider()` returns a valid access token when called."""
+    """One tenant's Xero records. `token_provider()` returns a valid access token when called;
+    `token_rejected(token)`, if given, hears of a token Xero refused so the provider can renew it."""
     settings = settings or SourceSettings()
     unknown = set(resources) - set(ENDPOINTS)
     if unknown:
         raise ValueError(f"unknown Xero resources {sorted(unknown)}; known: {sorted(ENDPOINTS)}")
-    client = XeroClient(tenant_id, token_provider, settings)
+    client = XeroClient(tenant_id, token_provider, settings, token_rejected=token_rejected)
     return [_make_resource(name, ENDPOINTS[name], client, settings, full_refresh) for name in resources]

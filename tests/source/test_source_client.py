@@ -71,12 +71,14 @@ def test_transient_faults_are_retried(sandbox, kind):
         assert sleeps[0] >= 1  # honoured Retry-After
 
 
-def test_an_expired_token_is_asked_for_again(sandbox):
+def test_an_expired_token_is_reported_and_asked_for_again(sandbox):
     client, _, provided = make_client(sandbox)
+    rejected: list[str] = []
+    client.token_rejected = rejected.append
     sandbox.add_fault("401", endpoint="Invoices", times=1)
     body = client.get("Invoices", {"page": 1, "pageSize": 10})
     assert len(body["Invoices"]) == 10
-    assert len(provided) == 2
+    assert len(provided) == 2 and len(rejected) == 1
 
 
 def test_persistent_errors_name_tenant_endpoint_and_page(sandbox):

@@ -1,0 +1,80 @@
+"""Incremental syncs after changes in Xero, silent changes and full refreshes, tenants at once."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from orchestration.sync import sync_tenants
+from tests.pipeline.test_end_to_end import analytics_by_tenant, raw_versions, truth_by_tenant
+
+
+@pytest.fixture(scope="module")
+def platform(platform_factory):
+    p = platform_factory(seed=23, invoices_per_tenant=120)
+    first = sync_tenants(p.tenant_ids, instance=p.instance)
+    assert all(r.success for r in first), [r.error for r in first]
+    return p
+
+
+def test_changes_in_xero_arrive_incrementally(platform):
+    before = raw_versions(platform.database_url)
+    changed = 0
+    for tenant_id in platform.tenant_ids:
+        platform.sandbox.advance_clock(3600)
+        done = platform.sandbox.mutate(tenant_id, "random", count=12, seed=1)
+        changed += len(done["applied"])
+    results = sync_tenants(platform.tenant_ids, instance=platform.instance)
+    assert all(r.success for r in results), [r.error for r in results]
+    assert analytics_by_tenant(platform.database_url) == truth_by_tenant(platform)
+    fetched = sum(r.fetched.get("invoices", 0) for r in results)
+    # Only what changed (plus the small If-Modified-Since overlap) was fetched, not 240 invoices.
+    assert 0 < fetched <= changed + 10
+    assert raw_versions(platform.database_url) > before
+
+
+def test_silent_changes_need_a_full_refresh(platform):
+    tenant_id = platform.tenant_ids[0]
+    record = next(r for r in platform.sandbox.truth_records(tenant_id, "Invoices")
+                  if r["Status"] == "AUTHORISED")
+    platform.sandbox.advance_clock(3600)
+    platform.sandbox.mutate(tenant_id, "edit_invoice", invoice_id=record["InvoiceID"],
+                            reference="silently changed", silent=True)
+
+    sync_tenants([tenant_id], instance=platform.instance)
+    assert reference_of(platform, record["InvoiceID"]) != "silently changed"  # as Xero: not bumped
+
+    [result] = sync_tenants([tenant_id], instance=platform.instance, full_refresh=True)
+    assert result.success
+    assert result.fetched["invoices"] == len(list(platform.sandbox.records(tenant_id, "Invoices",
+                                                                           include_deleted=True)))
+    assert reference_of(platform, record["InvoiceID"]) == "silently changed"
+    assert analytics_by_tenant(platform.database_url) == truth_by_tenant(platform)
+
+
+def test_two_tenants_synced_at_the_same_time(platform):
+    for tenant_id in platform.tenant_ids:
+        platform.sandbox.advance_clock(600)
+        platform.sandbox.mutate(tenant_id, "random", count=8, seed=2)
+    results: dict[str, object] = {}
+
+    def sync(tenant_id: str) -> None:
+        [results[tenant_id]] = sync_tenants([tenant_id], instance=platform.instance)
+
+    threads = [threading.Thread(target=sync, args=(t,)) for t in platform.tenant_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert all(r.success for r in results.values()), [r.error for r in results.values()]
+    assert analytics_by_tenant(platform.database_url) == truth_by_tenant(platform)
+
+
+def reference_of(platform, invoice_id: str) -> str | None:
+    import psycopg
+
+    with psycopg.connect(platform.database_url) as conn:
+        row = conn.execute("SELECT reference FROM analytics.invoices WHERE invoice_id = %s",
+                           (invoice_id,)).fetchone()
+    return row[0] if row else None
