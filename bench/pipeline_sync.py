@@ -1,0 +1,94 @@
+"""Benchmark: one tenant through the whole pipeline (sandbox → OAuth → dlt → dbt, via Dagster).
+
+Prints: first (full) sync wall time and invoices/s, API calls and bytes fetched, the second
+(incremental, nothing changed) sync's cost, and this process's peak RSS.
+
+    .venv/bin/python bench/pipeline_sync.py --invoices 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import socket
+import sys
+import tempfile
+import time
+import uuid
+
+import dagster as dg
+import psycopg
+from psycopg import sql
+
+from oauth_service.migrations import upgrade
+from oauth_service.server import ServiceServer
+from oauth_service.settings import Settings, generate_key
+from orchestration.demo import connect_organisations, sandbox_env, user_jwt
+from orchestration.settings import DatabaseUrl, local_dir
+from orchestration.sync import sync_tenants
+from xero_sandbox import SandboxConfig, SandboxServer
+
+JWT_SECRET = "bench-jwt-secret-" + "y" * 32
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--invoices", type=int, default=20_000)
+    ap.add_argument("--seed", type=int, default=5)
+    args = ap.parse_args()
+
+    if os.environ.get("TEST_DATABASE_URL"):
+        server = DatabaseUrl.parse(os.environ["TEST_DATABASE_URL"])
+    else:
+        from orchestration.local_postgres import LocalPostgres
+
+        server = DatabaseUrl(LocalPostgres(local_dir()).ensure_running())
+    name = f"xero_elt_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    db = server.with_database(name)
+    try:
+        upgrade(db.url)
+        cfg = SandboxConfig(seed=args.seed, tenants=1, invoices_per_tenant=args.invoices,
+                            client_id="sandbox-client-id", client_secret="sandbox-client-secret")
+        with SandboxServer(cfg, host="127.0.0.1", port=0) as sandbox, tempfile.TemporaryDirectory() as home:
+            port = _free_port()
+            os.environ.update({
+                **sandbox_env(sandbox.url), **db.dbt_env(), "DATABASE_URL": db.url,
+                "XERO_CLIENT_ID": "sandbox-client-id", "XERO_CLIENT_SECRET": "sandbox-client-secret",
+                "XERO_REDIRECT_URI": f"http://127.0.0.1:{port}/xero/auth/callback",
+                "AUTH_JWT_SECRET": JWT_SECRET, "TOKEN_ENCRYPTION_KEY": generate_key(),
+                "APP_RETURN_URL": "http://localhost:3000/x", "APP_ORIGIN": "http://localhost:3000",
+                "DAGSTER_HOME": home, "DLT_DATA_DIR": os.path.join(home, "dlt"),
+            })
+            with ServiceServer(Settings.from_env(), host="127.0.0.1", port=port) as service:
+                connect_organisations(service.url, user_jwt(JWT_SECRET, str(uuid.uuid4())))
+                tenant = sandbox.tenants[0].tenant_id
+                instance = dg.DagsterInstance.ephemeral()
+                for label in ("full", "incremental (no change)"):
+                    sandbox.reset_stats()
+                    t0 = time.perf_counter()
+                    [result] = sync_tenants([tenant], instance=instance)
+                    wall = time.perf_counter() - t0
+                    stats = sandbox.stats()
+                    calls = stats["tenants"][tenant]["calls_total"] if "tenants" in stats else stats
+                    print(f"{label}: ok={result.success} {wall:.1f} s; fetched {result.fetched}; "
+                          f"analytics.invoices {result.invoices}; "
+                          f"{result.invoices / wall:.0f} invoices/s end to end; API: {calls}")
+    finally:
+        with psycopg.connect(server.url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    print(f"peak RSS of this process (sandbox + service + pipeline): "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
