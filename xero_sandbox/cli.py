@@ -30,7 +30,9 @@ DEFAULT_URL = "http://127.0.0.1:8765"
 
 
 def _serve_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xero-elt sandbox", description="Run the local Xero sandbox.")
+    p = argparse.ArgumentParser(
+        prog="xero-elt sandbox", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     p.add_argument("--tenants", type=int, default=2)
