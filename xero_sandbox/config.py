@@ -119,8 +119,9 @@ class SandboxConfig:
     # filtering some clients report (the instant is truncated to the second, so records at or after the
     # truncated instant come back, i.e. a little overlap).
     ims_granularity_seconds: int = 0
-    # Maximum rows a filtered/re-ordered query may scan before Xero-like 400 "too large" (None = no cap).
-    max_scan_rows: int | None = None
+    # Like Xero on very large organisations: a filtered or re-ordered query that would scan more rows than
+    # this answers 400 (plain paging and If-Modified-Since never do). None = no cap.
+    max_scan_rows: int | None = 100_000
     provider_name: str = "Xero Sandbox"
     # Xero answers the Accounting API in XML unless ``Accept`` asks for JSON; True relaxes that.
     json_by_default: bool = False

@@ -395,3 +395,17 @@ def test_clock_can_start_later_without_changing_generated_data() -> None:
     assert b.clock.now_ms() >= int(late.timestamp() * 1000) > a.clock.now_ms()
     created = b.mutator.apply(tid, "create_invoice")
     assert ms(created["UpdatedDateUTC"]) >= int(late.timestamp() * 1000)
+
+
+def test_large_organisations_must_filter_with_if_modified_since() -> None:
+    from xero_sandbox.query import QueryCache, ValidationError, build_query, run_query
+
+    cfg = SandboxConfig(seed=42, tenants=1, invoices_per_tenant=1_000_000)
+    t = TenantData(cfg, 0)
+    q = build_query(t, "Invoices", {"page": "1", "Statuses": "PAID"}, None, 0)
+    with pytest.raises(ValidationError):
+        run_query(t, q, QueryCache(), cfg.max_scan_rows)
+    since = datetime.fromtimestamp(t.base_updated("Invoices", 999_900) / 1000, UTC).isoformat()
+    q = build_query(t, "Invoices", {"page": "1", "Statuses": "PAID"}, since, 0)
+    states, count = run_query(t, q, QueryCache(), cfg.max_scan_rows)
+    assert 0 < count < 100 and all(st["status"] == "PAID" for st in states)
