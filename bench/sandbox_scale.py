@@ -3,7 +3,13 @@
 Runs the sandbox in its own process through the CLI (so its peak RSS is its own), completes the OAuth
 flow, pages every invoice and prints pages/s, invoices/s, bytes and the sandbox's peak RSS.
 
-    .venv/bin/python bench/sandbox_scale.py [--invoices 1000000] [--page-size 1000] [--ims]
+    .venv/bin/python bench/sandbox_scale.py [--invoices 1000000] [--page-size 1000] [--max-pages N]
+
+Figures (2 shared cores, other test suites running alongside, 2026-11-25):
+    paged 1,000,000 invoices in 1,001 pages over HTTP in 101-119 s: 8.4-9.9 pages/s, 8,400-9,900 invoices/s
+    bytes served: 1,833,976,887 (1.71 GiB, ~1,834 B/invoice)
+    ground truth over 1,000,000 invoices: count 969,842, total 4313953606.30 (12-21 s)
+    sandbox RSS: 51 MB after start; 69-83 MB while paging; peak 102 MB including truth and the payment index
 """
 
 from __future__ import annotations

@@ -97,6 +97,12 @@ class Sandbox:
         for idx in created:
             yield t.overlay[resource][idx]
 
+    def _cache_put(self, key: tuple, value: Any) -> None:
+        # Entries of older data versions are never read again: keep the cache small.
+        if len(self._truth_cache) >= 64:
+            self._truth_cache.clear()
+        self._truth_cache[key] = value
+
     def truth(self, tenant_id: str, resource: str = "Invoices") -> dict:
         if resource not in RESOURCES:
             raise KeyError(resource)
@@ -134,7 +140,7 @@ class Sandbox:
             }
             if resource == "Invoices":
                 out["amountDue"] = str(cents_to_decimal(due))
-            self._truth_cache[key] = out
+            self._cache_put(key, out)
             return dict(out)
 
     def records(
@@ -184,7 +190,7 @@ class Sandbox:
                 if st["due_day"] < today:
                     row[off + 1] += due
             got = {k: (v[0], v[1], v[2], v[3]) for k, v in acc.items()}
-            self._truth_cache[key] = got
+            self._cache_put(key, got)
         return got  # type: ignore[return-value]
 
     # -- clock -----------------------------------------------------------------------------------------
