@@ -73,8 +73,12 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-ms", type=float, default=0.0)
     p.add_argument("--fault-seed", type=int, default=0)
     p.add_argument("--ims-granularity", type=int, default=0, help="If-Modified-Since precision in seconds")
-    p.add_argument("--max-scan-rows", type=int, default=100_000,
-                   help="filtered/re-ordered queries scanning more rows answer 400 (0 = no cap)")
+    p.add_argument(
+        "--max-scan-rows",
+        type=int,
+        default=100_000,
+        help="filtered/re-ordered queries scanning more rows answer 400 (0 = no cap)",
+    )
     p.add_argument("--log-level", default="warning")
     p.add_argument("--json", action="store_true", help="print the ready line as JSON")
     return p

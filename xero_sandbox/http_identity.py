@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from .core import Sandbox
-from .identity import ApiAuthError, OAuthError, connection_json
+from .identity import ApiAuthError, OAuthError, connection_json, jwks
 
 
 def problem(status: int, detail: str, title: str | None = None) -> JSONResponse:
@@ -82,6 +82,19 @@ def routes(sb: Sandbox) -> list[Route]:
             return JSONResponse(e.body(), e.status)
         return Response(status_code=200)
 
+    async def discovery(request: Request) -> Response:
+        return JSONResponse(ident.discovery(str(request.base_url).rstrip("/")))
+
+    async def keys(request: Request) -> Response:
+        return JSONResponse(jwks())
+
+    async def userinfo(request: Request) -> Response:
+        try:
+            at = ident.bearer(request.headers.get("authorization"))
+        except ApiAuthError as e:
+            return problem(e.status, e.detail)
+        return JSONResponse(ident.userinfo(at))
+
     async def connections(request: Request) -> Response:
         try:
             at = ident.bearer(request.headers.get("authorization"))
@@ -104,5 +117,8 @@ def routes(sb: Sandbox) -> list[Route]:
         Route("/connect/token", token, methods=["POST"]),
         Route("/connect/revocation", revocation, methods=["POST"]),
         Route("/connections", connections, methods=["GET"]),
+        Route("/.well-known/openid-configuration", discovery, methods=["GET"]),
+        Route("/.well-known/openid-configuration/jwks", keys, methods=["GET"]),
+        Route("/connect/userinfo", userinfo, methods=["GET"]),
         Route("/connections/{connection_id}", delete_connection, methods=["DELETE"]),
     ]

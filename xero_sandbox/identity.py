@@ -12,10 +12,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import secrets
 import threading
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import jwt
@@ -36,6 +38,31 @@ ENDPOINT_SCOPES = {
     "Organisation": ("accounting.settings",),
     "History": ("accounting.transactions", "accounting.invoices"),
 }
+
+
+KEY_ID = "xero-sandbox-1"
+_KEY: Any = None
+_KEY_LOCK = threading.Lock()
+
+
+def signing_key() -> Any:
+    """One RSA key per process (generating one per server would slow every test down)."""
+    global _KEY
+    with _KEY_LOCK:
+        if _KEY is None:
+            from cryptography.hazmat.primitives.asymmetric import rsa
+
+            _KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return _KEY
+
+
+def jwks() -> dict:
+    """The public key as a JWK set, for clients that verify id_tokens (RS256, like Xero)."""
+    from jwt.algorithms import RSAAlgorithm
+
+    jwk = json.loads(RSAAlgorithm.to_jwk(signing_key().public_key()))
+    jwk.update({"kid": KEY_ID, "use": "sig", "alg": "RS256"})
+    return {"keys": [jwk]}
 
 
 class OAuthError(Exception):
@@ -129,8 +156,7 @@ class IdentityStore:
     access: dict[str, AccessToken] = field(default_factory=dict)
     connections: dict[str, Connection] = field(default_factory=dict)
     consent: ConsentSettings = field(default_factory=ConsentSettings)
-    signing_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
-    issuer: str = "http://127.0.0.1/identity"
+    issuer: str = "http://127.0.0.1"
 
     # -- users and clients -----------------------------------------------------------------------------
 
@@ -328,7 +354,7 @@ class IdentityStore:
             "authentication_event_id": grant.auth_event_id,
             "scope": grant.scopes,
         }
-        access = jwt.encode(claims, self.signing_key, algorithm="HS256")
+        access = jwt.encode(claims, signing_key(), algorithm="RS256", headers={"kid": KEY_ID})
         self.access[access] = AccessToken(access, grant, exp)
         out: dict = {
             "access_token": access,
@@ -362,8 +388,9 @@ class IdentityStore:
                     "given_name": user.given_name,
                     "family_name": user.family_name,
                 },
-                hashlib.sha256(self.cfg.clients()[grant.client_id].encode()).digest(),
-                algorithm="HS256",
+                signing_key(),
+                algorithm="RS256",
+                headers={"kid": KEY_ID},
             )
         return out
 
@@ -455,6 +482,34 @@ class IdentityStore:
             for at in self.access.values():
                 at.expires_ms = min(at.expires_ms, now)
             return len(self.access)
+
+    def userinfo(self, at: AccessToken) -> dict:
+        user = self.find_user(at.grant.user_id)
+        return {
+            "sub": user.user_id,
+            "xero_userid": user.user_id,
+            "email": user.email,
+            "preferred_username": user.email,
+            "given_name": user.given_name,
+            "family_name": user.family_name,
+        }
+
+    def discovery(self, base: str) -> dict:
+        return {
+            "issuer": self.issuer,
+            "authorization_endpoint": f"{base}/identity/connect/authorize",
+            "token_endpoint": f"{base}/connect/token",
+            "revocation_endpoint": f"{base}/connect/revocation",
+            "userinfo_endpoint": f"{base}/connect/userinfo",
+            "jwks_uri": f"{base}/.well-known/openid-configuration/jwks",
+            "scopes_supported": list(ALL_SCOPES),
+            "response_types_supported": ["code"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "code_challenge_methods_supported": ["plain", "S256"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "subject_types_supported": ["public"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        }
 
     def snapshot(self) -> dict:
         with self.lock:

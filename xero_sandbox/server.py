@@ -91,7 +91,7 @@ class SandboxServer:
             time.sleep(0.01)
         sock = self._server.servers[0].sockets[0]
         self.port = sock.getsockname()[1]
-        self.sandbox.identity.issuer = f"{self.url}/identity"
+        self.sandbox.identity.issuer = self.url
         self.sandbox.webhooks.base_url = self.url
         return self
 

@@ -361,3 +361,34 @@ def test_extra_clients_are_separate_apps(xero_sandbox_factory) -> None:
         sb.connections_url, headers={"Authorization": f"Bearer {main['access_token']}"}, timeout=10
     ).json()
     assert len(conns) == 1  # the other app's connection is not this app's
+
+
+def test_id_token_verifies_against_the_published_keys(xero_sandbox_server) -> None:
+    import jwt
+
+    sb = xero_sandbox_server
+    tok = exchange(sb)
+    disco = requests.get(f"{sb.url}/.well-known/openid-configuration", timeout=10).json()
+    assert disco["issuer"] == sb.url and disco["token_endpoint"] == sb.token_url
+    key = jwt.PyJWKClient(disco["jwks_uri"]).get_signing_key_from_jwt(tok["id_token"]).key
+    # The sandbox clock may differ from this machine's clock: check the signature and claims, not times.
+    claims = jwt.decode(
+        tok["id_token"],
+        key,
+        algorithms=["RS256"],
+        audience=sb.config.client_id,
+        issuer=sb.url,
+        options={"verify_exp": False, "verify_nbf": False, "verify_iat": False},
+    )
+    assert claims["email"] == sb.config.users[0].email
+    access = jwt.decode(
+        tok["access_token"],
+        key,
+        algorithms=["RS256"],
+        options={"verify_exp": False, "verify_nbf": False, "verify_aud": False},
+    )
+    assert access["client_id"] == sb.config.client_id and access["authentication_event_id"]
+    me = requests.get(
+        disco["userinfo_endpoint"], headers={"Authorization": f"Bearer {tok['access_token']}"}, timeout=10
+    ).json()
+    assert me["sub"] == claims["sub"]
