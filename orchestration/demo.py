@@ -9,21 +9,18 @@ checked against the sandbox's own ground truth.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import socket
 import sys
 import time
-from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import requests
 
-from orchestration.settings import local_dir, prepare_environment
+from orchestration.settings import DEMO_ENV_FILE, local_dir, prepare_environment, read_env_file
 
 DEMO_USER_ID = "7d3c6f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f"
 DEMO_SEED = 2026
@@ -31,25 +28,27 @@ DEMO_TENANTS = 2
 DEMO_INVOICES = 400
 
 
-@dataclass(frozen=True)
-class DemoSecrets:
-    jwt_secret: str
-    token_key: str
+def demo_settings() -> dict[str, str]:
+    """The demo's secrets and Xero app, created once in `.local/demo.env` (mode 0600) so a second
+    run can still decrypt the tokens it stored, and later `xero-elt ui`/`sync` read the same
+    (see `orchestration.settings.prepare_environment`)."""
+    from oauth_service.settings import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, generate_key
 
-
-def demo_secrets(path: Path) -> DemoSecrets:
-    """Created once (mode 0600) so a second run can still decrypt the tokens it stored."""
-    if path.exists():
-        data = json.loads(path.read_text())
-        return DemoSecrets(data["jwt_secret"], data["token_key"])
-    from oauth_service.settings import generate_key
-
-    data = {"jwt_secret": secrets.token_urlsafe(48), "token_key": generate_key()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-    return DemoSecrets(data["jwt_secret"], data["token_key"])
+    path = local_dir() / DEMO_ENV_FILE
+    if not path.exists():
+        values = {
+            "DEMO_MODE": "1",
+            "XERO_CLIENT_ID": DEMO_CLIENT_ID,
+            "XERO_CLIENT_SECRET": DEMO_CLIENT_SECRET,
+            "AUTH_JWT_SECRET": secrets.token_urlsafe(48),
+            "TOKEN_ENCRYPTION_KEY": generate_key(),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("# Written by `xero-elt demo`: the embedded demo's secrets. Not for real tenants.\n")
+            fh.writelines(f"{k}={v}\n" for k, v in values.items())
+    return read_env_file(path)
 
 
 def _free_port() -> int:
@@ -99,7 +98,7 @@ def sandbox_env(base_url: str) -> dict[str, str]:
 def run_demo(tenants: int = DEMO_TENANTS, invoices: int = DEMO_INVOICES, seed: int = DEMO_SEED) -> int:
     from oauth_service.migrations import upgrade
     from oauth_service.server import ServiceServer
-    from oauth_service.settings import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, Settings
+    from oauth_service.settings import Settings
     from orchestration.sync import sync_tenants
     from xero_sandbox import SandboxConfig, SandboxServer
 
@@ -109,24 +108,17 @@ def run_demo(tenants: int = DEMO_TENANTS, invoices: int = DEMO_INVOICES, seed: i
     upgrade(db.url)
     print("migrations: app schema at head")
 
-    secrets_ = demo_secrets(local_dir() / "demo-secrets.json")
+    demo = demo_settings()
     config = SandboxConfig(seed=seed, tenants=tenants, invoices_per_tenant=invoices,
-                           client_id=DEMO_CLIENT_ID, client_secret=DEMO_CLIENT_SECRET)
+                           client_id=demo["XERO_CLIENT_ID"], client_secret=demo["XERO_CLIENT_SECRET"])
     with SandboxServer(config, host="127.0.0.1", port=0) as sandbox:
         print(f"sandbox: local Xero at {sandbox.url} with {len(sandbox.tenants)} organisations")
         port = _free_port()
         os.environ.update(sandbox_env(sandbox.url))
-        os.environ.update({
-            "DEMO_MODE": "1",
-            "XERO_CLIENT_ID": DEMO_CLIENT_ID,
-            "XERO_CLIENT_SECRET": DEMO_CLIENT_SECRET,
-            "XERO_REDIRECT_URI": f"http://127.0.0.1:{port}/xero/auth/callback",
-            "AUTH_JWT_SECRET": secrets_.jwt_secret,
-            "TOKEN_ENCRYPTION_KEY": secrets_.token_key,
-        })
+        os.environ.update({**demo, "XERO_REDIRECT_URI": f"http://127.0.0.1:{port}/xero/auth/callback"})
         settings = Settings.from_env()
         with ServiceServer(settings, host="127.0.0.1", port=port) as service:
-            connected = connect_organisations(service.url, user_jwt(secrets_.jwt_secret, DEMO_USER_ID))
+            connected = connect_organisations(service.url, user_jwt(demo["AUTH_JWT_SECRET"], DEMO_USER_ID))
             print(f"oauth: demo user {DEMO_USER_ID} connected {connected} organisations "
                   f"through {service.url}")
             # dbt's own progress lines go to a log file; the run's full log is on the Dagster instance.

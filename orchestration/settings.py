@@ -32,6 +32,20 @@ TELEMETRY_OFF = {
 
 
 
+DEMO_ENV_FILE = "demo.env"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines; blank lines and # comments ignored."""
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
 def local_dir() -> Path:
     return Path(os.environ.get("XERO_ELT_LOCAL_DIR", REPO_ROOT / ".local")).resolve()
 
@@ -123,6 +137,12 @@ def prepare_environment(environ: dict[str, str] | None = None) -> DatabaseUrl:
     if env.get("DATABASE_URL"):
         db = DatabaseUrl.parse(env["DATABASE_URL"])
     else:
+        # The embedded database is the demo's world: use the demo's secrets (written by the demo)
+        # so the UI's sensors and later commands can read the tokens it stored.
+        demo_env = local_dir() / DEMO_ENV_FILE
+        if demo_env.exists():
+            for key, value in read_env_file(demo_env).items():
+                env.setdefault(key, value)
         from orchestration.local_postgres import LocalPostgres
 
         server = DatabaseUrl(LocalPostgres(local_dir()).ensure_running())
