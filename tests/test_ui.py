@@ -37,8 +37,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def ui(create_database, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def ui(create_database, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield from _run_ui(create_database, tmp_path_factory.mktemp("ui"), monkeypatch)
+
+
+def _run_ui(create_database, tmp_path, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", create_database("ui"))
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", create_database("uidagster"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
