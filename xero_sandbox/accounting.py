@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import Any
 
@@ -19,6 +20,7 @@ from .http_identity import problem
 from .identity import ApiAuthError
 from .query import PAGED, ValidationError, build_query, parse_if_modified_since, run_query
 
+log = logging.getLogger("xero_sandbox")
 JSON = "application/json; charset=utf-8"
 XML = "text/xml; charset=utf-8"
 ENDPOINTS = ("Invoices", "Contacts", "Payments", "CreditNotes", "Accounts", "Organisation")
@@ -109,7 +111,11 @@ def routes(sb: Sandbox) -> list[Route]:
                 latency += fault.seconds
             if latency:
                 await asyncio.sleep(latency)
-            resp = _answer(sb, t, request, endpoint, parts, fault)
+            try:
+                resp = _answer(sb, t, request, endpoint, parts, fault)
+            except Exception:  # a sandbox bug must still look like Xero's 500, and be visible in the log
+                log.exception("sandbox error answering %s", request.url)
+                resp = problem(500, ERROR_500)
             resp.headers.update(decision.headers)
             resp.headers["Xero-Correlation-Id"] = str(uuid.uuid4())
             sb.record_call(tenant_hdr, stat_name, resp.status_code, len(resp.body))

@@ -218,8 +218,8 @@ class Query:
             self.ims_ms,
             tuple(self.order),
             tuple(self.statuses),
-            self.contact_ids and tuple(self.contact_ids),
-            self.numbers and tuple(self.numbers),
+            None if self.contact_ids is None else tuple(self.contact_ids),
+            None if self.numbers is None else tuple(self.numbers),
             self.where,
             self.include_archived,
         )

@@ -409,3 +409,16 @@ def test_large_organisations_must_filter_with_if_modified_since() -> None:
     q = build_query(t, "Invoices", {"page": "1", "Statuses": "PAID"}, since, 0)
     states, count = run_query(t, q, QueryCache(), cfg.max_scan_rows)
     assert 0 < count < 100 and all(st["status"] == "PAID" for st in states)
+
+
+def test_contact_ids_and_invoice_numbers_filters(big) -> None:
+    api = Api(big)
+    everything = api.all("Invoices")
+    contact = everything[0]["Contact"]["ContactID"]
+    mine = api.all("Invoices", ContactIDs=contact)
+    assert mine and {i["Contact"]["ContactID"] for i in mine} == {contact}
+    assert len(mine) == sum(i["Contact"]["ContactID"] == contact for i in everything)
+    assert api.all("Invoices", ContactIDs="not-a-guid") == []
+    numbers = [i["InvoiceNumber"] for i in everything if i["InvoiceNumber"].startswith("INV-")][:3]
+    got = api.all("Invoices", InvoiceNumbers=",".join(numbers))
+    assert sorted(i["InvoiceNumber"] for i in got) == sorted(numbers)
