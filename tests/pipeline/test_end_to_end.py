@@ -3,6 +3,7 @@ through Dagster, audited; idempotent on a second run."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import psycopg
@@ -71,3 +72,67 @@ def test_two_tenants_land_exactly_once(platform):
     for r in first + second:
         run = platform.instance.get_run_by_id(r.run_id)
         assert run.tags["dagster/partition"] == r.tenant_id
+
+
+def test_a_tenant_that_is_not_connected_fails_once_clearly_and_is_audited(platform):
+    import uuid
+
+    import dagster as dg
+
+    from orchestration.run_audit import audit_run
+    from orchestration.sensors import audit_failed_runs
+
+    stranger = str(uuid.uuid4())
+    [result] = sync_tenants([stranger], instance=platform.instance)
+    assert not result.success
+    assert stranger in result.error and "not connected" in result.error
+    # A permanent failure is not retried (the job retries transient failures only).
+    retries = [e for e in platform.instance.all_logs(result.run_id) if e.dagster_event
+               and e.dagster_event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+    assert retries == []
+    failed = [a for a in audit_actions(platform.database_url) if a[1] == result.run_id]
+    assert failed == [("sync_run_failed", result.run_id, "FAILURE")]
+
+    # The daemon's failure sensor sees the same run later: it is not recorded twice.
+    run = platform.instance.get_run_by_id(result.run_id)
+    assert audit_run(run) is False
+    context = dg.build_run_status_sensor_context(
+        sensor_name="audit_failed_runs", dagster_instance=platform.instance,
+        dagster_run=run, dagster_event=next(
+            e.dagster_event for e in platform.instance.all_logs(result.run_id)
+            if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.PIPELINE_FAILURE),
+    ).for_run_failure()
+    audit_failed_runs(context)
+    assert [a for a in audit_actions(platform.database_url) if a[1] == result.run_id] == failed
+
+
+def test_schedule_and_sensor_request_one_run_per_active_tenant(platform):
+    import dagster as dg
+
+    from orchestration.definitions import defs
+    from orchestration.resources import TokenVaultResource
+
+    with dg.instance_for_test() as instance:
+        _check_sensor_and_schedule(platform, instance, defs, TokenVaultResource)
+
+
+def _check_sensor_and_schedule(platform, instance, defs, TokenVaultResource):
+    import dagster as dg
+
+    resources = {"token_vault": TokenVaultResource()}
+    sensor = defs.resolve_sensor_def("new_tenant_sensor")
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        requests = list(sensor(context))
+    assert sorted(r.partition_key for r in requests) == sorted(platform.tenant_ids)
+    assert sorted(instance.get_dynamic_partitions("xero_tenants")) == sorted(platform.tenant_ids)
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        again = list(sensor(context))
+    assert all(isinstance(r, dg.SkipReason) for r in again)  # nothing new the second time
+
+    schedule = defs.resolve_schedule_def("daily_tenant_sync")
+    with dg.build_schedule_context(instance=instance, resources=resources,
+                                   repository_def=defs.get_repository_def(),
+                                   scheduled_execution_time=datetime(2026, 11, 25, 2, tzinfo=UTC)) as ctx:
+        runs = list(schedule.evaluate_tick(ctx).run_requests)
+    assert sorted(r.partition_key for r in runs) == sorted(platform.tenant_ids)
+    assert {r.run_key for r in runs} == {f"{t}:2026-11-25" for t in platform.tenant_ids}
