@@ -42,7 +42,10 @@ def build_app(sb: Sandbox) -> Starlette:
 
     routes = [Route("/", root, methods=["GET"])]
     routes += http_identity.routes(sb) + accounting.routes(sb) + admin.routes(sb)
-    app = Starlette(routes=routes, exception_handlers={404: not_found})
+    async def bad_json(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": f"invalid JSON body: {exc}"}, 400)
+
+    app = Starlette(routes=routes, exception_handlers={404: not_found, json.JSONDecodeError: bad_json})
     app.state.sandbox = sb
     return app
 
