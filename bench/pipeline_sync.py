@@ -24,7 +24,7 @@ from psycopg import sql
 from oauth_service.migrations import upgrade
 from oauth_service.server import ServiceServer
 from oauth_service.settings import Settings, generate_key
-from orchestration.demo import connect_organisations, sandbox_env, user_jwt
+from orchestration.demo import connect_organisations, user_jwt
 from orchestration.settings import DatabaseUrl, local_dir
 from orchestration.sync import sync_tenants
 from xero_sandbox import SandboxConfig, SandboxServer
@@ -56,13 +56,11 @@ def main() -> int:
     db = server.with_database(name)
     try:
         upgrade(db.url)
-        cfg = SandboxConfig(seed=args.seed, tenants=1, invoices_per_tenant=args.invoices,
-                            client_id="sandbox-client-id", client_secret="sandbox-client-secret")
+        cfg = SandboxConfig(seed=args.seed, tenants=1, invoices_per_tenant=args.invoices)
         with SandboxServer(cfg, host="127.0.0.1", port=0) as sandbox, tempfile.TemporaryDirectory() as home:
             port = _free_port()
             os.environ.update({
-                **sandbox_env(sandbox.url), **db.dbt_env(), "DATABASE_URL": db.url,
-                "XERO_CLIENT_ID": "sandbox-client-id", "XERO_CLIENT_SECRET": "sandbox-client-secret",
+                **sandbox.env(), **db.dbt_env(), "DATABASE_URL": db.url,
                 "XERO_REDIRECT_URI": f"http://127.0.0.1:{port}/xero/auth/callback",
                 "AUTH_JWT_SECRET": JWT_SECRET, "TOKEN_ENCRYPTION_KEY": generate_key(),
                 "APP_RETURN_URL": "http://localhost:3000/x", "APP_ORIGIN": "http://localhost:3000",

@@ -85,16 +85,6 @@ def connect_organisations(service_url: str, token: str, tenant_ids: list[str] | 
     return int(outcome["connected"][0])
 
 
-def sandbox_env(base_url: str) -> dict[str, str]:
-    return {
-        "XERO_AUTHORIZE_URL": f"{base_url}/identity/connect/authorize",
-        "XERO_TOKEN_URL": f"{base_url}/connect/token",
-        "XERO_REVOCATION_URL": f"{base_url}/connect/revocation",
-        "XERO_CONNECTIONS_URL": f"{base_url}/connections",
-        "XERO_API_URL": f"{base_url}/api.xro/2.0",
-    }
-
-
 def run_demo(tenants: int = DEMO_TENANTS, invoices: int = DEMO_INVOICES, seed: int = DEMO_SEED) -> int:
     from oauth_service.migrations import upgrade
     from oauth_service.server import ServiceServer
@@ -114,8 +104,8 @@ def run_demo(tenants: int = DEMO_TENANTS, invoices: int = DEMO_INVOICES, seed: i
     with SandboxServer(config, host="127.0.0.1", port=0) as sandbox:
         print(f"sandbox: local Xero at {sandbox.url} with {len(sandbox.tenants)} organisations")
         port = _free_port()
-        os.environ.update(sandbox_env(sandbox.url))
-        os.environ.update({**demo, "XERO_REDIRECT_URI": f"http://127.0.0.1:{port}/xero/auth/callback"})
+        os.environ.update({**sandbox.env(), **demo,
+                           "XERO_REDIRECT_URI": f"http://127.0.0.1:{port}/xero/auth/callback"})
         settings = Settings.from_env()
         with ServiceServer(settings, host="127.0.0.1", port=port) as service:
             connected = connect_organisations(service.url, user_jwt(demo["AUTH_JWT_SECRET"], DEMO_USER_ID))

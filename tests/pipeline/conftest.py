@@ -11,7 +11,7 @@ import pytest
 from oauth_service.migrations import upgrade
 from oauth_service.server import ServiceServer
 from oauth_service.settings import Settings, generate_key
-from orchestration.demo import connect_organisations, sandbox_env, user_jwt
+from orchestration.demo import connect_organisations, user_jwt
 from orchestration.settings import DatabaseUrl
 from xero_sandbox import SandboxConfig, SandboxServer
 
@@ -33,13 +33,11 @@ class Platform:
         return [t.tenant_id for t in self.sandbox.tenants]
 
 
-def platform_env(database_url: str, sandbox_url: str, service_port: int) -> dict[str, str]:
+def platform_env(database_url: str, sandbox: SandboxServer, service_port: int) -> dict[str, str]:
     return {
-        **sandbox_env(sandbox_url),
+        **sandbox.env(),
         **DatabaseUrl.parse(database_url).dbt_env(),
         "DATABASE_URL": database_url,
-        "XERO_CLIENT_ID": "sandbox-client-id",
-        "XERO_CLIENT_SECRET": "sandbox-client-secret",
         "XERO_REDIRECT_URI": f"http://127.0.0.1:{service_port}/xero/auth/callback",
         "AUTH_JWT_SECRET": JWT_SECRET,
         "TOKEN_ENCRYPTION_KEY": generate_key(),
@@ -66,14 +64,13 @@ def platform_factory(create_database: Callable[[str], str]) -> Iterator[Callable
         database_url = create_database("pipe")
         upgrade(database_url)
         options = {"seed": 11, "tenants": 2, "invoices_per_tenant": 150, **sandbox_options}
-        sandbox = SandboxServer(SandboxConfig(client_id="sandbox-client-id",
-                                              client_secret="sandbox-client-secret", **options))
+        sandbox = SandboxServer(SandboxConfig(**options))
         sandbox.__enter__()
         stack.append(sandbox)
         port = _free_port()
         mp = pytest.MonkeyPatch()
         stack.append(mp)
-        for key, value in platform_env(database_url, sandbox.url, port).items():
+        for key, value in platform_env(database_url, sandbox, port).items():
             mp.setenv(key, value)
         service = ServiceServer(Settings.from_env(), host="127.0.0.1", port=port)
         service.__enter__()

@@ -18,7 +18,7 @@ from xero_python.identity import IdentityApi
 from xero_sandbox import SandboxConfig, SandboxServer
 from xero_sandbox.pytest_plugin import sandbox_token
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "xero-openapi" / "examples"
+EXAMPLES = Path(__file__).resolve().parent / "openapi_examples"  # vendored from Xero's OpenAPI spec
 
 # Example keys for features the sandbox does not model (repeating invoices, attachments, batch payments,
 # credit-note refunds) or that only appear on error answers; and a typo in Xero's own example.
