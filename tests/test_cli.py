@@ -1,0 +1,61 @@
+"""The command line as operators use it: migrations, sync's exit code, definitions validation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(args, env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_db_upgrade_current_and_downgrade(create_database, tmp_path):
+    env = {"DATABASE_URL": create_database("cli"), "DAGSTER_HOME": str(tmp_path)}
+    up = run([str(BIN / "xero-elt"), "db", "upgrade"], env)
+    assert up.returncode == 0, up.stderr
+    head = up.stdout.strip().rsplit(" ", 1)[-1]
+    assert head and head != "None"
+    again = run([str(BIN / "xero-elt"), "db", "upgrade"], env)  # idempotent
+    assert again.returncode == 0 and again.stdout == up.stdout
+    down = run([str(BIN / "xero-elt"), "db", "downgrade", "base"], env)
+    assert down.returncode == 0, down.stderr
+    assert down.stdout.strip().endswith("None")
+
+
+def test_sync_exits_non_zero_when_a_tenant_fails(create_database, tmp_path):
+    stranger = str(uuid.uuid4())
+    env = {
+        "DATABASE_URL": create_database("clisync"),
+        "DAGSTER_POSTGRES_URL": create_database("clisyncdagster"),
+        "DAGSTER_HOME": str(tmp_path),
+        "TOKEN_ENCRYPTION_KEY": "x" * 43 + "=",
+        "XERO_CLIENT_ID": "id",
+        "XERO_CLIENT_SECRET": "secret",
+    }
+    result = run([str(BIN / "xero-elt"), "sync", "--tenant", stranger], env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{stranger}: run" in result.stdout and "FAILED" in result.stdout
+    assert "not connected" in result.stdout
+
+
+def test_bad_configuration_is_reported_without_a_traceback(tmp_path):
+    result = run([str(BIN / "xero-elt"), "db", "upgrade"],
+                 {"DATABASE_URL": "mysql://root@localhost/x", "DAGSTER_HOME": str(tmp_path)})
+    assert result.returncode == 2
+    assert "configuration error" in result.stderr and "DATABASE_URL" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_dagster_definitions_validate(tmp_path):
+    result = run([str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+                 {"DAGSTER_HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All code locations passed validation" in result.stdout + result.stderr
