@@ -1,8 +1,10 @@
-"""Sensors: tenants follow app.xero_connections; every finished run is audited."""
+"""Sensors: tenants follow app.xero_connections; Xero webhooks start a tenant's sync; every
+finished run is audited."""
 
 
 import dagster as dg
 
+from oauth_service.events import mark_webhook_events_processed, pending_webhook_events
 from orchestration.jobs import tenant_sync_job
 from orchestration.partitions import add_tenant_partitions
 from orchestration.resources import TokenVaultResource
@@ -22,6 +24,33 @@ def new_tenant_sensor(context: dg.SensorEvaluationContext, token_vault: TokenVau
         yield dg.RunRequest(run_key=f"first-sync:{tenant_id}", partition_key=tenant_id)
     if not new:
         yield dg.SkipReason(f"{len(tenants)} active tenants, none new")
+
+
+@dg.sensor(
+    job=tenant_sync_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Syncs a tenant soon after Xero reports changes (webhooks stored by the OAuth service).",
+)
+def xero_webhook_sensor(context: dg.SensorEvaluationContext, token_vault: TokenVaultResource):
+    vault = token_vault.get()
+    events = pending_webhook_events(vault.engine)
+    if not events:
+        yield dg.SkipReason("no new Xero webhook events")
+        return
+    active = {t.tenant_id for t in vault.active_tenants()}
+    latest: dict[str, int] = {}
+    for event in events:
+        if event.tenant_id in active:
+            latest[event.tenant_id] = max(latest.get(event.tenant_id, 0), event.id)
+    add_tenant_partitions(context.instance, list(latest))
+    # One run per tenant however many events arrived; the per-partition run limit queues it behind
+    # a sync already in progress.
+    for tenant_id, last_event in latest.items():
+        yield dg.RunRequest(run_key=f"webhook:{tenant_id}:{last_event}", partition_key=tenant_id,
+                            tags={"xero-elt/trigger": "webhook"})
+    # Events of tenants no longer active are settled too: there is nothing to sync for them.
+    mark_webhook_events_processed(vault.engine, [e.id for e in events])
 
 
 @dg.run_status_sensor(

@@ -44,7 +44,7 @@ def test_sync_job_covers_raw_and_analytics_and_retries():
 def test_schedules_and_sensors_run_by_default():
     schedule = defs.resolve_schedule_def("daily_tenant_sync")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-    for name in ("new_tenant_sensor", "audit_successful_runs", "audit_failed_runs"):
+    for name in ("new_tenant_sensor", "xero_webhook_sensor", "audit_successful_runs", "audit_failed_runs"):
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
 
 

@@ -17,6 +17,7 @@ from xero_sandbox import SandboxConfig, SandboxServer
 
 USER_ID = "3f0a2b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b"
 JWT_SECRET = "test-jwt-secret-" + "x" * 32
+WEBHOOK_KEY = "test-webhook-key-" + "w" * 40
 
 
 @dataclass
@@ -44,6 +45,7 @@ def platform_env(database_url: str, sandbox: SandboxServer, service_port: int) -
         "APP_RETURN_URL": "http://localhost:3000/settings/xero",
         "APP_ORIGIN": "http://localhost:3000",
         "DEMO_MODE": "0",
+        "XERO_WEBHOOK_KEY": WEBHOOK_KEY,
     }
 
 

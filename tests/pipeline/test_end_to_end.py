@@ -136,3 +136,32 @@ def _check_sensor_and_schedule(platform, instance, defs, TokenVaultResource):
         runs = list(schedule.evaluate_tick(ctx).run_requests)
     assert sorted(r.partition_key for r in runs) == sorted(platform.tenant_ids)
     assert {r.run_key for r in runs} == {f"{t}:2026-11-25" for t in platform.tenant_ids}
+
+
+def test_a_webhook_from_xero_starts_that_tenants_sync(platform):
+    import time
+
+    import dagster as dg
+
+    from orchestration.definitions import defs
+    from orchestration.resources import TokenVaultResource
+    from tests.pipeline.conftest import WEBHOOK_KEY
+
+    changed, quiet = platform.tenant_ids
+    platform.sandbox.configure_webhooks(f"{platform.service_url}/xero/webhooks", WEBHOOK_KEY)
+    platform.sandbox.mutate(changed, "random", count=3, seed=9)
+    deadline = time.monotonic() + 60
+    while not any(d["delivered"] for d in platform.sandbox.webhook_deliveries()):
+        assert time.monotonic() < deadline, platform.sandbox.webhook_deliveries()
+        time.sleep(0.2)
+
+    sensor = defs.resolve_sensor_def("xero_webhook_sensor")
+    resources = {"token_vault": TokenVaultResource()}
+    with dg.instance_for_test() as instance:
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            requests = [r for r in sensor(context) if isinstance(r, dg.RunRequest)]
+        assert [r.partition_key for r in requests] == [changed]  # one run, however many events
+        assert quiet not in instance.get_dynamic_partitions("xero_tenants")
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            again = list(sensor(context))
+        assert all(isinstance(r, dg.SkipReason) for r in again)  # events were settled
