@@ -22,7 +22,9 @@ class XeroDbtTranslator(DagsterDbtTranslator):
     manifest=ensure_manifest(),
     project=xero_dbt_project,
     partitions_def=tenant_partitions,
-    dagster_dbt_translator=XeroDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True)),
+    dagster_dbt_translator=XeroDbtTranslator(
+        settings=DagsterDbtTranslatorSettings(enable_asset_checks=True, enable_source_tests_as_checks=True)
+    ),
     # Models are tenant-incremental, but a model's first build and schema changes are whole-table
     # DDL: one dbt step at a time across runs (pool limit 1 in dagster.yaml).
     pool="dbt",
