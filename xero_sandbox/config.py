@@ -91,8 +91,11 @@ class SandboxConfig:
     redirect_uris: list[str] | None = None
     # Extra OAuth clients {client_id: client_secret}.
     extra_clients: dict[str, str] = field(default_factory=dict)
-    # Public clients may use PKCE without a secret (Xero's "Auth code with PKCE" apps).
-    allow_pkce_without_secret: bool = True
+    # Xero's web apps are confidential clients: every token-endpoint and revocation call must authenticate
+    # the client (Basic header or client_secret in the body), PKCE or not, else 400 invalid_client. True
+    # opts in to public clients (Xero's "Auth code with PKCE" apps): a code exchange with a code_verifier,
+    # and the refreshes and revocations that follow, may then send only client_id.
+    allow_pkce_without_secret: bool = False
     rate_limits: bool = True
     limits: LimitConfig = field(default_factory=LimitConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)

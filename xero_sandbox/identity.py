@@ -171,13 +171,20 @@ class IdentityStore:
                 return u
         raise OAuthError("invalid_request", description=f"unknown sandbox user {key!r}")
 
-    def check_client(self, client_id: str | None, client_secret: str | None, *, pkce: bool = False) -> str:
+    def check_client(
+        self, client_id: str | None, client_secret: str | None, *, public_ok: bool = False
+    ) -> str:
+        """Client authentication at the token and revocation endpoints.
+
+        Confidential clients (Xero's web apps, the default) must always present their secret; ``public_ok``
+        lets a secret-less call through only when the sandbox is configured for public PKCE clients.
+        """
         clients = self.cfg.clients()
         if not client_id or client_id not in clients:
             raise OAuthError("invalid_client", 400)
-        if client_secret is None and pkce and self.cfg.allow_pkce_without_secret:
+        if not client_secret and public_ok and self.cfg.allow_pkce_without_secret:
             return client_id
-        if client_secret is None or not hmac.compare_digest(client_secret, clients[client_id]):
+        if not client_secret or not hmac.compare_digest(client_secret, clients[client_id]):
             raise OAuthError("invalid_client", 400)
         return client_id
 
@@ -287,7 +294,7 @@ class IdentityStore:
 
     def _code_exchange(self, form: dict[str, str], client_id: str | None, secret: str | None) -> dict:
         verifier = form.get("code_verifier")
-        client = self.check_client(client_id, secret, pkce=bool(verifier))
+        client = self.check_client(client_id, secret, public_ok=bool(verifier))
         code = self.codes.get(form.get("code", ""))
         now = self.clock.now_ms()
         if code is None or code.grant.client_id != client:
@@ -309,13 +316,13 @@ class IdentityStore:
                 calc = verifier
             if not hmac.compare_digest(calc, code.challenge):
                 raise OAuthError("invalid_grant", description="code_verifier mismatch")
-        elif secret is None:
+        elif not secret:
             raise OAuthError("invalid_client")
         code.used = True
         return self._issue(code.grant, now, new_refresh=True)
 
     def _refresh(self, form: dict[str, str], client_id: str | None, secret: str | None) -> dict:
-        client = self.check_client(client_id, secret, pkce=True)
+        client = self.check_client(client_id, secret, public_ok=True)
         rt = self.refresh.get(form.get("refresh_token", ""))
         now = self.clock.now_ms()
         if rt is None or rt.revoked or rt.grant.revoked or rt.grant.client_id != client:
@@ -400,7 +407,7 @@ class IdentityStore:
         client_id = basic[0] if basic else form.get("client_id")
         secret = basic[1] if basic else form.get("client_secret")
         with self.lock:
-            self.check_client(client_id, secret, pkce=True)
+            self.check_client(client_id, secret, public_ok=True)
             token = form.get("token", "")
             rt = self.refresh.get(token)
             if rt is not None and rt.grant.client_id == client_id:
@@ -508,7 +515,8 @@ class IdentityStore:
             "code_challenge_methods_supported": ["plain", "S256"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "subject_types_supported": ["public"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"]
+            + (["none"] if self.cfg.allow_pkce_without_secret else []),
         }
 
     def snapshot(self) -> dict:

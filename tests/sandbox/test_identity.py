@@ -164,7 +164,65 @@ def test_pkce_s256_is_checked(xero_sandbox_server) -> None:
         token(sb, grant_type="authorization_code", code=code, redirect_uri=REDIRECT).json()["error"]
         == "invalid_grant"
     )
-    # a public client (no secret) may use PKCE
+    # a good verifier with the client's secret
+    code = redirect_query(authorize(sb, code_challenge=challenge, code_challenge_method="S256"))["code"]
+    r = token(sb, grant_type="authorization_code", code=code, redirect_uri=REDIRECT, code_verifier=verifier)
+    assert r.status_code == 200 and r.json()["access_token"]
+
+
+def _pkce_pair() -> tuple[str, str]:
+    import base64
+    import hashlib
+
+    verifier = "v" * 50
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+def test_confidential_client_must_authenticate_everywhere(xero_sandbox_server) -> None:
+    """Xero web apps are confidential: PKCE does not replace the secret at exchange, refresh or revoke."""
+    sb = xero_sandbox_server
+    verifier, challenge = _pkce_pair()
+    code = redirect_query(authorize(sb, code_challenge=challenge, code_challenge_method="S256"))["code"]
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": REDIRECT,
+        "code_verifier": verifier,
+    }
+    r = token(sb, auth=None, client_id=sb.config.client_id, **form)
+    assert r.status_code == 400 and r.json() == {"error": "invalid_client"}
+    r = token(sb, auth=(sb.config.client_id, "wrong-secret"), **form)
+    assert r.status_code == 400 and r.json() == {"error": "invalid_client"}
+    # the code was not consumed by the unauthenticated attempts; a secret in the body is fine too
+    r = token(sb, auth=None, client_id=sb.config.client_id, client_secret=sb.config.client_secret, **form)
+    assert r.status_code == 200, r.text
+    rt = r.json()["refresh_token"]
+    r = token(sb, auth=None, grant_type="refresh_token", refresh_token=rt, client_id=sb.config.client_id)
+    assert r.status_code == 400 and r.json() == {"error": "invalid_client"}
+    r = token(sb, auth=None, grant_type="refresh_token", refresh_token=rt)
+    assert r.status_code == 400 and r.json() == {"error": "invalid_client"}
+    r = requests.post(sb.revocation_url, data={"token": rt, "client_id": sb.config.client_id}, timeout=10)
+    assert r.status_code == 400 and r.json() == {"error": "invalid_client"}
+    # nothing was refreshed or revoked by those: the token still works with the secret
+    r = refresh(sb, rt)
+    assert r.status_code == 200, r.text
+    rt2 = r.json()["refresh_token"]
+    r = requests.post(sb.revocation_url, data={"token": rt2}, auth=AUTH, timeout=10)
+    assert r.status_code == 200
+    assert refresh(sb, rt2).json()["error"] == "invalid_grant"
+    discovery = requests.get(f"{sb.url}/.well-known/openid-configuration", timeout=10).json()
+    assert "none" not in discovery["token_endpoint_auth_methods_supported"]
+
+
+def test_public_pkce_clients_are_an_explicit_opt_in(xero_sandbox_factory) -> None:
+    sb = xero_sandbox_factory(tenants=1, invoices_per_tenant=5, allow_pkce_without_secret=True)
+    verifier, challenge = _pkce_pair()
+    cid = sb.config.client_id
+    # without a verifier a secret is still required
+    code = redirect_query(authorize(sb))["code"]
+    r = token(sb, auth=None, client_id=cid, grant_type="authorization_code", code=code, redirect_uri=REDIRECT)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_client"
     code = redirect_query(authorize(sb, code_challenge=challenge, code_challenge_method="S256"))["code"]
     r = token(
         sb,
@@ -172,10 +230,16 @@ def test_pkce_s256_is_checked(xero_sandbox_server) -> None:
         grant_type="authorization_code",
         code=code,
         redirect_uri=REDIRECT,
-        client_id=sb.config.client_id,
+        client_id=cid,
         code_verifier=verifier,
     )
     assert r.status_code == 200 and r.json()["access_token"]
+    rt = r.json()["refresh_token"]
+    r = token(sb, auth=None, grant_type="refresh_token", refresh_token=rt, client_id=cid)
+    assert r.status_code == 200, r.text
+    form = {"token": r.json()["refresh_token"], "client_id": cid}
+    r = requests.post(sb.revocation_url, data=form, timeout=10)
+    assert r.status_code == 200
 
 
 def test_access_token_lives_1800_sandbox_seconds(xero_sandbox_server) -> None:
