@@ -4,6 +4,13 @@ Prints: first (full) sync wall time and invoices/s, API calls and bytes fetched,
 (incremental, nothing changed) sync's cost, and this process's peak RSS.
 
     .venv/bin/python bench/pipeline_sync.py --invoices 20000
+
+Figures (2026-11-25, 2 cores shared with other work, CI's PostgreSQL 15, 20,000 invoices):
+    full: 21.4 s end to end, 20,000 records fetched in 21 API calls (~935/s), 19,418 in analytics.invoices
+    incremental (no change): 7.7 s, 1 record re-read (the If-Modified-Since overlap) in 1 API call
+    peak RSS of the whole process (sandbox + service + pipeline): 436 MB
+    dlt phases for the 20,000 (separately): extract 5.0 s, normalize 4.2 s, load 1.6 s with
+    insert_values (1.0 s with csv/COPY: not worth the switch; extract and normalize dominate).
 """
 
 from __future__ import annotations
@@ -77,9 +84,10 @@ def main() -> int:
                     wall = time.perf_counter() - t0
                     stats = sandbox.stats()
                     calls = stats["tenants"][tenant]["calls_total"] if "tenants" in stats else stats
-                    print(f"{label}: ok={result.success} {wall:.1f} s; fetched {result.fetched}; "
-                          f"analytics.invoices {result.invoices}; "
-                          f"{result.invoices / wall:.0f} invoices/s end to end; API: {calls}")
+                    fetched = sum(result.fetched.values())
+                    print(f"{label}: ok={result.success} {wall:.1f} s end to end; fetched {fetched} records "
+                          f"({fetched / wall:.0f}/s) in {calls} API calls; "
+                          f"analytics.invoices now {result.invoices}")
     finally:
         with psycopg.connect(server.url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
