@@ -33,7 +33,11 @@ from oauth_service.xero import TokenSet, XeroClient, XeroError
 log = logging.getLogger("oauth_service.vault")
 
 CONNECTIONS = "app.xero_connections"
-REAUTH_ERRORS = {"invalid_grant", "unauthorized_client", "invalid_client", "access_denied"}
+# Only these mean the grant itself is dead (the user must reconnect). A 401 without an error code too.
+REAUTH_ERRORS = frozenset({"invalid_grant"})
+# These mean Xero does not accept *our client* (wrong XERO_CLIENT_ID/XERO_CLIENT_SECRET, app disabled):
+# a configuration problem of this deployment, never a reason to touch the users' connections.
+CLIENT_CONFIG_ERRORS = frozenset({"invalid_client", "unauthorized_client"})
 
 
 class VaultError(Exception):
@@ -54,6 +58,11 @@ class ReauthRequired(VaultError):
 
 class TokenRefreshError(VaultError):
     """A refresh failed for a reason that may pass (Xero unreachable, 5xx); try again later."""
+
+
+class ClientConfigurationError(TokenRefreshError):
+    """Xero rejected this app's client credentials (`invalid_client`/`unauthorized_client`): fix
+    XERO_CLIENT_ID/XERO_CLIENT_SECRET. No connection was changed."""
 
 
 class TenantInfo(NamedTuple):
@@ -318,6 +327,34 @@ class TokenVault:
         try:
             tokens = self.xero.refresh(refresh_token)
         except XeroError as exc:
+            if exc.error in CLIENT_CONFIG_ERRORS:
+                record_audit(
+                    self.engine,
+                    "token_refresh_failed",
+                    user_id=target.user_id,
+                    tenant_id=tenant_id,
+                    table_accessed=CONNECTIONS,
+                    record_id=target.id,
+                    outcome="failure",
+                    metadata={
+                        "actor": self.actor,
+                        "error": exc.error,
+                        "status": exc.status,
+                        "configuration_error": True,
+                    },
+                )
+                log.error(
+                    "tenant %s: Xero rejected this app's client credentials (%s): check XERO_CLIENT_ID and "
+                    "XERO_CLIENT_SECRET; no connection was changed",
+                    tenant_id,
+                    exc.error,
+                )
+                raise ClientConfigurationError(
+                    f"refreshing the token of tenant {tenant_id} failed: Xero rejected this app's client "
+                    f"credentials ({exc.error}). Check XERO_CLIENT_ID and XERO_CLIENT_SECRET (the Xero app's "
+                    "client id and secret); the tenant's connection was left unchanged.",
+                    tenant_id,
+                ) from None
             if exc.error in REAUTH_ERRORS or (exc.error is None and exc.status == 401):
                 reason = f"Xero rejected the refresh token ({exc.error or exc.status})"
                 for r in grant_rows:

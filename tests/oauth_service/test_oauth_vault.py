@@ -25,7 +25,13 @@ from sqlalchemy import text
 from oauth_service import migrations
 from oauth_service.db import make_engine
 from oauth_service.settings import Settings, generate_key
-from oauth_service.vault import ReauthRequired, TenantNotConnected, TokenVault, reencrypt_all
+from oauth_service.vault import (
+    ReauthRequired,
+    TenantNotConnected,
+    TokenRefreshError,
+    TokenVault,
+    reencrypt_all,
+)
 from oauth_service.xero import TokenSet
 
 PROCESSES = 20
@@ -205,3 +211,43 @@ def test_reencrypt_all_under_the_newest_key(create_database):
         assert audit_rows(engine, "tokens_reencrypted")
     finally:
         engine.dispose()
+
+
+def test_wrong_client_secret_is_a_configuration_error_and_changes_no_connection(
+    make_browser, sandbox, tenant_ids, engine, vault, settings
+):
+    """invalid_client/unauthorized_client say *our app* is misconfigured, not that the user's grant is
+    dead: nothing is marked reauth_required, the failure is audited, and the message says what to fix."""
+    tenant = tenant_ids[3]
+    user = make_browser()
+    assert user.connect([tenant]) == {"connected": ["1"]}
+    expire_in_db(engine, tenant)
+    columns = "status, status_reason, access_token, refresh_token, token_expires_at, updated_at"
+    query = text(f"SELECT {columns} FROM app.xero_connections WHERE tenant_id = :t")  # noqa: S608
+    with engine.connect() as conn:
+        before = conn.execute(query, {"t": tenant}).one()
+    failures_before = len(audit_rows(engine, "token_refresh_failed", tenant_id=tenant))
+
+    misconfigured = TokenVault(
+        settings.replace(xero_client_secret="wrong-" + uuid.uuid4().hex), engine, actor="tests", cache=False
+    )
+    for _ in range(2):  # and again: still not reauth
+        with pytest.raises(TokenRefreshError) as err:
+            misconfigured.access_token_for(tenant)
+        assert not isinstance(err.value, ReauthRequired)
+        assert "XERO_CLIENT_ID" in str(err.value) and "XERO_CLIENT_SECRET" in str(err.value)
+        assert "invalid_client" in str(err.value) and err.value.tenant_id == tenant
+    with engine.connect() as conn:
+        assert conn.execute(query, {"t": tenant}).one() == before
+    assert before.status == "active"
+    failed = audit_rows(engine, "token_refresh_failed", tenant_id=tenant)[failures_before:]
+    assert len(failed) == 2
+    assert all(a.outcome == "failure" and a.metadata["error"] == "invalid_client" for a in failed)
+    assert all(a.metadata.get("configuration_error") is True for a in failed)
+    assert all("new_status" not in a.metadata for a in failed)
+
+    # with the right credentials the same grant refreshes and works
+    token = vault.access_token_for(tenant)
+    SEEN_TOKENS.add(token)
+    assert api_get(sandbox, token, tenant).status_code == 200
+    assert status_of(engine, tenant).status == "active"
