@@ -84,7 +84,7 @@ def main() -> int:
                 "response_type": "code",
                 "client_id": info["clientId"],
                 "redirect_uri": "http://127.0.0.1/cb",
-                "scope": "offline_access accounting.transactions.read",
+                "scope": "offline_access accounting.invoices.read",
                 "state": "bench",
             },
         )

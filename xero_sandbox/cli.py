@@ -65,6 +65,16 @@ def _serve_parser() -> argparse.ArgumentParser:
         default=None,
         help="allowed redirect URI (repeatable); default: any loopback http(s) URI",
     )
+    p.add_argument(
+        "--broad-scopes",
+        action="store_true",
+        help="play an app created before 2 March 2026: accounting.transactions(.read) allowed",
+    )
+    p.add_argument(
+        "--public-pkce",
+        action="store_true",
+        help="allow public PKCE clients (no client secret); Xero web apps are confidential",
+    )
     p.add_argument("--webhook-url", default=None)
     p.add_argument("--webhook-key", default=None)
     p.add_argument("--error-rate", type=float, default=0.0, help="random 500/503 rate on API calls")
@@ -103,6 +113,8 @@ def config_from_args(a: argparse.Namespace) -> SandboxConfig:
         client_id=a.client_id,
         client_secret=a.client_secret,
         redirect_uris=a.redirect_uri,
+        broad_scopes=a.broad_scopes,
+        allow_pkce_without_secret=a.public_pkce,
         rate_limits=not a.no_rate_limits,
         limits=limits,
         faults=FaultConfig(

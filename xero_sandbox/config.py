@@ -31,6 +31,17 @@ ALL_SCOPES = (
 )
 
 
+# The broad transaction scopes: apps created from 2 March 2026 must use the granular ones instead (older apps
+# keep these until September 2027): ``SandboxConfig(broad_scopes=True)`` plays such an older app.
+BROAD_SCOPES = ("accounting.transactions", "accounting.transactions.read")
+
+# What a read-only sync asks for (the granular scopes), plus OpenID Connect for the sandbox's conveniences.
+GRANULAR_READ_SCOPE = (
+    "offline_access accounting.invoices.read accounting.payments.read accounting.contacts.read "
+    "accounting.settings.read"
+)
+
+
 @dataclass
 class LimitConfig:
     """Xero's rate limits. ``None`` switches that one limit off."""
@@ -96,6 +107,9 @@ class SandboxConfig:
     # opts in to public clients (Xero's "Auth code with PKCE" apps): a code exchange with a code_verifier,
     # and the refreshes and revocations that follow, may then send only client_id.
     allow_pkce_without_secret: bool = False
+    # False (the default): an app created from 2 March 2026, which must use the granular scopes, so asking
+    # for accounting.transactions(.read) is ``invalid_scope``. True: an older app that may still use them.
+    broad_scopes: bool = False
     rate_limits: bool = True
     limits: LimitConfig = field(default_factory=LimitConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)

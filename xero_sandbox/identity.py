@@ -23,7 +23,7 @@ from urllib.parse import urlencode, urlsplit
 import jwt
 
 from .clock import SandboxClock
-from .config import ALL_SCOPES, SandboxConfig, UserConfig
+from .config import ALL_SCOPES, BROAD_SCOPES, SandboxConfig, UserConfig
 from .data import deterministic_uuid
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -188,6 +188,12 @@ class IdentityStore:
             raise OAuthError("invalid_client", 400)
         return client_id
 
+    def scopes_supported(self) -> tuple[str, ...]:
+        """Scopes this app may ask for: no broad transaction scopes for an app created since March 2026."""
+        if self.cfg.broad_scopes:
+            return ALL_SCOPES
+        return tuple(s for s in ALL_SCOPES if s not in BROAD_SCOPES)
+
     def redirect_allowed(self, uri: str) -> bool:
         if self.cfg.redirect_uris is not None:
             return uri in self.cfg.redirect_uris
@@ -222,7 +228,7 @@ class IdentityStore:
         if params.get("response_type") != "code":
             return back({"error": "unsupported_response_type"})
         scopes = params.get("scope", "").split()
-        if not scopes or any(s not in ALL_SCOPES for s in scopes):
+        if not scopes or any(s not in self.scopes_supported() for s in scopes):
             return back({"error": "invalid_scope"})
         method = params.get("code_challenge_method")
         challenge = params.get("code_challenge")
@@ -509,7 +515,7 @@ class IdentityStore:
             "revocation_endpoint": f"{base}/connect/revocation",
             "userinfo_endpoint": f"{base}/connect/userinfo",
             "jwks_uri": f"{base}/.well-known/openid-configuration/jwks",
-            "scopes_supported": list(ALL_SCOPES),
+            "scopes_supported": list(self.scopes_supported()),
             "response_types_supported": ["code"],
             "grant_types_supported": ["authorization_code", "refresh_token"],
             "code_challenge_methods_supported": ["plain", "S256"],

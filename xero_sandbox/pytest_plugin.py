@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from .config import SandboxConfig
+from .config import GRANULAR_READ_SCOPE, SandboxConfig
 from .server import SandboxServer
 
 __all__ = [
@@ -31,10 +31,8 @@ __all__ = [
     "sandbox_token",
 ]
 
-DEFAULT_SCOPE = (
-    "openid profile email offline_access accounting.transactions.read accounting.contacts.read "
-    "accounting.settings.read"
-)
+# The granular scopes (apps created since 2 March 2026 may not ask for accounting.transactions*).
+DEFAULT_SCOPE = "openid profile email " + GRANULAR_READ_SCOPE
 
 
 def sandbox_token(sb: SandboxServer, scope: str = DEFAULT_SCOPE, **authorize_extra: str) -> dict:

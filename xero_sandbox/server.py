@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from . import accounting, admin, http_identity
-from .config import SandboxConfig
+from .config import GRANULAR_READ_SCOPE, SandboxConfig
 from .core import Sandbox
 from .data import TenantInfo
 from .faults import FaultRule
@@ -225,8 +225,7 @@ class SandboxServer:
 
     def authorize_code(
         self,
-        scope: str = "openid profile email offline_access accounting.transactions.read "
-        "accounting.contacts.read accounting.settings.read",
+        scope: str = "openid profile email " + GRANULAR_READ_SCOPE,
         redirect_uri: str = "http://127.0.0.1/callback",
         state: str = "s",
         **extra: str,

@@ -12,7 +12,10 @@ from xero_sandbox import SandboxConfig, SandboxServer, UserConfig
 from xero_sandbox.pytest_plugin import sandbox_token
 
 REDIRECT = "http://127.0.0.1:1/callback"
-SCOPE = "openid profile email offline_access accounting.transactions.read accounting.contacts.read"
+SCOPE = (
+    "openid profile email offline_access accounting.invoices.read accounting.payments.read "
+    "accounting.contacts.read"
+)
 AUTH = ("sandbox-client-id", "sandbox-client-secret")
 
 
@@ -375,8 +378,32 @@ def test_consent_chooses_tenants_and_user(xero_sandbox_factory) -> None:
     assert claims["email"] == "b@example.com" and claims["aud"] == sb.config.client_id
 
 
-def test_scopes_gate_endpoints_and_refresh_tokens(xero_sandbox_server) -> None:
+def test_broad_scopes_are_invalid_for_a_new_app(xero_sandbox_server) -> None:
+    """Apps created since 2 March 2026 must use the granular scopes: the broad ones are invalid_scope."""
     sb = xero_sandbox_server
+    for broad in ("accounting.transactions.read", "accounting.transactions"):
+        q = redirect_query(authorize(sb, scope=f"offline_access {broad} accounting.contacts.read"))
+        assert q == {"error": "invalid_scope", "state": "st4te"}
+    discovery = requests.get(f"{sb.url}/.well-known/openid-configuration", timeout=10).json()
+    assert "accounting.transactions.read" not in discovery["scopes_supported"]
+    assert "accounting.invoices.read" in discovery["scopes_supported"]
+    # the sandbox's own conveniences ask for the granular scopes
+    from xero_sandbox.pytest_plugin import DEFAULT_SCOPE
+
+    tok = sandbox_token(sb)
+    assert tok["scope"] == DEFAULT_SCOPE
+    assert not any(s.startswith("accounting.transactions") for s in tok["scope"].split())
+    code = sb.authorize_code()
+    r = token(sb, grant_type="authorization_code", code=code, redirect_uri="http://127.0.0.1/callback")
+    assert r.status_code == 200 and "accounting.transactions" not in r.json()["scope"]
+    tid = sb.tenants[0].tenant_id
+    for path in ("Invoices", "CreditNotes", "Payments", "Contacts", "Accounts", "Organisation"):
+        assert api_status(sb, tok["access_token"], tid, path).status_code == 200, path
+
+
+def test_scopes_gate_endpoints_and_refresh_tokens(xero_sandbox_factory) -> None:
+    # an app created before 2 March 2026 may still use the broad scopes
+    sb = xero_sandbox_factory(tenants=1, invoices_per_tenant=5, broad_scopes=True)
     tid = sb.tenants[0].tenant_id
     tok = sandbox_token(sb, scope="accounting.transactions.read")
     assert "refresh_token" not in tok and "id_token" not in tok
