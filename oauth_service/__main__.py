@@ -4,6 +4,8 @@
     python -m oauth_service reencrypt             re-encrypt every stored token under the newest key
     python -m oauth_service upgrade|current       app-schema migrations
     python -m oauth_service serve --port 8080     run the HTTP service
+    python -m oauth_service create-app-login NAME  a dedicated LOGIN role (member of xero_elt_app, owns
+                                                  nothing); prints the APP_DATABASE_URL to use
 
 Key rotation: put a new key first in TOKEN_ENCRYPTION_KEY (keep the old ones after it), deploy,
 run `reencrypt`, then drop the old keys.
@@ -28,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("reencrypt", help="re-encrypt stored tokens under the newest TOKEN_ENCRYPTION_KEY")
     sub.add_parser("upgrade", help="apply the app-schema migrations (DATABASE_URL)")
     sub.add_parser("current", help="print the applied app-schema revision")
+    login = sub.add_parser(
+        "create-app-login",
+        help="create a LOGIN role (random password, member of xero_elt_app) and print its APP_DATABASE_URL",
+    )
+    login.add_argument("name", help="the new role's name, e.g. xero_elt_service")
     serve = sub.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", default="0.0.0.0")  # noqa: S104 - a container listens on all interfaces
     serve.add_argument("--port", type=int, default=8080)
@@ -63,6 +70,18 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 engine.dispose()
             print(f"re-encrypted {n} value(s) under the newest key")
+        elif args.command == "create-app-login":
+            from oauth_service.db import create_app_login
+
+            url = os.environ.get("DATABASE_URL")
+            if not url:
+                raise SettingsError("DATABASE_URL is required (the app schema's owner, as for migrations)")
+            app_url = create_app_login(url, args.name)
+            print(f"APP_DATABASE_URL={app_url}")
+            print(
+                "Keep it in the service's and the pipeline's secret store; it is not shown again.",
+                file=sys.stderr,
+            )
         elif args.command == "serve":
             from oauth_service.server import serve as run
 

@@ -31,7 +31,7 @@ from sqlalchemy import Engine, text
 
 from oauth_service.audit import record_audit
 from oauth_service.auth import AuthError, Caller, JwtVerifier
-from oauth_service.db import make_engine
+from oauth_service.db import app_engine
 from oauth_service.settings import Settings
 from oauth_service.vault import CONNECTIONS, TenantNotConnected, TokenVault
 from oauth_service.xero import XeroError, new_pkce_pair, unverified_claims
@@ -107,7 +107,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     if settings.demo_mode:
         settings.warn_demo()
     own_engine = engine is None
-    engine = engine or make_engine(settings.database_url)
+    engine = engine or app_engine(settings)
     vault = TokenVault(settings, engine, actor="oauth_service", cache=False)
     xero = vault.xero
     verifier = JwtVerifier(settings)

@@ -1,10 +1,42 @@
-"""Database engine for the app schema (SQLAlchemy 2 on psycopg 3)."""
+"""Database engines for the app schema (SQLAlchemy 2 on psycopg 3), and least privilege.
+
+`app_engine(settings)` is THE way to get an engine for the app schema at run time (the service, the
+token vault, and through `TokenVault(...).engine` the orchestration's audit writes):
+
+- `APP_DATABASE_URL` set: that login is used. It must be a dedicated LOGIN role, member of the NOLOGIN
+  group role `xero_elt_app` (SELECT/INSERT/UPDATE/DELETE on connections, states and webhook events;
+  only SELECT and INSERT on the audit log) and owner of nothing. A connection is refused when the login
+  is a superuser or may act as the owner of `app.audit_log` (it could then disable its triggers).
+  Create one with `python -m oauth_service create-app-login NAME` (`create_app_login`).
+- unset: `DATABASE_URL` (the schema owner) is used, and every new connection runs
+  `SET ROLE xero_elt_app` when that role exists and the login may assume it, so that ordinary
+  statements run with the application role's privileges (defence in depth only: the session could
+  `RESET ROLE`). Outside DEMO_MODE one warning per process says to set APP_DATABASE_URL.
+
+Migrations (`oauth_service.migrations`) always use `make_engine(DATABASE_URL)`: the owner.
+"""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+import base64
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
+
+if TYPE_CHECKING:
+    from oauth_service.settings import Settings
+
+log = logging.getLogger("oauth_service.db")
+
+APP_ROLE = "xero_elt_app"
+_LEAST_PRIVILEGE_WARNED = False
+_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 def sqlalchemy_url(database_url: str) -> str:
@@ -18,8 +50,15 @@ def sqlalchemy_url(database_url: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path, parts.query, parts.fragment))
 
 
+def libpq_url(database_url: str) -> str:
+    """`postgresql+psycopg://…` and friends → `postgresql://…` (what psycopg.connect accepts)."""
+    parts = urlsplit(sqlalchemy_url(database_url))
+    return urlunsplit(("postgresql", parts.netloc, parts.path, parts.query, parts.fragment))
+
+
 def make_engine(database_url: str, *, pool_size: int = 10, max_overflow: int = 20, **kwargs) -> Engine:
-    """An engine on `database_url` using psycopg 3, with pre-ping and a bounded pool."""
+    """An engine on `database_url` using psycopg 3, with pre-ping and a bounded pool. Connects as the
+    URL's login with no role change: for migrations and operator commands. The app uses `app_engine`."""
     return create_engine(
         sqlalchemy_url(database_url),
         pool_size=pool_size,
@@ -28,3 +67,135 @@ def make_engine(database_url: str, *, pool_size: int = 10, max_overflow: int = 2
         pool_timeout=30,
         **kwargs,
     )
+
+
+def app_engine(settings: Settings, *, pool_size: int = 10, max_overflow: int = 20, **kwargs) -> Engine:
+    """The engine the service and the token vault use for the app schema (see the module docstring)."""
+    if settings.app_database_url:
+        engine = make_engine(
+            settings.app_database_url, pool_size=pool_size, max_overflow=max_overflow, **kwargs
+        )
+        event.listen(engine, "connect", _check_dedicated_login)
+        return engine
+    _warn_no_app_login(settings)
+    engine = make_engine(settings.database_url, pool_size=pool_size, max_overflow=max_overflow, **kwargs)
+    event.listen(engine, "connect", _assume_app_role)
+    return engine
+
+
+def _warn_no_app_login(settings: Settings) -> None:
+    global _LEAST_PRIVILEGE_WARNED
+    if settings.demo_mode or _LEAST_PRIVILEGE_WARNED:
+        return
+    _LEAST_PRIVILEGE_WARNED = True
+    log.warning(
+        "APP_DATABASE_URL is unset: the OAuth service and token vault connect with DATABASE_URL (the "
+        "app schema's owner) and only `SET ROLE %s` limits them. For real least privilege set "
+        "APP_DATABASE_URL to a dedicated login (python -m oauth_service create-app-login NAME).",
+        APP_ROLE,
+    )
+
+
+def _assume_app_role(dbapi_connection: Any, _record: Any) -> None:
+    """On each new connection: `SET ROLE xero_elt_app` when it exists and this login may assume it."""
+    cur = dbapi_connection.cursor()
+    try:
+        row = cur.execute(
+            "SELECT pg_has_role(current_user, r.oid, 'MEMBER') FROM pg_roles r WHERE r.rolname = %s",
+            (APP_ROLE,),
+        ).fetchone()
+        if row and row[0]:
+            try:
+                cur.execute(f"SET ROLE {APP_ROLE}")
+            except Exception as exc:  # noqa: BLE001 - e.g. PostgreSQL 16 membership without SET option
+                dbapi_connection.rollback()
+                log.debug("SET ROLE %s refused: %s", APP_ROLE, type(exc).__name__)
+                return
+        else:
+            log.debug("role %s absent or not assumable: connection keeps its login's privileges", APP_ROLE)
+        dbapi_connection.commit()  # a session-level SET ROLE survives only a committed transaction
+    finally:
+        cur.close()
+
+
+def _check_dedicated_login(dbapi_connection: Any, _record: Any) -> None:
+    """APP_DATABASE_URL must not be a superuser nor able to act as the audit log's owner."""
+    from oauth_service.settings import SettingsError
+
+    cur = dbapi_connection.cursor()
+    try:
+        row = cur.execute(
+            "SELECT r.rolsuper, COALESCE((SELECT pg_has_role(current_user, c.relowner, 'USAGE') "
+            "FROM pg_class c WHERE c.oid = to_regclass('app.audit_log')), false), current_user "
+            "FROM pg_roles r WHERE r.rolname = current_user"
+        ).fetchone()
+        dbapi_connection.commit()
+    finally:
+        cur.close()
+    if row and (row[0] or row[1]):
+        dbapi_connection.close()
+        raise SettingsError(
+            f"APP_DATABASE_URL logs in as {row[2]!r}, which is a superuser or may act as the owner of "
+            f"app.audit_log: it must be a dedicated login, member of {APP_ROLE} and owner of nothing "
+            "(python -m oauth_service create-app-login NAME)"
+        )
+
+
+# ---------------------------------------------------------------------- dedicated login
+def scram_sha256_verifier(password: str, *, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (so the password itself is never
+    sent to the server, nor can it appear in the server's statement log)."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(b: bytes) -> str:
+        return base64.b64encode(b).decode("ascii")
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def create_app_login(database_url: str, name: str) -> str:
+    """Create LOGIN role `name` with a random password, member of `xero_elt_app`, owning nothing, and
+    return the APP_DATABASE_URL that uses it (same host, port and database as `database_url`).
+
+    `database_url` is the owner's (DATABASE_URL): it needs CREATEROLE (or superuser) and the migrations
+    must have created `xero_elt_app`. The password is only in the returned URL: never logged.
+    """
+    import psycopg
+    from psycopg import sql
+
+    from oauth_service.settings import SettingsError
+
+    if not _ROLE_NAME.match(name):
+        raise SettingsError(
+            f"role name {name!r} must be lowercase letters, digits and underscores (at most 63), "
+            "starting with a letter or underscore"
+        )
+    password = secrets.token_urlsafe(32)
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,)).fetchone() is None:
+            raise SettingsError(
+                f"role {APP_ROLE} does not exist: apply the migrations first (xero-elt db upgrade)"
+            )
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is not None:
+            raise SettingsError(f"role {name!r} already exists; choose another name (or drop it first)")
+        conn.execute(
+            sql.SQL(
+                "CREATE ROLE {} LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS "
+                "PASSWORD {} IN ROLE {}"
+            ).format(
+                sql.Identifier(name), sql.Literal(scram_sha256_verifier(password)), sql.Identifier(APP_ROLE)
+            )
+        )
+    log.info("created login role %s (member of %s)", name, APP_ROLE)
+    parts = urlsplit(libpq_url(database_url))
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{quote(name, safe='')}:{quote(password, safe='')}@{host}" + (
+        f":{parts.port}" if parts.port else ""
+    )
+    return urlunsplit(("postgresql", netloc, parts.path, parts.query, parts.fragment))

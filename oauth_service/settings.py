@@ -121,6 +121,12 @@ class Settings:
     state_cookie_required: bool = True
     refresh_margin_seconds: int = 300
     http_timeout_seconds: float = 20.0
+    # Anonymous rejections (bad webhook signature, callbacks with no valid state) audited individually
+    # per source IP per minute; beyond that they are counted into one summary row per IP and minute.
+    anonymous_audit_per_minute: int = 10
+    # APP_DATABASE_URL: the login the service and the vault use (member of xero_elt_app, owns nothing).
+    # Unset: DATABASE_URL with `SET ROLE xero_elt_app` on each connection (see db.app_engine).
+    app_database_url: str | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -150,13 +156,16 @@ class Settings:
         if database_url is None:
             problems.append("DATABASE_URL is required (postgresql://user:password@host:port/database)")
         else:
-            parts = urlsplit(database_url)
-            if parts.scheme not in ("postgresql", "postgres", "postgresql+psycopg"):
-                problems.append(f"DATABASE_URL must be a postgresql:// URL, got scheme {parts.scheme!r}")
-            elif not parts.hostname and "host=" not in parts.query:
-                problems.append("DATABASE_URL must name a host (postgresql://user@host:port/database)")
-            elif not parts.path.strip("/"):
-                problems.append("DATABASE_URL must name a database (…/database at the end)")
+            problem = _database_url_problem(database_url)
+            if problem:
+                problems.append(f"DATABASE_URL {problem}")
+        # The service's and the vault's own login (member of xero_elt_app, owns nothing); migrations
+        # keep using DATABASE_URL (the schema owner).
+        app_database_url = get("APP_DATABASE_URL")
+        if app_database_url is not None:
+            problem = _database_url_problem(app_database_url)
+            if problem:
+                problems.append(f"APP_DATABASE_URL {problem}")
 
         # -- Xero application
         client_id = get("XERO_CLIENT_ID") or (DEMO_CLIENT_ID if demo else None)
@@ -279,6 +288,13 @@ class Settings:
         cookie_raw = (get("OAUTH_STATE_COOKIE") or ("optional" if demo else "required")).lower()
         if cookie_raw not in ("required", "optional"):
             problems.append(f"OAUTH_STATE_COOKIE must be 'required' or 'optional', got {cookie_raw!r}")
+        elif cookie_raw == "optional" and not demo:
+            problems.append(
+                "OAUTH_STATE_COOKIE=optional is only allowed with DEMO_MODE=1: outside the demo the callback "
+                "must come from the browser that called initiate (call initiate with credentials so that "
+                "its HttpOnly cookie is set)"
+            )
+        anonymous_audit = int_setting("AUDIT_ANONYMOUS_PER_MINUTE", 10, 1)
         state_ttl = int_setting("OAUTH_STATE_TTL_SECONDS", 600, 30)
         margin = int_setting("TOKEN_REFRESH_MARGIN_SECONDS", 300, 0)
 
@@ -306,6 +322,8 @@ class Settings:
             demo_mode=demo,
             state_ttl_seconds=state_ttl,
             state_cookie_required=cookie_raw != "optional",
+            anonymous_audit_per_minute=anonymous_audit,
+            app_database_url=app_database_url,
             refresh_margin_seconds=margin,
         )
         if demo:
@@ -340,6 +358,8 @@ class Settings:
             )
         if not self.token_encryption_keys:
             raise SettingsError("TOKEN_ENCRYPTION_KEY is required")
+        if not self.state_cookie_required and not self.demo_mode:
+            raise SettingsError("OAUTH_STATE_COOKIE=optional is only allowed with DEMO_MODE=1")
         for u in self.xero_urls:
             problem = _url_problem(u, allow_loopback_http=True)
             if problem:
@@ -360,6 +380,17 @@ class Settings:
             " (including the PUBLIC demo JWT secret)" if self.auth_jwt_secret == DEMO_JWT_SECRET else "",
             banner,
         )
+
+
+def _database_url_problem(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres", "postgresql+psycopg"):
+        return f"must be a postgresql:// URL, got scheme {parts.scheme!r}"
+    if not parts.hostname and "host=" not in parts.query:
+        return "must name a host (postgresql://user@host:port/database)"
+    if not parts.path.strip("/"):
+        return "must name a database (…/database at the end)"
+    return None
 
 
 def _url_problem(url: str, *, allow_loopback_http: bool) -> str | None:

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine, text
 
 from oauth_service.audit import record_audit
 from oauth_service.crypto import TokenCipher
-from oauth_service.db import make_engine
+from oauth_service.db import app_engine
 from oauth_service.settings import Settings
 from oauth_service.xero import TokenSet, XeroClient, XeroError
 
@@ -104,7 +104,7 @@ class TokenVault:
     ):
         self.settings = settings
         self._own_engine = engine is None
-        self.engine = engine or make_engine(settings.database_url, pool_size=5, max_overflow=5)
+        self.engine = engine or app_engine(settings, pool_size=5, max_overflow=5)
         self.cipher = TokenCipher(settings.token_encryption_keys)
         self.xero = xero or XeroClient(settings)
         self.margin = timedelta(seconds=settings.refresh_margin_seconds)

@@ -23,6 +23,9 @@ SANDBOX_TENANTS = 8
 
 # Every token a test sees; the last test checks none of them is in clear in the database or the logs.
 SEEN_TOKENS: set[str] = set()
+# Other secrets seen during the run (authorization codes, PKCE verifiers, database passwords): the last
+# test checks none of them is in the database or the logs either.
+SEEN_SECRETS: set[str] = set()
 
 _LOGGERS = (
     "oauth_service",

@@ -1,0 +1,229 @@
+"""Least privilege: the service and the vault run as a login that cannot touch the audit log's history.
+
+- a dedicated login (APP_DATABASE_URL, made by `create-app-login`) cannot UPDATE/DELETE/TRUNCATE
+  app.audit_log nor disable or drop its triggers, and the whole flow works with it;
+- without APP_DATABASE_URL the app's engine runs `SET ROLE xero_elt_app` (defence in depth) and one
+  warning says to configure a dedicated login.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+
+import httpx
+import psycopg
+import pytest
+from oauth_testlib import (
+    LOG_SINK,
+    SEEN_SECRETS,
+    SEEN_TOKENS,
+    WEBHOOK_KEY,
+    Browser,
+    api_get,
+    audit_rows,
+    expire_in_db,
+    free_port,
+)
+from sqlalchemy import text
+
+from oauth_service import db
+from oauth_service.__main__ import main as cli
+from oauth_service.audit import record_audit
+from oauth_service.events import mark_webhook_events_processed, pending_webhook_events
+from oauth_service.server import ServiceServer
+from oauth_service.settings import SettingsError
+from oauth_service.vault import TokenVault
+
+TAMPERING = {
+    "UPDATE app.audit_log SET action = 'nothing to see'": "permission denied",
+    "DELETE FROM app.audit_log": "permission denied",
+    "TRUNCATE app.audit_log": "permission denied",
+    "ALTER TABLE app.audit_log DISABLE TRIGGER ALL": "must be owner",
+    "ALTER TABLE app.audit_log DISABLE TRIGGER audit_log_no_update_delete": "must be owner",
+    "DROP TRIGGER audit_log_no_truncate ON app.audit_log": "must be owner",
+    "DROP TABLE app.audit_log": "must be owner",
+}
+
+
+def _drop_role(server_url: str, name: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,))
+        conn.execute(f'DROP ROLE IF EXISTS "{name}"')
+
+
+@pytest.fixture(scope="module")
+def app_login(migrated_database_url):
+    name = f"xero_elt_test_{uuid.uuid4().hex[:10]}"
+    url = db.create_app_login(migrated_database_url, name)
+    SEEN_SECRETS.add(psycopg.conninfo.conninfo_to_dict(url)["password"])
+    yield name, url
+    _drop_role(migrated_database_url, name)
+
+
+def _assert_cannot_tamper(conn, *, dedicated: bool = True) -> None:
+    checks = {**TAMPERING, "SET ROLE postgres": "permission denied"} if dedicated else TAMPERING
+    for statement, expected in checks.items():
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match=expected):
+            conn.execute(statement)
+            pytest.fail(f"{statement} succeeded")
+    # a GRANT by a non-owner grants nothing (PostgreSQL only warns)
+    conn.execute("GRANT UPDATE, DELETE, TRUNCATE ON app.audit_log TO PUBLIC")
+    assert conn.execute(
+        "SELECT has_table_privilege('public', 'app.audit_log', 'UPDATE'), "
+        "has_table_privilege(current_user, 'app.audit_log', 'UPDATE,DELETE,TRUNCATE,TRIGGER')"
+    ).fetchone() == (False, False)
+
+
+def test_dedicated_login_cannot_change_or_unprotect_the_audit_log(app_login, engine):
+    name, url = app_login
+    assert not any(secret in line for secret in SEEN_SECRETS for line in LOG_SINK.lines)
+    before = engine.connect().execute(text("SELECT count(*) FROM app.audit_log")).scalar_one()
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT current_user, session_user").fetchone() == (name, name)
+        # it owns nothing, is no superuser, and holds exactly the app role's privileges
+        owned = "SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner WHERE r.rolname = %s"
+        assert conn.execute(owned, (name,)).fetchone() == (0,)
+        assert conn.execute(
+            "SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user"
+        ).fetchone() == (
+            False,
+            False,
+        )
+        conn.execute("INSERT INTO app.audit_log (action) VALUES ('least_privilege_probe')")
+        assert conn.execute("SELECT count(*) FROM app.audit_log").fetchone()[0] == before + 1
+        _assert_cannot_tamper(conn)
+    probe = audit_rows(engine, "least_privilege_probe")
+    assert len(probe) == 1
+
+
+def test_without_app_database_url_the_app_engine_sets_the_app_role(settings, engine, caplog, monkeypatch):
+    assert settings.app_database_url is None
+    monkeypatch.setattr(db, "_LEAST_PRIVILEGE_WARNED", False)
+    with caplog.at_level(logging.WARNING, logger="oauth_service.db"):
+        engines = [db.app_engine(settings, pool_size=1), db.app_engine(settings, pool_size=1)]
+    try:
+        warnings = [r for r in caplog.records if "APP_DATABASE_URL" in r.getMessage()]
+        assert len(warnings) == 1 and "create-app-login" in warnings[0].getMessage()
+        for eng in engines:
+            with eng.connect() as conn:
+                users = conn.execute(text("SELECT current_user, session_user")).one()
+                assert users == ("xero_elt_app", "postgres")
+        raw = engines[0].raw_connection()
+        try:
+            raw.driver_connection.autocommit = True
+            # (the session could still RESET ROLE: that is why APP_DATABASE_URL is the real fix)
+            _assert_cannot_tamper(raw.driver_connection, dedicated=False)
+            raw.driver_connection.autocommit = False
+        finally:
+            raw.close()
+        # a connection back from the pool still runs as the app role
+        with engines[0].connect() as conn:
+            assert conn.execute(text("SELECT current_user")).scalar_one() == "xero_elt_app"
+    finally:
+        for eng in engines:
+            eng.dispose()
+    # migrations and operator commands keep the owner
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT current_user")).scalar_one() == "postgres"
+    # demo mode: no warning
+    monkeypatch.setattr(db, "_LEAST_PRIVILEGE_WARNED", False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="oauth_service.db"):
+        db.app_engine(settings.replace(demo_mode=True), pool_size=1).dispose()
+    assert not [r for r in caplog.records if "APP_DATABASE_URL" in r.getMessage()]
+
+
+def test_app_database_url_naming_the_owner_is_refused(settings, migrated_database_url):
+    eng = db.app_engine(settings.replace(app_database_url=migrated_database_url), pool_size=1)
+    try:
+        with pytest.raises(SettingsError, match="APP_DATABASE_URL"):
+            eng.connect()
+    finally:
+        eng.dispose()
+
+
+def test_create_app_login_command(migrated_database_url, monkeypatch, capsys):
+    name = f"xero_elt_test_{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("DATABASE_URL", migrated_database_url)
+    try:
+        assert cli(["create-app-login", name]) == 0
+        out = capsys.readouterr().out.strip()
+        assert out.startswith("APP_DATABASE_URL=postgresql://")
+        url = out.split("=", 1)[1]
+        password = psycopg.conninfo.conninfo_to_dict(url)["password"]
+        SEEN_SECRETS.add(password)
+        assert len(password) >= 32
+        assert not any(password in line for line in LOG_SINK.lines)
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (name,)
+        assert cli(["create-app-login", name]) == 2  # exists already: refused, nothing printed
+        assert cli(["create-app-login", "Robert'); DROP TABLE x;--"]) == 2
+        assert capsys.readouterr().out == ""
+    finally:
+        _drop_role(migrated_database_url, name)
+
+
+def _sign(body: bytes) -> str:
+    return base64.b64encode(hmac.new(WEBHOOK_KEY.encode(), body, hashlib.sha256).digest()).decode()
+
+
+def test_whole_flow_runs_as_the_dedicated_login(app_login, settings, sandbox, tenant_ids, engine):
+    name, url = app_login
+    app_settings = settings.replace(app_database_url=url, xero_redirect_uri=None)
+    mine = sorted(tenant_ids[2:4])
+    with ServiceServer(app_settings, port=free_port()) as srv:
+        with srv.app.state.engine.connect() as conn:
+            assert conn.execute(text("SELECT current_user")).scalar_one() == name
+        user = Browser(srv)
+        try:
+            assert user.connect(mine) == {"connected": ["2"]}
+            assert {c["tenantId"] for c in user.connections()} == set(mine)
+
+            # the pipeline's vault, on the same login: read, refresh (rotation stored), mark synced
+            vault = TokenVault(app_settings, actor="tests-least-privilege", cache=False)
+            try:
+                with vault.engine.connect() as conn:
+                    assert conn.execute(text("SELECT current_user")).scalar_one() == name
+                first = vault.access_token_for(mine[0])
+                expire_in_db(engine, mine[0])
+                refreshed = vault.access_token_for(mine[0])
+                SEEN_TOKENS.update((first, refreshed))
+                assert refreshed != first
+                assert api_get(sandbox, refreshed, mine[0]).status_code == 200
+                vault.mark_synced(mine[0], datetime(2026, 5, 21, tzinfo=UTC))
+                record_audit(vault.engine, "sync_run_succeeded", user_id="dagster", tenant_id=mine[0])
+
+                # webhooks stored by the service, consumed through the vault's engine
+                tenant = str(uuid.uuid4())
+                event = {
+                    "resourceId": str(uuid.uuid4()),
+                    "tenantId": tenant,
+                    "eventCategory": "INVOICE",
+                    "eventType": "UPDATE",
+                    "eventDateUtc": "2026-05-21T10:00:00",
+                }
+                body = json.dumps({"events": [event], "entropy": "x"}).encode()
+                r = httpx.post(
+                    f"{srv.url}/xero/webhooks", content=body, headers={"x-xero-signature": _sign(body)}
+                )
+                assert r.status_code == 200
+                pending = pending_webhook_events(vault.engine, tenant)
+                assert len(pending) == 1
+                assert mark_webhook_events_processed(vault.engine, [e.id for e in pending]) == 1
+            finally:
+                vault.close()
+
+            r = user.http.delete(f"{srv.url}/xero/connections/{mine[1]}", headers=user.auth)
+            assert r.status_code == 200, r.text
+            assert r.json()["status"] == "disconnected"
+            statuses = {c["tenantId"]: c["status"] for c in user.connections()}
+            assert statuses == {mine[0]: "active", mine[1]: "disconnected"}
+        finally:
+            user.close()
+    assert audit_rows(engine, "token_refreshed", tenant_id=mine[0])
+    assert audit_rows(engine, "xero_disconnected", tenant_id=mine[1])
+    assert audit_rows(engine, "sync_run_succeeded", tenant_id=mine[0])
