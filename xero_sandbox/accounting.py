@@ -18,7 +18,17 @@ from .data import TenantData
 from .faults import Fault
 from .http_identity import problem
 from .identity import ApiAuthError
-from .query import PAGED, ValidationError, build_query, parse_if_modified_since, run_query
+from .query import (
+    PAGED,
+    ValidationError,
+    build_query,
+    field_value,
+    parse_if_modified_since,
+    parse_order,
+    parse_where,
+    run_query,
+    sortable,
+)
 
 log = logging.getLogger("xero_sandbox")
 JSON = "application/json; charset=utf-8"
@@ -190,9 +200,14 @@ def _body(sb: Sandbox, t: TenantData, request: Request, endpoint: str, parts: li
             accounts = [a for a in accounts if a["idx"] == idx]
             if not accounts:
                 return None
-        statuses = params.get("where", "")
-        if 'Status=="ACTIVE"' in statuses.replace(" ", ""):
-            accounts = [a for a in accounts if a["status"] == "ACTIVE"]
+        # The same where parser as the paged endpoints (Type, Class, Code, Name, Status, TaxType, …).
+        pred = parse_where(params.get("where"), "Accounts", t)
+        if pred is not None:
+            accounts = [a for a in accounts if pred(a)]
+        if params.get("order"):
+            for field_name, desc in reversed(parse_order(params["order"], "Accounts", t)):
+                key = lambda a, f=field_name: sortable(field_value(t, "Accounts", a, f))  # noqa: E731
+                accounts.sort(key=key, reverse=desc)
         return envelope(sb, "Accounts", [serialise.account(t, a) for a in accounts])
     if parts:
         return _by_id(sb, t, endpoint, parts)

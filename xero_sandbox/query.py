@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
+import uuid
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -57,118 +58,356 @@ def parse_if_modified_since(value: str | None) -> int | None:
 
 
 # -- field access for where/order ---------------------------------------------------------------------
+#
+# Each field: (type, getter(t, kind, st), kinds it exists on). Types: str, guid, num, date, bool.
+
+_ALL = ("Invoices", "CreditNotes", "Payments", "Contacts", "Accounts")
+_DOCS = ("Invoices", "CreditNotes")
+_MONEY = ("Invoices", "CreditNotes", "Payments")
+
+
+def _payment_type(t: TenantData, st: dict) -> str:
+    inv = t.invoice(st["invoice"])
+    return "ACCRECPAYMENT" if inv and inv["type"] == "ACCREC" else "ACCPAYPAYMENT"
+
+
+def _contact_name(t: TenantData, st: dict) -> str:
+    c = t.contact(st["contact"])
+    return c["name"] if c else ""
+
+
+_FIELDS: dict[str, tuple[str, Callable[[TenantData, str, dict], object], tuple[str, ...]]] = {
+    "updateddateutc": ("date", lambda t, k, st: st["updated_ms"], _ALL),
+    "status": ("str", lambda t, k, st: st["status"], _ALL),
+    "contactstatus": ("str", lambda t, k, st: st["status"], ("Contacts",)),
+    "date": ("date", lambda t, k, st: st["date_day"] * DAY_MS, _MONEY),
+    "duedate": ("date", lambda t, k, st: st.get("due_day", 0) * DAY_MS, ("Invoices",)),
+    "total": ("num", lambda t, k, st: cents_to_decimal(st.get("total", 0)), _DOCS),
+    "subtotal": ("num", lambda t, k, st: cents_to_decimal(st.get("subtotal", 0)), _DOCS),
+    "totaltax": ("num", lambda t, k, st: cents_to_decimal(st.get("total_tax", 0)), _DOCS),
+    "amount": ("num", lambda t, k, st: cents_to_decimal(st.get("amount", 0)), ("Payments",)),
+    "amountdue": ("num", lambda t, k, st: cents_to_decimal(t.amount_due(st)), ("Invoices",)),
+    "amountpaid": ("num", lambda t, k, st: cents_to_decimal(st.get("paid", 0)), ("Invoices",)),
+    "amountcredited": ("num", lambda t, k, st: cents_to_decimal(st.get("credited", 0)), ("Invoices",)),
+    "type": (
+        "str",
+        lambda t, k, st: _payment_type(t, st) if k == "Payments" else st.get("type"),
+        ("Invoices", "CreditNotes", "Payments", "Accounts"),
+    ),
+    "paymenttype": ("str", lambda t, k, st: _payment_type(t, st), ("Payments",)),
+    "invoicenumber": ("str", lambda t, k, st: st.get("number", ""), ("Invoices",)),
+    "creditnotenumber": ("str", lambda t, k, st: st.get("number", ""), ("CreditNotes",)),
+    "invoice.invoicenumber": (
+        "str",
+        lambda t, k, st: (t.invoice(st["invoice"]) or {}).get("number", ""),
+        ("Payments",),
+    ),
+    "reference": ("str", lambda t, k, st: st.get("reference", ""), _MONEY),
+    "currencycode": ("str", lambda t, k, st: st.get("currency") or t.base_currency, _DOCS + ("Contacts",)),
+    "contact.contactid": ("guid", lambda t, k, st: t.encode_id("Contacts", st["contact"]), _DOCS),
+    "contactid": (
+        "guid",
+        lambda t, k, st: t.encode_id("Contacts", st["idx"] if k == "Contacts" else st["contact"]),
+        _DOCS + ("Contacts",),
+    ),
+    "contact.name": ("str", lambda t, k, st: _contact_name(t, st), _DOCS),
+    "invoiceid": ("guid", lambda t, k, st: t.encode_id("Invoices", st["idx"]), ("Invoices",)),
+    "creditnoteid": ("guid", lambda t, k, st: t.encode_id("CreditNotes", st["idx"]), ("CreditNotes",)),
+    "paymentid": ("guid", lambda t, k, st: t.encode_id("Payments", st["idx"]), ("Payments",)),
+    "accountid": ("guid", lambda t, k, st: t.encode_id("Accounts", st["idx"]), ("Accounts",)),
+    "invoice.invoiceid": ("guid", lambda t, k, st: t.encode_id("Invoices", st["invoice"]), ("Payments",)),
+    "name": ("str", lambda t, k, st: st.get("name", ""), ("Contacts", "Accounts")),
+    "firstname": ("str", lambda t, k, st: st.get("first", ""), ("Contacts",)),
+    "lastname": ("str", lambda t, k, st: st.get("last", ""), ("Contacts",)),
+    "emailaddress": ("str", lambda t, k, st: st.get("email", ""), ("Contacts",)),
+    "iscustomer": ("bool", lambda t, k, st: bool(st.get("is_customer")), ("Contacts",)),
+    "issupplier": ("bool", lambda t, k, st: bool(st.get("is_supplier")), ("Contacts",)),
+    "accountnumber": ("str", lambda t, k, st: st.get("account_number"), ("Contacts",)),
+    "isreconciled": ("bool", lambda t, k, st: bool(st.get("reconciled")), ("Payments",)),
+    "code": ("str", lambda t, k, st: st.get("code", ""), ("Accounts",)),
+    "class": ("str", lambda t, k, st: st.get("class", ""), ("Accounts",)),
+    "taxtype": ("str", lambda t, k, st: st.get("tax", ""), ("Accounts",)),
+    "description": ("str", lambda t, k, st: st.get("description", ""), ("Accounts",)),
+    "enablepaymentstoaccount": ("bool", lambda t, k, st: False, ("Accounts",)),
+    "bankaccounttype": ("str", lambda t, k, st: "BANK" if st.get("bank") else None, ("Accounts",)),
+}
+
+
+def resolve_field(kind: str, name: str) -> tuple[str, Callable[[TenantData, dict], object]]:
+    """(type, getter) of a where/order field of ``kind``; ValidationError for an unknown one."""
+    n = name.strip()
+    got = _FIELDS.get(n.lower())
+    if got is None or kind not in got[2]:
+        singular = kind[:-1] if kind.endswith("s") else kind
+        raise ValidationError(f"No property or field '{n}' exists in type '{singular}'")
+    typ, getter, _ = got
+    return typ, lambda t, st: getter(t, kind, st)
 
 
 def field_value(t: TenantData, kind: str, st: dict, name: str) -> object:
-    n = name.strip()
-    low = n.lower()
-    if low in ("updateddateutc",):
-        return st["updated_ms"]
-    if low == "status" or low == "contactstatus":
-        return st["status"]
-    if low in ("date",):
-        return st["date_day"] * DAY_MS
-    if low == "duedate":
-        return st.get("due_day", 0) * DAY_MS
-    if low in ("total", "subtotal", "totaltax", "amount"):
-        key = {"total": "total", "subtotal": "subtotal", "totaltax": "total_tax", "amount": "amount"}[low]
-        return cents_to_decimal(st.get(key, 0))
-    if low == "amountdue":
-        return cents_to_decimal(t.amount_due(st))
-    if low == "amountpaid":
-        return cents_to_decimal(st.get("paid", 0))
-    if low == "type":
-        if kind == "Payments":
-            inv = t.invoice(st["invoice"])
-            return "ACCRECPAYMENT" if inv and inv["type"] == "ACCREC" else "ACCPAYPAYMENT"
-        return st.get("type")
-    if low in ("invoicenumber", "creditnotenumber"):
-        return st.get("number", "")
-    if low == "reference":
-        return st.get("reference", "")
-    if low == "currencycode":
-        return st.get("currency")
-    if low in ("contact.contactid", "contactid"):
-        if kind == "Contacts":
-            return t.encode_id("Contacts", st["idx"])
-        return t.encode_id("Contacts", st["contact"])
-    if low == "contact.name":
-        c = t.contact(st["contact"])
-        return c["name"] if c else ""
-    if low in ("invoiceid", "paymentid", "creditnoteid"):
-        return t.encode_id(kind, st["idx"])
-    if low == "invoice.invoiceid":
-        return t.encode_id("Invoices", st["invoice"])
-    if low == "name":
-        return st.get("name", "")
-    if low == "emailaddress":
-        return st.get("email", "")
-    if low == "iscustomer":
-        return st.get("is_customer")
-    if low == "issupplier":
-        return st.get("is_supplier")
-    if low == "accountnumber":
-        return st.get("account_number")
-    raise ValidationError(f"No property or field '{n}' exists in type '{kind[:-1]}'")
+    return resolve_field(kind, name)[1](t, st)
 
 
-_COND = re.compile(r"^\s*([A-Za-z.]+)\s*(==|!=|>=|<=|>|<)\s*(.+?)\s*$")
-_DATETIME = re.compile(r"^DateTime\((\d{4})\s*,\s*(\d{1,2})\s*,\s*(\d{1,2})\)$", re.I)
-_GUID = re.compile(r'^Guid\("([0-9a-fA-F-]{36})"\)$', re.I)
+# -- the where clause ---------------------------------------------------------------------------------
+#
+# A small recursive-descent parser for the subset of Dynamic LINQ that Xero's ``where`` accepts:
+#   expr  := and ( (OR | "||") and )*
+#   and   := unary ( (AND | "&&") unary )*
+#   unary := (NOT | "!") unary | "(" expr ")" | test
+#   test  := Field op literal | Field.StartsWith("x") | Field.EndsWith("x") | Field.Contains("x")
+#            | literal op Field | BoolField
+#   literal := "string" | number | true | false | null | DateTime(y, m, d[, h, mi, s]) | Guid("…")
+# Anything else, an unknown field, or a literal of the wrong type answers 400 (never silently no rows).
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<str>"(?:[^"\\]|\\.)*")
+      | (?P<num>-?\d+(?:\.\d+)?(?![A-Za-z_]))
+      | (?P<op>==|!=|<>|>=|<=|&&|\|\||=|>|<|!|\(|\)|,)
+      | (?P<ident>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
+    )""",
+    re.X,
+)
+_METHODS = {"startswith": "StartsWith", "endswith": "EndsWith", "contains": "Contains"}
+_CMP = {"==": "==", "=": "==", "!=": "!=", "<>": "!=", ">=": ">=", "<=": "<=", ">": ">", "<": "<"}
+_FLIP = {"==": "==", "!=": "!=", ">=": "<=", "<=": ">=", ">": "<", "<": ">"}
+_TYPE_NAMES = {
+    "str": "String",
+    "guid": "Guid",
+    "num": "Decimal",
+    "date": "DateTime",
+    "bool": "Boolean",
+    "null": "Object",
+}
 
 
-def _literal(raw: str) -> object:
-    raw = raw.strip()
-    if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
-        return raw[1:-1]
-    if raw.lower() in ("true", "false"):
-        return raw.lower() == "true"
-    m = _DATETIME.match(raw)
-    if m:
-        return int(datetime(int(m[1]), int(m[2]), int(m[3]), tzinfo=UTC).timestamp() * 1000)
-    m = _GUID.match(raw)
-    if m:
-        return m[1].lower()
-    try:
-        return Decimal(raw)
-    except Exception as exc:
-        raise ValidationError(f"Unable to parse the where clause value {raw!r}") from exc
+def _tokenize(where: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    pos, n = 0, len(where)
+    while pos < n:
+        if where[pos:].strip() == "":
+            break
+        m = _TOKEN.match(where, pos)
+        if not m or m.end() == pos:
+            raise ValidationError(f"Unable to parse the where clause: syntax error at position {pos}")
+        kind = m.lastgroup or ""
+        out.append((kind, m[kind]))
+        pos = m.end()
+    return out
 
 
-def parse_where(where: str | None, kind: str, t: TenantData) -> Callable[[dict], bool] | None:
+Pred = Callable[[TenantData, dict], bool]
+
+
+class _WhereParser:
+    def __init__(self, where: str, kind: str) -> None:
+        self.where, self.kind = where, kind
+        self.toks = _tokenize(where)
+        self.i = 0
+
+    def fail(self, why: str = "syntax error") -> ValidationError:
+        return ValidationError(f"Unable to parse the where clause {self.where!r}: {why}")
+
+    def peek(self, k: int = 0) -> tuple[str, str] | None:
+        j = self.i + k
+        return self.toks[j] if j < len(self.toks) else None
+
+    def take(self) -> tuple[str, str]:
+        tok = self.peek()
+        if tok is None:
+            raise self.fail("unexpected end")
+        self.i += 1
+        return tok
+
+    def expect(self, value: str) -> None:
+        tok = self.take()
+        if tok[1] != value:
+            raise self.fail(f"expected {value!r}, found {tok[1]!r}")
+
+    def is_word(self, *words: str) -> bool:
+        tok = self.peek()
+        return tok is not None and tok[0] == "ident" and tok[1].upper() in words
+
+    def is_op(self, *ops: str) -> bool:
+        tok = self.peek()
+        return tok is not None and tok[0] == "op" and tok[1] in ops
+
+    def parse(self) -> Pred:
+        if not self.toks:
+            raise self.fail("empty")
+        pred = self.expr()
+        if self.peek() is not None:
+            raise self.fail(f"unexpected {self.peek()[1]!r}")  # type: ignore[index]
+        return pred
+
+    def expr(self) -> Pred:
+        alts = [self.conj()]
+        while self.is_word("OR") or self.is_op("||"):
+            self.take()
+            alts.append(self.conj())
+        if len(alts) == 1:
+            return alts[0]
+        return lambda t, st: any(p(t, st) for p in alts)
+
+    def conj(self) -> Pred:
+        parts = [self.unary()]
+        while self.is_word("AND") or self.is_op("&&"):
+            self.take()
+            parts.append(self.unary())
+        if len(parts) == 1:
+            return parts[0]
+        return lambda t, st: all(p(t, st) for p in parts)
+
+    def unary(self) -> Pred:
+        if self.is_word("NOT") or self.is_op("!"):
+            self.take()
+            inner = self.unary()
+            return lambda t, st: not inner(t, st)
+        if self.is_op("("):
+            self.take()
+            inner = self.expr()
+            self.expect(")")
+            return inner
+        return self.test()
+
+    def literal(self) -> tuple[str, object]:
+        kind, text = self.take()
+        if kind == "str":
+            return "str", re.sub(r"\\(.)", r"\1", text[1:-1])
+        if kind == "num":
+            return "num", Decimal(text)
+        if kind == "ident":
+            low = text.lower()
+            if low in ("true", "false"):
+                return "bool", low == "true"
+            if low == "null":
+                return "null", None
+            if low == "datetime":
+                self.expect("(")
+                nums = [self._int()]
+                while self.is_op(","):
+                    self.take()
+                    nums.append(self._int())
+                self.expect(")")
+                if len(nums) not in (3, 6):
+                    raise self.fail("DateTime takes (year, month, day[, hour, minute, second])")
+                try:
+                    dt = datetime(*nums, tzinfo=UTC)  # type: ignore[misc]
+                except ValueError as exc:
+                    raise self.fail(str(exc)) from None
+                return "date", int(dt.timestamp() * 1000)
+            if low == "guid":
+                self.expect("(")
+                k, g = self.take()
+                self.expect(")")
+                try:
+                    return "guid", str(uuid.UUID(g.strip('"')))
+                except ValueError:
+                    raise self.fail(f"{g} is not a valid GUID") from None
+        raise self.fail(f"expected a value, found {text!r}")
+
+    def _int(self) -> int:
+        kind, text = self.take()
+        if kind != "num" or not text.lstrip("-").isdigit():
+            raise self.fail(f"expected a whole number, found {text!r}")
+        return int(text)
+
+    def test(self) -> Pred:
+        tok = self.peek()
+        if tok is None:
+            raise self.fail("unexpected end")
+        if tok[0] != "ident" or tok[1].lower() in ("true", "false", "null", "datetime", "guid"):
+            # literal op Field
+            lit = self.literal()
+            op_tok = self.take()
+            if op_tok[0] != "op" or op_tok[1] not in _CMP:
+                raise self.fail(f"expected a comparison, found {op_tok[1]!r}")
+            name = self.take()
+            if name[0] != "ident":
+                raise self.fail(f"expected a field, found {name[1]!r}")
+            return self.compare(name[1], _FLIP[_CMP[op_tok[1]]], lit)
+        self.take()
+        path = tok[1]
+        head, _, last = path.rpartition(".")
+        if head and last.lower() in _METHODS and self.is_op("("):
+            self.take()
+            lit = self.literal()
+            self.expect(")")
+            return self.method(head, _METHODS[last.lower()], lit)
+        if self.is_op(*_CMP):
+            op = _CMP[self.take()[1]]
+            return self.compare(path, op, self.literal())
+        typ, get = resolve_field(self.kind, path)
+        if typ == "bool":  # a bare boolean field, e.g. IsCustomer
+            return lambda t, st: bool(get(t, st))
+        raise self.fail(f"expected a comparison after {path!r}")
+
+    def method(self, path: str, name: str, lit: tuple[str, object]) -> Pred:
+        typ, get = resolve_field(self.kind, path)
+        if typ not in ("str", "guid") or lit[0] != "str":
+            raise ValidationError(
+                f"No applicable method '{name}' exists for '{path}' ({_TYPE_NAMES[typ]}) "
+                f"with a {_TYPE_NAMES[lit[0]]} argument"
+            )
+        arg = str(lit[1])
+        if typ == "guid":
+            arg = arg.lower()
+        fn = {"StartsWith": str.startswith, "EndsWith": str.endswith, "Contains": str.__contains__}[name]
+
+        def pred(t: TenantData, st: dict) -> bool:
+            v = get(t, st)
+            return v is not None and fn(str(v).lower() if typ == "guid" else str(v), arg)
+
+        return pred
+
+    def compare(self, path: str, op: str, lit: tuple[str, object]) -> Pred:
+        typ, get = resolve_field(self.kind, path)
+        ltyp, value = lit
+        if ltyp == "null":
+            if op not in ("==", "!="):
+                raise ValidationError(
+                    f"Operator '{op}' incompatible with operand types '{_TYPE_NAMES[typ]}' and null"
+                )
+            want_null = op == "=="
+            return lambda t, st: (get(t, st) in (None, "")) == want_null
+        ok = ltyp == typ or (typ == "guid" and ltyp == "str")
+        if typ == "bool" and op not in ("==", "!="):
+            ok = False
+        if not ok:
+            raise ValidationError(
+                f"Operator '{op}' incompatible with operand types '{_TYPE_NAMES[typ]}' and "
+                f"'{_TYPE_NAMES[ltyp]}' ({path})"
+            )
+        if typ == "guid":
+            value = str(value).lower()
+        cmp = {
+            "==": lambda a, b: a == b,
+            "!=": lambda a, b: a != b,
+            ">=": lambda a, b: a >= b,
+            "<=": lambda a, b: a <= b,
+            ">": lambda a, b: a > b,
+            "<": lambda a, b: a < b,
+        }[op]
+
+        def pred(t: TenantData, st: dict) -> bool:
+            v = get(t, st)
+            if v is None:
+                return op == "!="
+            if typ == "guid":
+                v = str(v).lower()
+            return cmp(v, value)
+
+        return pred
+
+
+def parse_where(where: str | None, kind: str, t: TenantData | None = None) -> Callable[[dict], bool] | None:
+    """Compile Xero's ``where`` for ``kind`` into a predicate over generator states (None when empty)."""
     if not where or not where.strip():
         return None
-    parts = re.split(r"\s+(?:AND|and)\s+|\s*&&\s*", where.strip())
-    conds = []
-    for p in parts:
-        m = _COND.match(p)
-        if not m:
-            raise ValidationError(f"Unable to parse the where clause: {where!r}")
-        field_name, op, lit = m[1], m[2], _literal(m[3])
-        conds.append((field_name, op, lit))
-
-    ops: dict[str, Callable[[object, object], bool]] = {
-        "==": lambda a, b: a == b,
-        "!=": lambda a, b: a != b,
-        ">=": lambda a, b: a >= b,  # type: ignore[operator]
-        "<=": lambda a, b: a <= b,
-        ">": lambda a, b: a > b,
-        "<": lambda a, b: a < b,  # type: ignore[operator]
-    }
-
-    def pred(st: dict) -> bool:
-        for f, op, lit in conds:
-            v = field_value(t, kind, st, f)
-            if isinstance(v, str) and isinstance(lit, str) and f.lower().endswith("id"):
-                v = v.lower()
-            try:
-                if not ops[op](v, lit):
-                    return False
-            except TypeError as exc:
-                raise ValidationError(f"Operator '{op}' incompatible with operand types for {f}") from exc
-        return True
-
-    return pred
+    pred = _WhereParser(where.strip(), kind).parse()
+    if t is None:
+        return lambda st: True  # validation only
+    return lambda st: pred(t, st)
 
 
 def parse_order(order: str | None, kind: str, t: TenantData) -> list[tuple[str, bool]]:
@@ -182,6 +421,7 @@ def parse_order(order: str | None, kind: str, t: TenantData) -> list[tuple[str, 
         desc = len(bits) == 2 and bits[1].upper() == "DESC"
         if len(bits) == 2 and bits[1].upper() not in ("ASC", "DESC"):
             raise ValidationError(f"Invalid order direction in {order!r}")
+        resolve_field(kind, bits[0])  # unknown fields are a 400, whether or not any row is scanned
         out.append((bits[0], desc))
     return out
 
@@ -275,6 +515,7 @@ def build_query(
     statuses = [s.upper() for s in _split(params.get("Statuses") or params.get("statuses"))]
     numbers = _split(params.get("InvoiceNumbers")) or None
     order = parse_order(params.get("order"), kind, t)
+    parse_where(params.get("where"), kind)  # a bad clause is a 400 whatever else the query says
     return Query(
         kind,
         page,
@@ -380,11 +621,11 @@ def _materialise(t: TenantData, q: Query, max_scan: int | None) -> array:
     rows.sort(key=lambda r: (r[1], r[2]))
     for pos in range(len(q.order) - 1, -1, -1):
         desc = q.order[pos][1]
-        rows.sort(key=lambda r, p=pos: _sortable(r[0][p]), reverse=desc)
+        rows.sort(key=lambda r, p=pos: sortable(r[0][p]), reverse=desc)
     return array("q", (r[2] for r in rows))
 
 
-def _sortable(v: object) -> tuple:
+def sortable(v: object) -> tuple:
     if v is None:
         return (0, "")
     if isinstance(v, bool):
