@@ -33,7 +33,13 @@ from oauth_service.audit import record_audit
 from oauth_service.auth import AuthError, Caller, JwtVerifier
 from oauth_service.db import app_engine
 from oauth_service.settings import Settings
-from oauth_service.vault import CONNECTIONS, TenantNotConnected, TokenVault
+from oauth_service.vault import (
+    CONNECTIONS,
+    ClientConfigurationError,
+    TenantNotConnected,
+    TokenVault,
+    VaultError,
+)
 from oauth_service.xero import XeroError, new_pkce_pair, unverified_claims
 
 log = logging.getLogger("oauth_service.app")
@@ -409,7 +415,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         tags=["connections"],
         responses={
             404: {"description": "No such tenant for this user"},
-            502: {"description": "Xero could not be reached; nothing changed"},
+            502: {"description": "Xero could not be reached or refused; the tenant was not disconnected"},
         },
     )
     def disconnect(
@@ -422,7 +428,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             result = vault.disconnect(tenant_id, user_id=caller.user_id, ip_address=ip)
         except TenantNotConnected:
             raise HTTPException(status_code=404, detail="no such Xero tenant") from None
-        except XeroError as exc:
+        except (XeroError, VaultError) as exc:
+            configuration = isinstance(exc, ClientConfigurationError)
             record_audit(
                 engine,
                 "xero_disconnected",
@@ -431,9 +438,19 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
                 ip_address=ip,
                 outcome="failure",
                 table_accessed=CONNECTIONS,
-                metadata={"error": str(exc)},
+                metadata={"error": str(exc), "stage": "refresh" if isinstance(exc, VaultError) else "xero"},
             )
-            raise HTTPException(status_code=502, detail="Xero could not be reached; try again") from None
+            log.warning("disconnect of tenant %s failed: %s", tenant_id, exc)
+            detail = (
+                "Xero rejected this service's client credentials; the tenant was not disconnected. "
+                "An operator must check XERO_CLIENT_ID/XERO_CLIENT_SECRET."
+                if configuration
+                else "Xero could not be reached or refused the request; the tenant was not disconnected. "
+                "Try again later."
+            )
+            return JSONResponse(
+                {"detail": detail, "tenantId": tenant_id, "status": "unchanged"}, status_code=502
+            )
         return DisconnectResponse(
             tenantId=tenant_id,
             status="disconnected",

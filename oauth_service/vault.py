@@ -220,8 +220,10 @@ class TokenVault:
             if self.cipher.decrypt(target.access_token) != token:
                 return  # already refreshed by someone else
             conn.execute(
-                text("UPDATE app.xero_connections SET token_expires_at = now(), updated_at = now() "
-                     "WHERE id = :id"),
+                text(
+                    "UPDATE app.xero_connections SET token_expires_at = now(), updated_at = now() "
+                    "WHERE id = :id"
+                ),
                 {"id": target.id},
             )
             record_audit(
@@ -580,16 +582,41 @@ class TokenVault:
         """Disconnect one of `user_id`'s tenants: DELETE /connections/{id} at Xero, revoke the refresh
         token when no other tenant of the grant still uses it, drop the tokens, mark `disconnected`.
 
-        Raises TenantNotConnected when the user has no such tenant, XeroError (transient) when Xero
-        could not be reached (nothing changed: try again).
+        Steps, so that our state never contradicts Xero's:
+        1. an expiring access token is refreshed first, in its own committed transaction (`_refresh`):
+           the rotated refresh token is stored whatever happens next;
+        2. under the grant's row lock, DELETE /connections/{id}. When that fails (XeroError) nothing
+           changed anywhere: the error propagates and the user may try again;
+        3. once Xero deleted the connection, the row is marked `disconnected` (tokens dropped) and
+           committed even when the revocation fails; that failure is audited (`token_revoke_failed`).
+
+        Raises TenantNotConnected when the user has no such tenant, XeroError when Xero could not
+        delete the connection, TokenRefreshError when the refresh before it failed (nothing changed).
         """
         outcome: dict[str, Any] = {"tenant_id": tenant_id, "xero_connection_deleted": False, "revoked": False}
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT user_id, status, access_token, token_expires_at FROM app.xero_connections "
+                    "WHERE tenant_id = :t"
+                ),
+                {"t": tenant_id},
+            ).one_or_none()
+        if row is None or str(row.user_id) != str(user_id):
+            raise TenantNotConnected(f"no Xero tenant {tenant_id} for this user", tenant_id)
+
+        grant_dead = False
+        if (
+            row.status == "active"
+            and row.access_token
+            and not (row.token_expires_at and row.token_expires_at - timedelta(seconds=60) > _now())
+        ):
+            try:
+                self._refresh(tenant_id)  # committed on its own; TokenRefreshError propagates
+            except ReauthRequired:
+                grant_dead = True  # the grant is dead at Xero already: nothing left to revoke
+
         with self.engine.begin() as conn:
-            owner = conn.execute(
-                text("SELECT user_id FROM app.xero_connections WHERE tenant_id = :t"), {"t": tenant_id}
-            ).scalar_one_or_none()
-            if owner is None or str(owner) != str(user_id):
-                raise TenantNotConnected(f"no Xero tenant {tenant_id} for this user", tenant_id)
             target, rows = self._lock_grant(conn, tenant_id)
             if target is None or str(target.user_id) != str(user_id):
                 raise TenantNotConnected(f"no Xero tenant {tenant_id} for this user", tenant_id)
@@ -600,29 +627,50 @@ class TokenVault:
 
             access: str | None = None
             refresh: str | None = None
-            if target.refresh_token:
+            if target.refresh_token and not grant_dead and target.status == "active":
                 refresh = self.cipher.decrypt(target.refresh_token)
-            if target.status == "active" and target.access_token:
-                if target.token_expires_at and target.token_expires_at - timedelta(seconds=30) > _now():
-                    access = self.cipher.decrypt(target.access_token)
-                elif refresh:
-                    try:
-                        tokens = self._refresh_locked(conn, target, rows)
-                    except ReauthRequired:
-                        tokens = None  # the grant is dead at Xero already: nothing left to revoke
-                        refresh = None
-                    if tokens is not None:
-                        access, refresh = tokens.access_token, tokens.refresh_token
+            if (
+                target.status == "active"
+                and target.access_token
+                and target.token_expires_at
+                and target.token_expires_at > _now()
+            ):
+                access = self.cipher.decrypt(target.access_token)
             if access and target.xero_connection_id:
+                # Raises XeroError: the transaction rolls back, but nothing has changed yet.
                 status = self.xero.delete_connection(access, target.xero_connection_id)
                 outcome["xero_connection_deleted"] = status in (200, 204)
                 outcome["xero_status"] = status
+            # From here on Xero has changed: our state follows it, whatever the revocation does.
             others = [
                 r for r in rows if r.tenant_id != tenant_id and r.status == "active" and r.refresh_token
             ]
             if refresh and not others:
-                self.xero.revoke(refresh)
-                outcome["revoked"] = True
+                try:
+                    self.xero.revoke(refresh)
+                    outcome["revoked"] = True
+                except XeroError as exc:
+                    outcome["revoke_error"] = str(exc)
+                    log.warning(
+                        "tenant %s: disconnected, but revoking the refresh token failed: %s", tenant_id, exc
+                    )
+                    record_audit(
+                        conn,
+                        "token_revoke_failed",
+                        user_id=user_id,
+                        tenant_id=tenant_id,
+                        table_accessed=CONNECTIONS,
+                        record_id=target.id,
+                        ip_address=ip_address,
+                        outcome="failure",
+                        metadata={
+                            "actor": self.actor,
+                            "error": exc.error,
+                            "status": exc.status,
+                            "detail": str(exc),
+                            "xero_connection_deleted": outcome["xero_connection_deleted"],
+                        },
+                    )
             conn.execute(
                 text(
                     "UPDATE app.xero_connections SET status = 'disconnected', "
@@ -640,7 +688,7 @@ class TokenVault:
                 table_accessed=CONNECTIONS,
                 record_id=target.id,
                 ip_address=ip_address,
-                metadata={k: v for k, v in outcome.items() if k != "tenant_id"},
+                metadata={k: v for k, v in outcome.items() if k not in ("tenant_id", "revoke_error")},
             )
         self.forget(tenant_id)
         outcome["status"] = "disconnected"
