@@ -26,11 +26,17 @@ def test_every_asset_is_partitioned_by_tenant():
         assert pdef.name == TENANT_PARTITIONS_NAME
 
 
-def test_dbt_sources_depend_on_the_dlt_assets():
+def test_every_xero_endpoint_is_a_raw_asset_feeding_its_staging_model():
+    from xero_source import ENDPOINTS
+
     graph = asset_graph()
-    staging = dg.AssetKey(["stg_xero__invoices"])
-    assert RAW_INVOICES in graph.get(staging).parent_keys
-    assert staging in graph.get(dg.AssetKey(["invoices"])).parent_keys
+    raw_keys = {key for key in graph.get_all_asset_keys() if key.path[0] == "raw_xero"}
+    assert raw_keys == {dg.AssetKey(["raw_xero", name]) for name in ENDPOINTS}
+    for name in ENDPOINTS:
+        staging = dg.AssetKey([f"stg_xero__{name}"])
+        # The dbt source is the dlt asset itself (meta.dagster.asset_key), not a separate node.
+        assert graph.get(staging).parent_keys == {dg.AssetKey(["raw_xero", name])}
+    assert graph.get(dg.AssetKey(["invoices"])).parent_keys == {dg.AssetKey(["stg_xero__invoices"])}
 
 
 def test_sync_job_covers_raw_and_analytics_and_retries():

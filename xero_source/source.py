@@ -19,6 +19,19 @@ log = logging.getLogger(__name__)
 DECIMAL = {"data_type": "decimal", "precision": 19, "scale": 6}
 
 
+def _columns(amounts: tuple[str, ...] = (), text: tuple[str, ...] = (), timestamps: tuple[str, ...] = (),
+             json: tuple[str, ...] = (), flags: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """Column hints (normalised names). Money is numeric, never float. Every column the dbt staging
+    models read is declared, because Xero leaves empty fields out and dlt only creates a column
+    once a record carries it."""
+    cols: dict[str, dict[str, Any]] = {c: dict(DECIMAL) for c in amounts}
+    cols.update({c: {"data_type": "text"} for c in text})
+    cols.update({c: {"data_type": "timestamp"} for c in timestamps})
+    cols.update({c: {"data_type": "json"} for c in json})
+    cols.update({c: {"data_type": "bool"} for c in flags})
+    return cols
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """How one Xero collection is fetched and keyed."""
@@ -27,14 +40,54 @@ class Endpoint:
     id_field: str  # e.g. "InvoiceID"
     paged: bool = True
     params: dict[str, Any] = field(default_factory=dict)
-    amounts: tuple[str, ...] = ()  # columns (normalised names) that are money: numeric, never float
+    columns: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 ENDPOINTS: dict[str, Endpoint] = {
     "invoices": Endpoint(
         "Invoices", "InvoiceID",
-        amounts=("sub_total", "total_tax", "total", "total_discount", "amount_due", "amount_paid",
-                 "amount_credited", "currency_rate"),
+        columns=_columns(
+            amounts=("sub_total", "total_tax", "total", "total_discount", "amount_due", "amount_paid",
+                     "amount_credited", "currency_rate"),
+            text=("invoice_number", "type", "status", "reference", "currency_code"),
+            timestamps=("date", "due_date", "fully_paid_on_date", "updated_date_utc"),
+            json=("contact", "line_items"),
+        ),
+    ),
+    "contacts": Endpoint(
+        # Archived contacts are how Xero shows a contact's removal: ask for them too.
+        "Contacts", "ContactID", params={"includeArchived": "true"},
+        columns=_columns(
+            text=("name", "contact_status", "email_address", "default_currency", "account_number"),
+            timestamps=("updated_date_utc",),
+            flags=("is_customer", "is_supplier"),
+        ),
+    ),
+    "payments": Endpoint(
+        "Payments", "PaymentID",
+        columns=_columns(
+            amounts=("amount", "bank_amount", "currency_rate"),
+            text=("payment_type", "status", "reference"),
+            timestamps=("date", "updated_date_utc"),
+            json=("invoice", "credit_note", "account"),
+            flags=("is_reconciled",),
+        ),
+    ),
+    "credit_notes": Endpoint(
+        "CreditNotes", "CreditNoteID",
+        columns=_columns(
+            amounts=("sub_total", "total_tax", "total", "remaining_credit", "currency_rate"),
+            text=("credit_note_number", "type", "status", "reference", "currency_code"),
+            timestamps=("date", "fully_paid_on_date", "updated_date_utc"),
+            json=("contact", "allocations", "line_items"),
+        ),
+    ),
+    "accounts": Endpoint(
+        "Accounts", "AccountID", paged=False,
+        columns=_columns(
+            text=("code", "name", "status", "type", "class", "tax_type", "currency_code"),
+            timestamps=("updated_date_utc",),
+        ),
     ),
 }
 
@@ -55,8 +108,7 @@ def _normalise_record(record: dict[str, Any], tenant_id: str) -> dict[str, Any]:
 
 def _make_resource(name: str, endpoint: Endpoint, client: XeroClient, settings: SourceSettings,
                    full_refresh: bool) -> DltResource:
-    columns = {col: dict(DECIMAL) for col in endpoint.amounts}
-    columns["tenant_id"] = {"data_type": "text", "nullable": False}
+    columns = {**endpoint.columns, "tenant_id": {"data_type": "text", "nullable": False}}
 
     @dlt.resource(
         name=name,

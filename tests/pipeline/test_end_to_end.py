@@ -32,6 +32,32 @@ def truth_by_tenant(platform) -> dict[str, tuple[int, Decimal, set[str]]]:
     return out
 
 
+# staging model, sandbox resource, its id field, the staging id column, amount column (or None)
+STAGED = [
+    ("stg_xero__contacts", "Contacts", "ContactID", "contact_id", None),
+    ("stg_xero__payments", "Payments", "PaymentID", "payment_id", "amount"),
+    ("stg_xero__credit_notes", "CreditNotes", "CreditNoteID", "credit_note_id", "total"),
+    ("stg_xero__accounts", "Accounts", "AccountID", "account_id", None),
+]
+
+
+def staged_matches_truth(platform) -> None:
+    """Every staged resource holds exactly the sandbox's current records, per tenant."""
+    with psycopg.connect(platform.database_url) as conn:
+        for model, resource, id_field, id_column, amount in STAGED:
+            deleted = "is_deleted" if model in ("stg_xero__payments", "stg_xero__credit_notes") else "false"
+            for tenant_id in platform.tenant_ids:
+                rows = conn.execute(
+                    f"SELECT {id_column}::text, {amount or 0} FROM analytics.{model} "  # noqa: S608
+                    f"WHERE tenant_id = %s AND NOT {deleted}", (tenant_id,)).fetchall()
+                truth = platform.sandbox.truth(tenant_id, resource)
+                ids = {r[id_field] for r in platform.sandbox.truth_records(tenant_id, resource)}
+                assert {r[0] for r in rows} == ids, (model, tenant_id)
+                assert len(rows) == int(truth["count"]), (model, tenant_id)
+                if amount:
+                    assert sum(r[1] for r in rows) == Decimal(str(truth["total"])), (model, tenant_id)
+
+
 def raw_versions(database_url: str) -> int:
     with psycopg.connect(database_url) as conn:
         return conn.execute("SELECT count(*) FROM raw_xero.invoices").fetchone()[0]
@@ -55,6 +81,7 @@ def test_two_tenants_land_exactly_once(platform):
     truth = truth_by_tenant(platform)
     assert analytics_by_tenant(platform.database_url) == truth
     assert all(r.invoices == truth[r.tenant_id][0] for r in first)
+    staged_matches_truth(platform)
     # Raw keeps every record version, DELETED ones included: at least one row per invoice.
     versions = raw_versions(platform.database_url)
     assert versions >= sum(count for count, _, _ in truth.values())

@@ -7,7 +7,12 @@ import threading
 import pytest
 
 from orchestration.sync import sync_tenants
-from tests.pipeline.test_end_to_end import analytics_by_tenant, raw_versions, truth_by_tenant
+from tests.pipeline.test_end_to_end import (
+    analytics_by_tenant,
+    raw_versions,
+    staged_matches_truth,
+    truth_by_tenant,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +33,7 @@ def test_changes_in_xero_arrive_incrementally(platform):
     results = sync_tenants(platform.tenant_ids, instance=platform.instance)
     assert all(r.success for r in results), [r.error for r in results]
     assert analytics_by_tenant(platform.database_url) == truth_by_tenant(platform)
+    staged_matches_truth(platform)  # payments, credit notes, contacts changed with the invoices
     fetched = sum(r.fetched.get("invoices", 0) for r in results)
     # Only what changed (plus the small If-Modified-Since overlap) was fetched, not 240 invoices.
     assert 0 < fetched <= changed + 10
