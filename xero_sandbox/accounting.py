@@ -103,6 +103,9 @@ def routes(sb: Sandbox) -> list[Route]:
             ident.check_tenant(at, tenant_hdr, "History" if parts[1:2] == ["History"] else endpoint)
         except ApiAuthError as e:
             resp = problem(e.status, e.detail)
+            # Like every API answer, a 401/403 carries the limits left (it does not consume any).
+            resp.headers.update(sb.limiter.peek(tenant_hdr or "-", _app_of(sb, request)))
+            resp.headers["Xero-Correlation-Id"] = str(uuid.uuid4())
             sb.record_call(tenant_hdr or "-", stat_name, resp.status_code, len(resp.body))
             return resp
         t = sb.by_id[tenant_hdr]
@@ -126,7 +129,12 @@ def routes(sb: Sandbox) -> list[Route]:
             except Exception:  # a sandbox bug must still look like Xero's 500, and be visible in the log
                 log.exception("sandbox error answering %s", request.url)
                 resp = problem(500, ERROR_500)
-            resp.headers.update(decision.headers)
+            headers = decision.headers
+            if fault is not None and fault.kind == "429":
+                # An injected 429 looks like a real minute-limit 429: no quota used, the minute limit at 0.
+                headers = sb.limiter.refund(tenant_hdr, at.grant.client_id, decision.at_ms)
+                headers["X-MinLimit-Remaining"] = "0"
+            resp.headers.update(headers)
             resp.headers["Xero-Correlation-Id"] = str(uuid.uuid4())
             sb.record_call(tenant_hdr, stat_name, resp.status_code, len(resp.body))
             return resp
@@ -137,6 +145,16 @@ def routes(sb: Sandbox) -> list[Route]:
         Route("/api.xro/2.0/{endpoint}", api, methods=["GET"]),
         Route("/api.xro/2.0/{endpoint}/{rest:path}", api, methods=["GET"]),
     ]
+
+
+def _app_of(sb: Sandbox, request: Request) -> str:
+    """The client id behind a bearer token, even an expired or revoked one (else the configured app)."""
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        at = sb.identity.access.get(header[7:].strip())
+        if at is not None:
+            return at.grant.client_id
+    return sb.cfg.client_id
 
 
 def _answer(

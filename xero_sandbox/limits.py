@@ -40,6 +40,7 @@ class Decision:
     headers: dict[str, str]
     problem: str | None = None
     retry_after: int | None = None
+    at_ms: int = 0  # when an admitted call was counted
 
 
 class RateLimiter:
@@ -107,7 +108,26 @@ class RateLimiter:
                 if limit is not None:
                     table[key].calls.append(now)
             self._inflight[tenant] = self._inflight.get(tenant, 0) + 1
-            return Decision(True, self._headers(tenant, app, now))
+            return Decision(True, self._headers(tenant, app, now), at_ms=now)
+
+    def peek(self, tenant: str, app: str) -> dict[str, str]:
+        """The X-*Limit-Remaining headers without counting a call (for answers refused before the limiter)."""
+        with self._lock:
+            return self._headers(tenant, app, self.clock.now_ms())
+
+    def refund(self, tenant: str, app: str, at_ms: int) -> dict[str, str]:
+        """Un-count an admitted call (an injected 429 consumes no quota, like a real one); returns headers."""
+        lim = self.limits
+        with self._lock:
+            for table, key, limit in (
+                (self._day, tenant, lim.per_day),
+                (self._minute, tenant, lim.per_minute),
+                (self._app, app, lim.app_per_minute),
+            ):
+                w = table.get(key)
+                if limit is not None and w is not None and at_ms in w.calls:
+                    w.calls.remove(at_ms)
+            return self._headers(tenant, app, self.clock.now_ms())
 
     def release(self, tenant: str) -> None:
         with self._lock:

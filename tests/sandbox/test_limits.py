@@ -178,3 +178,53 @@ def test_429_answers_of_every_endpoint_carry_headers(xero_sandbox_factory) -> No
     stats = sb.stats()["tenants"][sb.tenants[0].tenant_id]
     assert stats["limitsRemaining"]["minute"] == 0
     assert stats["calls"] == 7
+
+
+LIMIT_HEADERS = ("X-DayLimit-Remaining", "X-MinLimit-Remaining", "X-AppMinLimit-Remaining")
+
+
+def test_401_and_403_answers_carry_the_limit_headers(xero_sandbox_factory) -> None:
+    sb = xero_sandbox_factory(tenants=2, invoices_per_tenant=5)
+    c = Client(sb)
+    assert c.get().status_code == 200
+    tid = sb.tenants[0].tenant_id
+    answers = {
+        "no token": requests.get(f"{sb.api_url}/Invoices", headers={"xero-tenant-id": tid}, timeout=10),
+        "bad token": requests.get(
+            f"{sb.api_url}/Invoices", headers={"xero-tenant-id": tid, "Authorization": "Bearer x"}, timeout=10
+        ),
+        "no tenant": c.s.get(f"{sb.api_url}/Invoices", timeout=10),
+        "unknown tenant": c.s.get(
+            f"{sb.api_url}/Invoices",
+            headers={"xero-tenant-id": "00000000-0000-4000-8000-000000000000"},
+            timeout=10,
+        ),
+    }
+    narrow = requests.Session()
+    narrow_token = sandbox_token(sb, scope="accounting.contacts.read")["access_token"]
+    narrow.headers["Authorization"] = f"Bearer {narrow_token}"
+    narrow.headers["xero-tenant-id"] = tid
+    answers["missing scope"] = narrow.get(f"{sb.api_url}/Invoices", timeout=10)
+    sb.admin("POST", "tokens/expire")
+    answers["expired token"] = c.get()
+    for what, r in answers.items():
+        assert r.status_code in (401, 403), what
+        for header in LIMIT_HEADERS:
+            assert header in r.headers, (what, header)
+    # they report the tenant's counts (one call made) without consuming any
+    assert answers["expired token"].headers["X-MinLimit-Remaining"] == "59"
+    assert answers["expired token"].headers["X-DayLimit-Remaining"] == "4999"
+    assert sb.stats()["tenants"][tid]["limitsRemaining"]["minute"] == 59
+
+
+def test_an_injected_429_is_consistent_with_its_headers(xero_sandbox_factory) -> None:
+    sb = xero_sandbox_factory(tenants=1, invoices_per_tenant=5)
+    c = Client(sb)
+    assert c.get().headers["X-MinLimit-Remaining"] == "59"
+    sb.add_fault("429", endpoint="Organisation", times=1)
+    r = c.get()
+    assert r.status_code == 429 and r.headers["X-Rate-Limit-Problem"] == "minute"
+    assert r.headers["X-MinLimit-Remaining"] == "0" and int(r.headers["Retry-After"]) >= 1
+    assert r.headers["X-DayLimit-Remaining"] == "4999"  # a 429 consumes no quota
+    r = c.get()
+    assert r.status_code == 200 and r.headers["X-MinLimit-Remaining"] == "58"
