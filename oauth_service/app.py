@@ -7,6 +7,13 @@ DELETE /xero/connections/{tenant_id}  bearer JWT → revoke at Xero, drop tokens
 POST   /xero/webhooks                 Xero webhooks (x-xero-signature) → 200 empty / 401
 GET    /healthz                       liveness and database reachability
 GET    /docs, /openapi.json           OpenAPI documentation
+
+Browser binding of the OAuth `state`: initiate sets an HttpOnly, SameSite=Lax cookie
+(`xero_oauth_browser`) and the callback is accepted only from the browser that carries it. The web
+app must therefore call initiate *with credentials* (`fetch(url, {method: "POST", credentials:
+"include", headers: {Authorization: "Bearer …"}})`, CORS allows credentials for APP_ORIGIN only),
+and then send that same browser to `authorizationUrl`. OAUTH_STATE_COOKIE=optional (state checked
+without the cookie) exists for the local demo only and is refused unless DEMO_MODE=1.
 """
 
 import base64

@@ -96,7 +96,7 @@ def generate_key() -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str
+    database_url: str = field(repr=False)  # may hold a password
     token_encryption_keys: tuple[str, ...] = field(repr=False)
     xero_client_id: str = ""
     xero_client_secret: str = field(default="", repr=False)

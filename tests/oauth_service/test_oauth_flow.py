@@ -292,6 +292,28 @@ class TestCallerAuthentication:
         assert browser.connections() == []
 
 
+def test_callback_as_a_bare_browser_redirect_needs_the_initiating_browsers_cookie(
+    make_browser, sandbox, tenant_ids, engine
+):
+    """A state stolen or phished from the user's initiate, completed by another browser (no binding
+    cookie, no Authorization header, as a plain redirect would arrive): rejected, nothing stored."""
+    victim = make_browser()
+    init = victim.initiate()
+    assert "xero_oauth_browser" in victim.http.cookies  # initiate sets the HttpOnly binding cookie
+    attacker = httpx.Client(timeout=30, follow_redirects=False)
+    try:
+        consent = attacker.get(init["authorizationUrl"] + f"&sandbox_tenants={tenant_ids[1]}")
+        assert consent.status_code == 302
+        r = attacker.get(consent.headers["location"])
+        assert r.status_code == 302
+        assert r.headers["location"].endswith("?error=state_mismatch")
+    finally:
+        attacker.close()
+    assert rows_for_user(engine, victim.user_id) == []
+    denied = [a for a in audit_rows(engine, "xero_callback_failed") if str(a.user_id) == victim.user_id]
+    assert denied and denied[-1].outcome == "denied" and denied[-1].metadata["error"] == "state_mismatch"
+
+
 def test_cors_only_for_the_web_app_origin(service):
     pre = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
     ok = httpx.options(f"{service.url}/xero/auth/initiate", headers={"Origin": APP_ORIGIN, **pre})

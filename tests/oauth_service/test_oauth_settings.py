@@ -124,3 +124,31 @@ def test_settings_built_by_hand_without_auth_refuse_to_serve():
 
     with pytest.raises(SettingsError):
         create_app(s)
+
+
+def test_state_cookie_optional_is_refused_outside_demo_mode():
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env(full_env(OAUTH_STATE_COOKIE="optional"))
+    assert "OAUTH_STATE_COOKIE" in str(err.value) and "DEMO_MODE=1" in str(err.value)
+    assert Settings.from_env(full_env(OAUTH_STATE_COOKIE="required")).state_cookie_required
+    demo = Settings.from_env(full_env(OAUTH_STATE_COOKIE="optional", DEMO_MODE="1"))
+    assert demo.demo_mode and not demo.state_cookie_required
+    # built by hand: the service refuses it too
+    from oauth_service.app import create_app
+
+    by_hand = Settings.from_env(full_env()).replace(state_cookie_required=False)
+    with pytest.raises(SettingsError, match="OAUTH_STATE_COOKIE"):
+        create_app(by_hand)
+
+
+def test_app_database_url_and_anonymous_audit_settings():
+    s = Settings.from_env(full_env())
+    assert s.app_database_url is None and s.anonymous_audit_per_minute == 10
+    app_url = "postgresql://xero_elt_service:pw@db.example.com:5432/xero"
+    s = Settings.from_env(full_env(APP_DATABASE_URL=app_url, AUDIT_ANONYMOUS_PER_MINUTE="3"))
+    assert s.app_database_url == app_url and s.anonymous_audit_per_minute == 3
+    assert "pw@" not in repr(s)
+    with pytest.raises(SettingsError, match="APP_DATABASE_URL must be a postgresql:// URL"):
+        Settings.from_env(full_env(APP_DATABASE_URL="mysql://u@h/db"))
+    with pytest.raises(SettingsError, match="AUDIT_ANONYMOUS_PER_MINUTE"):
+        Settings.from_env(full_env(AUDIT_ANONYMOUS_PER_MINUTE="0"))
