@@ -6,6 +6,7 @@ signature, audience and expiry are always checked, and the user id comes from `s
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
 from dataclasses import dataclass
@@ -18,6 +19,12 @@ from oauth_service.settings import Settings
 log = logging.getLogger("oauth_service.auth")
 
 ASYMMETRIC_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]
+# How long the fetched JWK set is trusted; a key removed from AUTH_JWKS_URL stops being accepted at
+# the latest this long after its removal. Individual keys are never cached beyond the set.
+JWKS_LIFESPAN_SECONDS = 600
+# A token naming an unknown `kid` refetches the set (a key was added), at most this often (PyJWT's
+# cooldown), so that forged tokens cannot flood the JWKS endpoint.
+JWKS_MIN_REFETCH_SECONDS = 30
 
 
 class AuthError(Exception):
@@ -36,12 +43,30 @@ class Caller:
 
 
 class JwtVerifier:
-    def __init__(self, settings: Settings):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        jwks_lifespan: float = JWKS_LIFESPAN_SECONDS,
+        jwks_min_refetch: float = JWKS_MIN_REFETCH_SECONDS,
+    ):
         self.audience = settings.auth_jwt_audience
         self.secret = settings.auth_jwt_secret
         self.jwks: PyJWKClient | None = None
         if settings.auth_jwks_url:
-            self.jwks = PyJWKClient(settings.auth_jwks_url, cache_keys=True, lifespan=600, timeout=10)
+            # cache_keys=False: no per-key LRU cache, which would keep a key removed from the set
+            # forever; keys live exactly as long as the cached set (at most JWKS_LIFESPAN_SECONDS).
+            extra = {}
+            if "cooldown_duration" in inspect.signature(PyJWKClient).parameters:  # newer PyJWT only
+                extra["cooldown_duration"] = jwks_min_refetch
+            self.jwks = PyJWKClient(
+                settings.auth_jwks_url,
+                cache_keys=False,
+                cache_jwk_set=True,
+                lifespan=min(jwks_lifespan, JWKS_LIFESPAN_SECONDS),
+                timeout=10,
+                **extra,
+            )
         elif not self.secret:
             raise ValueError("no AUTH_JWT_SECRET or AUTH_JWKS_URL configured")
 

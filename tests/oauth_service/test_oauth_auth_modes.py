@@ -109,3 +109,58 @@ def test_demo_mode_flow_as_the_demo_drives_it(sandbox, tenant_ids, migrated_data
         assert callback.status_code == 302
         assert callback.headers["Location"] == f"{settings.app_return_url}?connected=2"
         assert settings.app_return_url != APP_RETURN_URL
+
+
+def test_a_key_removed_from_the_jwks_stops_being_accepted_once_the_set_is_refetched(service_env):
+    """No per-key cache outlives the JWK set: after the cached set expires (lifespan, at most 600 s in
+    production, 1 s here) and is fetched again, a removed key's tokens are rejected."""
+    old_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def jwk(key, kid: str) -> dict:
+        out = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+        out.update({"kid": kid, "use": "sig"})
+        return out
+
+    published = {"keys": [jwk(old_key, "old"), jwk(new_key, "new")]}
+    fetches = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            fetches.append(time.monotonic())
+            body = json.dumps(published).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {k: v for k, v in service_env.items() if k != "AUTH_JWT_SECRET"}
+        env["AUTH_JWKS_URL"] = f"http://127.0.0.1:{server.server_port}/jwks.json"
+        verifier = JwtVerifier(Settings.from_env(env), jwks_lifespan=1)
+        user = str(uuid.uuid4())
+        assert verifier.verify(f"Bearer {signed(old_key, 'old', 'RS256', sub=user)}").user_id == user
+        assert verifier.verify(f"Bearer {signed(new_key, 'new', 'RS256', sub=user)}").user_id == user
+
+        published["keys"] = [jwk(new_key, "new")]  # the old key is rotated out (e.g. compromised)
+        time.sleep(1.2)  # the cached set expires
+        with pytest.raises(AuthError) as err:
+            verifier.verify(f"Bearer {signed(old_key, 'old', 'RS256', sub=user)}")
+        assert err.value.reason == "token signed with an unknown key"
+        assert verifier.verify(f"Bearer {signed(new_key, 'new', 'RS256', sub=user)}").user_id == user
+        assert len(fetches) >= 2
+        # a flood of tokens naming unknown keys does not become a flood of JWKS fetches
+        before = len(fetches)
+        for i in range(20):
+            with pytest.raises(AuthError):
+                verifier.verify(f"Bearer {signed(old_key, f'forged-{i}', 'RS256')}")
+        assert len(fetches) - before <= 2
+    finally:
+        server.shutdown()
+        server.server_close()
