@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import socket
 import sys
 import tempfile
 import time
@@ -32,17 +31,12 @@ from oauth_service.migrations import upgrade
 from oauth_service.server import ServiceServer
 from oauth_service.settings import Settings, generate_key
 from orchestration.demo import connect_organisations, user_jwt
+from orchestration.net import free_loopback_port
 from orchestration.settings import DatabaseUrl, local_dir
 from orchestration.sync import sync_tenants
 from xero_sandbox import SandboxConfig, SandboxServer
 
 JWT_SECRET = "bench-jwt-secret-" + "y" * 32
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> int:
@@ -65,7 +59,7 @@ def main() -> int:
         upgrade(db.url)
         cfg = SandboxConfig(seed=args.seed, tenants=1, invoices_per_tenant=args.invoices)
         with SandboxServer(cfg, host="127.0.0.1", port=0) as sandbox, tempfile.TemporaryDirectory() as home:
-            port = _free_port()
+            port = free_loopback_port()
             os.environ.update({
                 **sandbox.env(), **db.dbt_env(), "DATABASE_URL": db.url,
                 "XERO_REDIRECT_URI": f"http://127.0.0.1:{port}/xero/auth/callback",

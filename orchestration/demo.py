@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import socket
 import sys
 import time
 from decimal import Decimal
@@ -20,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import jwt
 import requests
 
+from orchestration.net import free_loopback_port
 from orchestration.settings import DEMO_ENV_FILE, local_dir, prepare_environment, read_env_file
 
 DEMO_USER_ID = "7d3c6f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f"
@@ -49,12 +49,6 @@ def demo_settings() -> dict[str, str]:
             fh.write("# Written by `xero-elt demo`: the embedded demo's secrets. Not for real tenants.\n")
             fh.writelines(f"{k}={v}\n" for k, v in values.items())
     return read_env_file(path)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def user_jwt(secret: str, user_id: str, audience: str = "authenticated") -> str:
@@ -103,7 +97,7 @@ def run_demo(tenants: int = DEMO_TENANTS, invoices: int = DEMO_INVOICES, seed: i
                            client_id=demo["XERO_CLIENT_ID"], client_secret=demo["XERO_CLIENT_SECRET"])
     with SandboxServer(config, host="127.0.0.1", port=0) as sandbox:
         print(f"sandbox: local Xero at {sandbox.url} with {len(sandbox.tenants)} organisations")
-        port = _free_port()
+        port = free_loopback_port()
         os.environ.update({**sandbox.env(), **demo,
                            "XERO_REDIRECT_URI": f"http://127.0.0.1:{port}/xero/auth/callback"})
         settings = Settings.from_env()

@@ -17,13 +17,14 @@ import fcntl
 import hashlib
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+
+from orchestration.net import free_loopback_port, port_accepts
 
 SERVICE_USER = "embedded_postgres"
 ROOT_FALLBACK_DIR = Path("/var/tmp/xero-elt")  # noqa: S108 - 1777 and persistent, by design
@@ -41,18 +42,6 @@ def _others_can_traverse(path: Path) -> bool:
     """True when a user without any ownership can reach `path` (o+x on it and every parent)."""
     path = path.resolve()
     return all(p.stat().st_mode & stat.S_IXOTH for p in [path, *path.parents])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_accepts(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 class LocalPostgres:
@@ -129,7 +118,7 @@ class LocalPostgres:
 
     def is_running(self) -> bool:
         pid_file = self.pgdata / "postmaster.pid"
-        return self.port_file.exists() and pid_file.exists() and _port_accepts(self.port)
+        return self.port_file.exists() and pid_file.exists() and port_accepts(self.port)
 
     def ensure_running(self) -> str:
         """Start (initialising on first use) unless already up; return the server's URL."""
@@ -140,8 +129,8 @@ class LocalPostgres:
             kwargs = self._run_kwargs()
             if not (self.pgdata / "PG_VERSION").exists():
                 self._initdb(kwargs)
-            if not self.port_file.exists() or _port_accepts(self.port):
-                self.port_file.write_text(str(_free_port()))
+            if not self.port_file.exists() or port_accepts(self.port):
+                self.port_file.write_text(str(free_loopback_port()))
             self._pg_ctl_start(kwargs)
             return self.url()
 
@@ -173,7 +162,7 @@ class LocalPostgres:
                 f"embedded PostgreSQL failed to start in {self.pgdata}: {result.stderr.strip()}\n{tail}"
             )
         for _ in range(100):
-            if _port_accepts(self.port):
+            if port_accepts(self.port):
                 return
             time.sleep(0.1)
         raise RuntimeError(f"embedded PostgreSQL in {self.pgdata} did not open port {self.port}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import dagster as dg
 import pytest
 import requests
 
+from orchestration.net import free_loopback_port
 from orchestration.partitions import TENANT_PARTITIONS_NAME
 from orchestration.settings import prepare_environment
 
@@ -31,12 +31,6 @@ query {
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ui(create_database, tmp_path_factory):
     with pytest.MonkeyPatch.context() as monkeypatch:
@@ -51,7 +45,7 @@ def _run_ui(create_database, tmp_path, monkeypatch):
     with dg.DagsterInstance.get() as instance:  # the instance the UI will serve
         instance.add_dynamic_partitions(TENANT_PARTITIONS_NAME, TENANTS)
     env = dict(os.environ)
-    port = _free_port()
+    port = free_loopback_port()
     cli = Path(sys.executable).with_name("xero-elt")
     log = open(tmp_path / "ui.log", "w")  # noqa: SIM115 - closed below
     # Its own session: `dagster dev` spawns a webserver, a daemon and code servers; stop them all.

@@ -12,6 +12,7 @@ from oauth_service.migrations import upgrade
 from oauth_service.server import ServiceServer
 from oauth_service.settings import Settings, generate_key
 from orchestration.demo import connect_organisations, user_jwt
+from orchestration.net import free_loopback_port
 from orchestration.settings import DatabaseUrl
 from xero_sandbox import SandboxConfig, SandboxServer
 
@@ -49,14 +50,6 @@ def platform_env(database_url: str, sandbox: SandboxServer, service_port: int) -
     }
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def platform_factory(create_database: Callable[[str], str]) -> Iterator[Callable[..., Platform]]:
     """Start a connected platform: fresh database, sandbox, service, both tenants connected."""
@@ -69,7 +62,7 @@ def platform_factory(create_database: Callable[[str], str]) -> Iterator[Callable
         sandbox = SandboxServer(SandboxConfig(**options))
         sandbox.__enter__()
         stack.append(sandbox)
-        port = _free_port()
+        port = free_loopback_port()
         mp = pytest.MonkeyPatch()
         stack.append(mp)
         for key, value in platform_env(database_url, sandbox, port).items():
