@@ -82,7 +82,12 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-rate", type=float, default=0.0)
     p.add_argument("--latency-ms", type=float, default=0.0)
     p.add_argument("--fault-seed", type=int, default=0)
-    p.add_argument("--ims-granularity", type=int, default=0, help="If-Modified-Since precision in seconds")
+    p.add_argument(
+        "--ims-granularity",
+        type=int,
+        default=1,
+        help="If-Modified-Since precision in seconds (0: strictly after, to the millisecond)",
+    )
     p.add_argument(
         "--max-scan-rows",
         type=int,

@@ -132,10 +132,10 @@ class SandboxConfig:
     users: list[UserConfig] = field(
         default_factory=lambda: [UserConfig("sandbox-user", "demo@sandbox.invalid", "Demo", "User")]
     )
-    # If-Modified-Since granularity in seconds: 0 compares at millisecond precision; 1 mimics the coarser
-    # filtering some clients report (the instant is truncated to the second, so records at or after the
-    # truncated instant come back, i.e. a little overlap).
-    ims_granularity_seconds: int = 0
+    # If-Modified-Since granularity in seconds. 1 (the default) mimics the coarser filtering Xero clients
+    # report: the instant is truncated to the second and records at or after it come back (a little overlap,
+    # so a client must de-duplicate); 0 compares "strictly after" at millisecond precision.
+    ims_granularity_seconds: int = 1
     # Like Xero on very large organisations: a filtered or re-ordered query that would scan more rows than
     # this answers 400 (plain paging and If-Modified-Since never do). None = no cap.
     max_scan_rows: int | None = 100_000

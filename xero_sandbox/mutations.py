@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,7 @@ ACTIONS = (
     "edit_contact",
     "archive_contact",
     "random",
+    "batch",
 )
 
 
@@ -60,6 +63,7 @@ class Mutator:
     def __init__(self, sb: Sandbox) -> None:
         self.sb = sb
         self._last_ms = 0
+        self._batch_ms: int | None = None  # set while a batch runs: its changes share one UpdatedDateUTC
 
     def apply(self, tenant_id: str, action: str, **kw: Any) -> dict:
         if action not in ACTIONS:
@@ -71,10 +75,25 @@ class Mutator:
     # -- helpers ---------------------------------------------------------------------------------------
 
     def _now(self) -> int:
-        # Strictly increasing: two changes never share an UpdatedDateUTC, so their order is well defined.
+        # Separate changes get strictly increasing times, so their order is well defined; the changes of
+        # one batch (``random``, ``batch``) share a single UpdatedDateUTC, as a bulk save in Xero does, so
+        # a client that asks for "strictly after the last timestamp I saw" must overlap and de-duplicate.
+        if self._batch_ms is not None:
+            return self._batch_ms
         now = max(self.sb.clock.now_ms(), self._last_ms + 1)
         self._last_ms = now
         return now
+
+    @contextmanager
+    def _batch(self) -> Iterator[int]:
+        if self._batch_ms is not None:  # nested: part of the outer batch
+            yield self._batch_ms
+            return
+        self._batch_ms = self._now()
+        try:
+            yield self._batch_ms
+        finally:
+            self._batch_ms = None
 
     def _find(self, t: TenantData, kind: str, value: str | None) -> dict:
         idx = t.decode_id(kind, value or "")
@@ -446,8 +465,27 @@ class Mutator:
 
     # -- a burst of plausible activity -----------------------------------------------------------------
 
+    def batch(self, t: TenantData, mutations: list[dict] | None = None) -> dict:
+        """Several mutations ``[{"action": …, …}]`` applied as one save: they share one UpdatedDateUTC."""
+        ok = isinstance(mutations, list) and all(isinstance(m, dict) and "action" in m for m in mutations)
+        if not ok or not mutations:
+            raise ValidationError('batch needs "mutations": [{"action": ..., ...}, ...]')
+        for m in mutations:
+            if m["action"] not in ACTIONS or m["action"] == "batch":
+                raise ValidationError(f"unknown mutation {m['action']!r} in batch")
+        results = []
+        with self._batch():
+            for m in mutations:
+                kw = {k: v for k, v in m.items() if k != "action"}
+                results.append(getattr(self, m["action"])(t, **kw))
+        return {"applied": results}
+
     def random(self, t: TenantData, count: int = 10, seed: int = 0) -> dict:
-        """``count`` plausible changes (new invoices, payments, voids, deletes, edits), by seed."""
+        """``count`` plausible changes (new invoices, payments, voids, deletes, edits) by seed, one batch."""
+        with self._batch():
+            return self._random(t, count, seed)
+
+    def _random(self, t: TenantData, count: int, seed: int) -> dict:
         rng = random.Random(f"{t.info.tenant_id}:{seed}:{t.version}")
         done: list[dict] = []
         attempts = 0

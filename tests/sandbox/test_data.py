@@ -177,7 +177,9 @@ def test_if_modified_since_sees_every_change(xero_sandbox_server) -> None:
     api = Api(sb)
     invoices = api.all("Invoices")
     last = max(ms(i["UpdatedDateUTC"]) for i in invoices)
-    since = {"If-Modified-Since": datetime.fromtimestamp(last / 1000, UTC).isoformat(timespec="milliseconds")}
+    # If-Modified-Since is compared at whole seconds (Xero-like): ask from the next second after the last one
+    nxt = (last // 1000 + 1) * 1000
+    since = {"If-Modified-Since": datetime.fromtimestamp(nxt / 1000, UTC).isoformat(timespec="milliseconds")}
     assert api.all("Invoices", since) == []
     before = sb.truth(api.tid)
     by_status = defaultdict(list)
@@ -228,6 +230,49 @@ def test_if_modified_since_sees_every_change(xero_sandbox_server) -> None:
         created["InvoiceID"],
         edited["InvoiceID"],
     ]
+
+
+def test_if_modified_since_is_coarse_by_default_and_batches_share_a_timestamp(xero_sandbox_server) -> None:
+    sb = xero_sandbox_server
+    api = Api(sb)
+    invoices = api.all("Invoices")
+    rec = invoices[25]
+    at = ms(rec["UpdatedDateUTC"])
+    exact = datetime.fromtimestamp(at / 1000, UTC).isoformat(timespec="milliseconds")
+    got = api.all("Invoices", {"If-Modified-Since": exact})
+    # the record changed at that very instant comes back again (and everything from the same second)
+    assert rec["InvoiceID"] in {i["InvoiceID"] for i in got}
+    assert [i["InvoiceID"] for i in got] == [
+        i["InvoiceID"] for i in invoices if ms(i["UpdatedDateUTC"]) >= at - at % 1000
+    ]
+    sb.advance_clock(10.0004)  # not on a whole second
+    applied = sb.mutate(api.tid, "random", count=6, seed=3)["applied"]
+    changed_ids = {a["id"] for a in applied}
+    assert len(applied) == 6
+    changed = [i for i in api.all("Invoices") if i["InvoiceID"] in changed_ids]
+    stamps = {i["UpdatedDateUTC"] for i in changed}
+    assert len(changed) == len(changed_ids) and len(stamps) == 1  # one save, one timestamp
+    stamp = ms(stamps.pop())
+    # a client that remembered that timestamp and asks again still gets the whole batch: it must de-duplicate
+    again = api.all(
+        "Invoices",
+        {"If-Modified-Since": datetime.fromtimestamp(stamp / 1000, UTC).isoformat(timespec="milliseconds")},
+    )
+    assert changed_ids <= {i["InvoiceID"] for i in again}
+    # separate mutations still get distinct, increasing times
+    a = sb.mutate(api.tid, "create_invoice", status="DRAFT")
+    b = sb.mutate(api.tid, "create_invoice", status="DRAFT")
+    assert stamp < ms(a["UpdatedDateUTC"]) < ms(b["UpdatedDateUTC"])
+    # an explicit batch shares one timestamp too
+    out = sb.mutate(
+        api.tid,
+        "batch",
+        mutations=[
+            {"action": "create_invoice", "status": "AUTHORISED"},
+            {"action": "edit_invoice", "invoice_id": a["InvoiceID"], "reference": "batched"},
+        ],
+    )["applied"]
+    assert out[0]["UpdatedDateUTC"] == out[1]["UpdatedDateUTC"] and out[1]["Reference"] == "batched"
 
 
 def test_if_modified_since_formats_and_granularity(xero_sandbox_factory) -> None:
