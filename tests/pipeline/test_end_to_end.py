@@ -192,3 +192,15 @@ def test_a_webhook_from_xero_starts_that_tenants_sync(platform):
         with dg.build_sensor_context(instance=instance, resources=resources) as context:
             again = list(sensor(context))
         assert all(isinstance(r, dg.SkipReason) for r in again)  # events were settled
+
+
+def test_a_second_sync_of_the_same_tenant_does_not_start(platform):
+    from orchestration.tenant_lock import tenant_lock
+
+    tenant_id = platform.tenant_ids[0]
+    with tenant_lock(tenant_id, platform.database_url):  # a sync of this tenant is in progress
+        [result] = sync_tenants([tenant_id], instance=platform.instance)
+    assert not result.success
+    assert "another sync of tenant" in result.error and tenant_id in result.error
+    [after] = sync_tenants([tenant_id], instance=platform.instance)  # the lock is free again
+    assert after.success
