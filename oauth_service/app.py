@@ -36,7 +36,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, text
 
-from oauth_service.audit import record_audit
+from oauth_service.audit import AnonymousAuditLimiter, record_audit
 from oauth_service.auth import AuthError, Caller, JwtVerifier
 from oauth_service.db import app_engine
 from oauth_service.settings import Settings
@@ -122,6 +122,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     own_engine = engine is None
     engine = engine or app_engine(settings)
     vault = TokenVault(settings, engine, actor="oauth_service", cache=False)
+    anonymous_audit = AnonymousAuditLimiter(engine, settings.anonymous_audit_per_minute)
     xero = vault.xero
     verifier = JwtVerifier(settings)
     cookie_required = not settings.demo_mode and settings.state_cookie_required
@@ -135,6 +136,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             urlsplit(settings.xero_token_url).netloc,
         )
         yield
+        await run_in_threadpool(anonymous_audit.flush)
         if own_engine:
             engine.dispose()
 
@@ -147,6 +149,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.vault = vault
+    app.state.anonymous_audit = anonymous_audit
 
     if settings.app_origin:
         app.add_middleware(
@@ -256,15 +259,17 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         outcome: str = "failure",
         detail: str | None = None,
     ) -> RedirectResponse:
-        record_audit(
-            engine,
-            "xero_callback_failed",
-            user_id=user_id,
-            ip_address=_client_ip(request),
-            outcome=outcome,
-            table_accessed="app.oauth_states",
-            metadata={"error": code, **({"detail": detail} if detail else {})},
-        )
+        audit_args: dict[str, Any] = {
+            "outcome": outcome,
+            "table_accessed": "app.oauth_states",
+            "metadata": {"error": code, **({"detail": detail} if detail else {})},
+        }
+        if user_id is None:  # no valid state: anonymous, audited within a bound per source and minute
+            anonymous_audit.record("xero_callback_failed", ip_address=_client_ip(request), **audit_args)
+        else:
+            record_audit(
+                engine, "xero_callback_failed", user_id=user_id, ip_address=_client_ip(request), **audit_args
+            )
         log.info("callback failed: %s%s", code, f" ({detail})" if detail else "")
         return RedirectResponse(_with_query(settings.app_return_url, error=code), status_code=302)
 
@@ -528,7 +533,14 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         ok = bool(webhook_key) and hmac.compare_digest(expected, given)
         ip = _client_ip(request)
         if not ok:
-            await run_in_threadpool(store_webhook, [], ip, False, len(body))
+            await run_in_threadpool(
+                anonymous_audit.record,
+                "webhook_received",
+                ip_address=ip,
+                outcome="denied",
+                table_accessed="app.webhook_events",
+                metadata={"verified": False, "bytes": len(body), "events": 0, "stored": 0},
+            )
             return Response(status_code=401)
         try:
             payload = json.loads(body or b"{}")

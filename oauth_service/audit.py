@@ -138,3 +138,117 @@ def record_audit(
     else:
         row_id = conn_or_engine.execute(_INSERT, params).scalar_one()
     return str(row_id)
+
+
+class AnonymousAuditLimiter:
+    """Bounded auditing of anonymous rejections (bad webhook signatures, callbacks with no valid state).
+
+    They are still audited, but per (action, source IP) and clock minute only the first `per_minute`
+    get a row each; the rest are counted, and when that minute is over one summary row records how
+    many were left out (`metadata.suppressed`, `metadata.aggregated = true`). So an anonymous client
+    can add at most `per_minute + 1` rows per minute per action. Authenticated actions and good
+    signatures never pass through here: they are audited every time.
+
+    Summaries are written lazily (on the next rejection of any source) and by `flush()` (the service
+    calls it at shutdown). At most `max_sources` windows are tracked; beyond that the remaining
+    sources share one window without an IP.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        per_minute: int = 10,
+        *,
+        clock: Any = None,
+        max_sources: int = 10_000,
+    ):
+        import threading
+        import time
+
+        self.engine = engine
+        self.per_minute = max(1, int(per_minute))
+        self.clock = clock or time.time
+        self.max_sources = max_sources
+        self._lock = threading.Lock()
+        # (action, ip) -> [minute, audited, suppressed, template kwargs of the first suppressed]
+        self._windows: dict[tuple[str, str | None], list[Any]] = {}
+
+    def record(
+        self,
+        action: str,
+        *,
+        ip_address: str | None,
+        outcome: str = "denied",
+        **kwargs: Any,
+    ) -> bool:
+        """Audit one anonymous rejection; True when it got its own row, False when only counted."""
+        minute = int(self.clock() // 60)
+        ip = _clean_ip(ip_address)
+        with self._lock:
+            due = self._take_expired(minute)
+            key = (action, ip)
+            window = self._windows.get(key)
+            if window is None:
+                if len(self._windows) >= self.max_sources:
+                    key = (action, None)
+                    window = self._windows.get(key)
+                if window is None:
+                    window = self._windows[key] = [minute, 0, 0, None]
+            if window[1] < self.per_minute:
+                window[1] += 1
+                own_row = True
+            else:
+                window[2] += 1
+                own_row = False
+                if window[3] is None:
+                    window[3] = {"outcome": outcome, "ip": key[1], **kwargs}
+                    log.warning(
+                        "more than %d anonymous %s rejections from %s this minute: counting the rest into "
+                        "one audit row",
+                        self.per_minute,
+                        action,
+                        key[1] or "many sources",
+                    )
+        self._write_summaries(due)
+        if own_row:
+            record_audit(self.engine, action, ip_address=ip, outcome=outcome, **kwargs)
+        return own_row
+
+    def flush(self) -> int:
+        """Write the summaries of every window (also the current minute's); returns how many rows."""
+        with self._lock:
+            due = self._take_expired(None)
+        return self._write_summaries(due)
+
+    def _take_expired(self, minute: int | None) -> list[tuple[str, list[Any]]]:
+        due = []
+        for key in [k for k, w in self._windows.items() if minute is None or w[0] < minute]:
+            window = self._windows.pop(key)
+            if window[2]:
+                due.append((key[0], window))
+        return due
+
+    def _write_summaries(self, due: list[tuple[str, list[Any]]]) -> int:
+        from datetime import UTC, datetime
+
+        for action, (minute, audited, suppressed, template) in due:
+            template = dict(template or {})
+            ip = template.pop("ip", None)
+            outcome = template.pop("outcome", "denied")
+            metadata = dict(template.pop("metadata", None) or {})
+            metadata.update(
+                {
+                    "aggregated": True,
+                    "suppressed": suppressed,
+                    "audited_individually": audited,
+                    "window_start": datetime.fromtimestamp(minute * 60, UTC).isoformat(),
+                    "window_seconds": 60,
+                }
+            )
+            try:
+                record_audit(
+                    self.engine, action, ip_address=ip, outcome=outcome, metadata=metadata, **template
+                )
+            except Exception:  # noqa: BLE001 - never lose the request over a summary
+                log.exception("could not write the audit summary of %d %s rejections", suppressed, action)
+        return len(due)

@@ -3,6 +3,7 @@
 import uuid
 
 import pytest
+from oauth_testlib import audit_rows
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
@@ -113,3 +114,34 @@ def test_cipher_is_authenticated_and_rotates():
         c_old.decrypt(tampered)
     with pytest.raises(DecryptionError, match="not an encrypted token"):
         c_old.decrypt("the-token")
+
+
+def test_anonymous_audit_limiter_counts_what_it_does_not_write(engine):
+    from oauth_service.audit import AnonymousAuditLimiter
+
+    now = [1_800_000_000.0]  # a minute boundary
+    limiter = AnonymousAuditLimiter(engine, per_minute=3, clock=lambda: now[0], max_sources=2)
+    action = "probe_rejected_" + uuid.uuid4().hex[:8]
+    own = [limiter.record(action, ip_address="203.0.113.7", metadata={"error": "bad"}) for _ in range(10)]
+    assert own == [True] * 3 + [False] * 7
+    assert limiter.record(action, ip_address="203.0.113.8") is True  # another source: its own budget
+    rows = lambda: audit_rows(engine, action)  # noqa: E731
+    assert len(rows()) == 4 and {r.outcome for r in rows()} == {"denied"}
+
+    now[0] += 61  # the next minute: the first rejection writes the previous minute's summary
+    assert limiter.record(action, ip_address="203.0.113.7") is True
+    summary = [r for r in rows() if r.metadata.get("aggregated")]
+    assert len(summary) == 1
+    assert summary[0].metadata["suppressed"] == 7 and summary[0].metadata["audited_individually"] == 3
+    assert summary[0].metadata["error"] == "bad" and str(summary[0].ip_address) == "203.0.113.7"
+    assert len(rows()) == 6
+
+    # more sources than tracked windows share one window without an IP
+    for ip in ("198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.4", "198.51.100.5"):
+        for _ in range(2):
+            limiter.record(action, ip_address=ip)
+    assert limiter.flush() >= 1
+    total = sum(r.metadata.get("suppressed", 0) for r in rows()) + len(
+        [r for r in rows() if not r.metadata.get("aggregated")]
+    )
+    assert total == 10 + 1 + 1 + 10  # every rejection is accounted for, in a row or in a count

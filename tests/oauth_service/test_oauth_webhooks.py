@@ -116,3 +116,37 @@ def test_sandbox_intent_to_receive_handshake_passes(service, sandbox):
     result = r.json()
     assert result["ok"] is True, result
     assert {a["signed"] for a in result["attempts"]} == {"correct", "incorrect"}
+
+
+def _rows_since(engine, since, action: str = "webhook_received") -> list:
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT * FROM app.audit_log WHERE action = :a AND timestamp >= :s ORDER BY timestamp"),
+            {"a": action, "s": since},
+        ).all()
+
+
+def test_anonymous_rejections_are_audited_within_a_bound(service, engine):
+    """A flood of bad signatures (or bogus callbacks) cannot flood the audit log; good signatures are
+    still audited every time."""
+    with engine.connect() as conn:
+        since = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+    bound = service.settings.anonymous_audit_per_minute
+    body = b'{"events": []}'
+    for _ in range(bound * 4):
+        assert post(service, body, sign(body, key="forged")).status_code == 401
+    for i in range(3):
+        good = json.dumps({"events": [], "entropy": f"good-{i}"}).encode()
+        assert post(service, good, sign(good)).status_code == 200
+    rows = _rows_since(engine, since)
+    denied = [r for r in rows if r.outcome == "denied"]
+    # at most `bound` rows per minute, plus one summary for a minute that ended during the burst
+    assert 1 <= len([r for r in denied if not r.metadata.get("aggregated")]) <= bound * 2
+    assert len(denied) <= bound * 2 + 2
+    assert len([r for r in rows if r.outcome == "success"]) == 3
+
+    for _ in range(bound * 3):
+        r = httpx.get(f"{service.url}/xero/auth/callback", params={"state": "bogus", "code": "x"})
+        assert r.status_code == 302 and r.headers["location"].endswith("error=invalid_state")
+    bogus = [r for r in _rows_since(engine, since, "xero_callback_failed") if r.user_id is None]
+    assert 1 <= len(bogus) <= bound * 2 + 2
