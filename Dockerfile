@@ -28,4 +28,8 @@ RUN pip install --no-cache-dir -e . \
 USER app
 EXPOSE 8080
 # DATABASE_URL, TOKEN_ENCRYPTION_KEY, XERO_* and AUTH_* come from the environment (secrets manager).
+# The same image runs the Dagster side with another command:
+#   dagster-webserver -w workspace.yaml -h 0.0.0.0 -p 3000      (UI; needs DAGSTER_POSTGRES_URL)
+#   dagster-daemon run -w workspace.yaml                           (schedules, sensors, run queue)
+#   dagster code-server start -m orchestration.definitions -h 0.0.0.0 -p 4000
 CMD ["xero-elt", "serve", "--port", "8080"]
