@@ -122,7 +122,7 @@ def test_failed_xero_delete_changes_nothing_but_keeps_the_refreshed_token(
 def test_refresh_failure_before_disconnect_is_a_502_and_changes_nothing(
     make_browser, sandbox, tenant_ids, engine, broken_service
 ):
-    tenant = tenant_ids[5]
+    tenant = tenant_ids[4]
     user = make_browser()
     assert user.connect([tenant]) == {"connected": ["1"]}
     connection_id = row_of(engine, tenant).xero_connection_id
