@@ -147,6 +147,14 @@ def routes(sb: Sandbox) -> list[Route]:
     ]
 
 
+def unitdp(params: dict[str, str]) -> int:
+    """``unitdp=4`` shows unit prices to 4 decimals; Xero's default (and any other value) is 2."""
+    raw = params.get("unitdp") or params.get("unitDp") or ""
+    if raw and not raw.strip().isdigit():
+        raise ValidationError(f"The value '{raw}' is not valid for unitdp.")
+    return 4 if raw.strip() == "4" else 2
+
+
 def _app_of(sb: Sandbox, request: Request) -> str:
     """The client id behind a bearer token, even an expired or revoked one (else the configured app)."""
     header = request.headers.get("authorization", "")
@@ -208,6 +216,7 @@ def _fault_response(f: Fault) -> Response:
 def _body(sb: Sandbox, t: TenantData, request: Request, endpoint: str, parts: list[str]) -> dict | None:
     params = dict(request.query_params)
     summary_only = params.get("summaryOnly", "").lower() == "true"
+    unit_dp = unitdp(params)
     if endpoint == "Organisation":
         return envelope(sb, "Organisations", [serialise.organisation(t, sb.cfg.tier)])
     if endpoint == "Accounts":
@@ -228,7 +237,7 @@ def _body(sb: Sandbox, t: TenantData, request: Request, endpoint: str, parts: li
                 accounts.sort(key=key, reverse=desc)
         return envelope(sb, "Accounts", [serialise.account(t, a) for a in accounts])
     if parts:
-        return _by_id(sb, t, endpoint, parts)
+        return _by_id(sb, t, endpoint, parts, unit_dp)
     q = build_query(
         t, endpoint, params, request.headers.get("if-modified-since"), sb.cfg.ims_granularity_seconds
     )
@@ -243,17 +252,18 @@ def _body(sb: Sandbox, t: TenantData, request: Request, endpoint: str, parts: li
     if endpoint == "Invoices":
         # Xero returns line items only when paging (or by id); summaryOnly drops the heavy fields.
         items = [
-            serialise.invoice(t, st, lines=q.page is not None, summary_only=summary_only) for st in states
+            serialise.invoice(t, st, lines=q.page is not None, summary_only=summary_only, unit_dp=unit_dp)
+            for st in states
         ]
     elif endpoint == "CreditNotes":
-        items = [serialise.credit_note(t, st, summary_only=summary_only) for st in states]
+        items = [serialise.credit_note(t, st, summary_only=summary_only, unit_dp=unit_dp) for st in states]
     else:
         items = [sb.serialise(t, endpoint, st) for st in states]
     assert endpoint in PAGED
     return envelope(sb, endpoint, items, pagination)
 
 
-def _by_id(sb: Sandbox, t: TenantData, endpoint: str, parts: list[str]) -> dict | None:
+def _by_id(sb: Sandbox, t: TenantData, endpoint: str, parts: list[str], unit_dp: int = 2) -> dict | None:
     key = parts[0]
     idx = t.decode_id(endpoint, key)
     if idx is None and endpoint == "Invoices":
@@ -273,7 +283,9 @@ def _by_id(sb: Sandbox, t: TenantData, endpoint: str, parts: list[str]) -> dict 
     if parts[1:]:
         return None
     if endpoint == "Invoices":
-        return envelope(sb, endpoint, [serialise.invoice(t, st, full_contact=True)])
+        return envelope(sb, endpoint, [serialise.invoice(t, st, full_contact=True, unit_dp=unit_dp)])
+    if endpoint == "CreditNotes":
+        return envelope(sb, endpoint, [serialise.credit_note(t, st, unit_dp=unit_dp)])
     return envelope(sb, endpoint, [sb.serialise(t, endpoint, st)])
 
 

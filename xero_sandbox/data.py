@@ -16,7 +16,7 @@ import uuid
 from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from .config import SandboxConfig
 
@@ -173,6 +173,19 @@ _VERSION_BITS = 0xF000
 
 def cents_to_decimal(cents: int) -> Decimal:
     return Decimal(cents).scaleb(-2)
+
+
+FRACTIONS = (250, 500, 750, 125, 333)  # thousandths taken off a whole quantity: 2.75, 0.5, 4.667, …
+
+
+def line_amount(ln: dict) -> int:
+    """LineAmount in cents: Quantity x UnitAmount (at its full 4 dp) rounded half up to 2 dp, as Xero does."""
+    qty, unit4 = ln["qty"], ln.get("unit4")
+    if unit4 is None and isinstance(qty, int):
+        return qty * ln["unit"]
+    if unit4 is None:
+        unit4 = ln["unit"] * 100
+    return int((Decimal(qty) * unit4 / 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 def _half_up_div(num: int, den: int) -> int:
@@ -461,22 +474,26 @@ class TenantData:
         lines = []
         for j in range(nlines):
             b = 11 + j * 6
-            qty = 1 + d[b] % 10
+            qty: int | Decimal = 1 + d[b] % 10
             unit = 500 + int.from_bytes(d[b + 1 : b + 4], "big") % 150_000
             if qty > 4:
                 unit //= 4
             exempt = lat == "NoTax" or d[b + 4] < 20
             accounts = SALE_ACCOUNTS if acc_rec else PURCHASE_ACCOUNTS
-            lines.append(
-                {
-                    "qty": qty,
-                    "unit": unit,
-                    "exempt": exempt,
-                    "account": accounts[d[b + 5] % len(accounts)],
-                    "item": (d[b + 5] + j) % len(ITEMS),
-                    "j": j,
-                }
-            )
+            line = {
+                "qty": qty,
+                "unit": unit,
+                "exempt": exempt,
+                "account": accounts[d[b + 5] % len(accounts)],
+                "item": (d[b + 5] + j) % len(ITEMS),
+                "j": j,
+            }
+            if d[48 + j] < 13:  # ~5 %: a fractional quantity (hours, kilograms), up to 3 dp
+                line["qty"] = Decimal(int(qty) * 1000 - FRACTIONS[d[52 + j] % len(FRACTIONS)]).scaleb(-3)
+            if d[56 + j] < 13:  # ~5 %: a unit price with 4 decimals (Xero keeps 4; shows 2 unless unitdp=4)
+                line["unit4"] = unit * 100 + 1 + d[60 + j] % 99
+                line["unit"] = _half_up_div(line["unit4"], 100)
+            lines.append(line)
         st = {
             "idx": i,
             "type": "ACCREC" if acc_rec else "ACCPAY",
@@ -528,7 +545,7 @@ class TenantData:
         num, den = self.tax_rate
         sub = tax = 0
         for ln in st["lines"]:
-            amount = ln["qty"] * ln["unit"]
+            amount = line_amount(ln)
             if ln["exempt"] or st["lat"] == "NoTax":
                 t = 0
             elif st["lat"] == "Inclusive":

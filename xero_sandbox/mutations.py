@@ -11,7 +11,7 @@ import copy
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from . import serialise
@@ -45,6 +45,26 @@ def _cents(value: Any, what: str) -> int:
     if d != d.quantize(Decimal("0.01")):
         raise ValidationError(f"{what} must have at most 2 decimal places")
     return int(d * 100)
+
+
+def _qty_unit(ln: dict) -> dict:
+    """Quantity (up to 4 dp, > 0) and UnitAmount (up to 4 dp) of a line, as the generator stores them."""
+    try:
+        qty = Decimal(str(ln.get("quantity", 1)))
+        unit = Decimal(str(ln.get("unit_amount", "0")))
+    except (InvalidOperation, ValueError) as exc:
+        raise ValidationError("Quantity and UnitAmount must be decimal numbers") from exc
+    if not qty.is_finite() or qty <= 0 or qty != qty.quantize(Decimal("0.0001")):
+        raise ValidationError("Quantity must be positive, with at most 4 decimal places")
+    if not unit.is_finite() or unit != unit.quantize(Decimal("0.0001")):
+        raise ValidationError("UnitAmount must have at most 4 decimal places")
+    out: dict = {"qty": int(qty) if qty == qty.to_integral_value() else qty.normalize()}
+    if unit == unit.quantize(Decimal("0.01")):
+        out["unit"] = int(unit * 100)
+    else:
+        out["unit4"] = int(unit * 10_000)
+        out["unit"] = int((unit * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    return out
 
 
 def _day(value: str | None, default: int) -> int:
@@ -163,13 +183,9 @@ class Mutator:
             ]
         state_lines = []
         for j, ln in enumerate(lines):
-            qty = ln.get("quantity", 1)
-            if int(qty) != qty or int(qty) < 1:
-                raise ValidationError("Quantity must be a positive whole number in the sandbox")
             state_lines.append(
                 {
-                    "qty": int(qty),
-                    "unit": _cents(ln.get("unit_amount", "0"), "UnitAmount"),
+                    **_qty_unit(ln),
                     "exempt": bool(ln.get("tax_exempt", False)) or line_amount_types == "NoTax",
                     "account": str(ln.get("account_code", accounts[0])),
                     "item": j % len(ITEMS),
@@ -252,8 +268,7 @@ class Mutator:
                 raise ValidationError("Line items cannot be edited on an invoice with payments or credit")
             st["lines"] = [
                 {
-                    "qty": int(ln.get("quantity", 1)),
-                    "unit": _cents(ln.get("unit_amount", "0"), "UnitAmount"),
+                    **_qty_unit(ln),
                     "exempt": bool(ln.get("tax_exempt", False)),
                     "account": str(ln.get("account_code", "200")),
                     "item": j % len(ITEMS),

@@ -217,20 +217,21 @@ def contact_full(t: TenantData, c: dict, balances: tuple[int, int, int, int] | N
     return out
 
 
-def _line_items(t: TenantData, kind: str, st: dict, tax_for_type: str) -> list[dict]:
+def _line_items(t: TenantData, kind: str, st: dict, tax_for_type: str, unit_dp: int = 2) -> list[dict]:
     out = []
     for ln in st["lines"]:
         out.append(
             {
                 "ItemCode": ln.get("item_code", f"SVC-{ln['item'] + 1:02d}"),
                 "Description": ln.get("description") or ITEMS[ln["item"]],
-                "UnitAmount": money(ln["unit"]),
+                # Xero keeps unit prices to 4 dp and shows them rounded to 2 unless asked with unitdp=4.
+                "UnitAmount": ln["unit4"] / 10_000 if unit_dp == 4 and "unit4" in ln else money(ln["unit"]),
                 "TaxType": "NONE" if ln["exempt"] or st["lat"] == "NoTax" else tax_for_type,
                 "TaxAmount": money(ln["tax"]),
                 "LineAmount": money(ln["amount"]),
                 "AccountCode": ln["account"],
                 "Tracking": [],
-                "Quantity": float(ln["qty"]),
+                "Quantity": float(ln["qty"]),  # up to 4 dp (some generated lines are fractional)
                 "LineItemID": t.ids.encode("L" + kind[0], st["idx"] * 8 + ln["j"]),
                 "ValidationErrors": [],
             }
@@ -239,7 +240,13 @@ def _line_items(t: TenantData, kind: str, st: dict, tax_for_type: str) -> list[d
 
 
 def invoice(
-    t: TenantData, st: dict, *, lines: bool = True, summary_only: bool = False, full_contact: bool = False
+    t: TenantData,
+    st: dict,
+    *,
+    lines: bool = True,
+    summary_only: bool = False,
+    full_contact: bool = False,
+    unit_dp: int = 2,
 ) -> dict:
     rec = st["type"] == "ACCREC"
     out: dict = {
@@ -316,7 +323,7 @@ def invoice(
     )
     if not summary_only:
         out["LineItems"] = (
-            _line_items(t, "Invoices", st, t.sale_tax if rec else t.purchase_tax) if lines else []
+            _line_items(t, "Invoices", st, t.sale_tax if rec else t.purchase_tax, unit_dp) if lines else []
         )
     out.update(
         {
@@ -369,7 +376,7 @@ def payment(t: TenantData, p: dict) -> dict:
     }
 
 
-def credit_note(t: TenantData, cn: dict, *, summary_only: bool = False) -> dict:
+def credit_note(t: TenantData, cn: dict, *, summary_only: bool = False, unit_dp: int = 2) -> dict:
     allocs = []
     for n, (inv_idx, amount, day) in enumerate(cn["allocations"]):
         inv = t.invoice(inv_idx)
@@ -411,7 +418,7 @@ def credit_note(t: TenantData, cn: dict, *, summary_only: bool = False) -> dict:
         "LineAmountTypes": cn["lat"],
         "LineItems": []
         if summary_only
-        else _line_items(t, "CreditNotes", cn, t.sale_tax if rec else t.purchase_tax),
+        else _line_items(t, "CreditNotes", cn, t.sale_tax if rec else t.purchase_tax, unit_dp),
         "SubTotal": money(cn["subtotal"]),
         "TotalTax": money(cn["total_tax"]),
         "Total": money(cn["total"]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from email.utils import format_datetime
 
 import pytest
@@ -16,6 +16,7 @@ from xero_sandbox.data import TenantData
 from xero_sandbox.pytest_plugin import sandbox_token
 
 ZERO = Decimal("0")
+CENT = Decimal("0.01")
 
 
 def ms(net_date: str) -> int:
@@ -68,7 +69,9 @@ def test_invoice_amounts_are_consistent(big) -> None:
         lines = inv["LineItems"]
         assert lines
         for ln in lines:
-            assert ln["LineAmount"] == ln["Quantity"] * ln["UnitAmount"]
+            # Xero keeps unit prices to 4 dp: 2-dp UnitAmount x Quantity is off by at most the two roundings
+            slack = (1 + ln["Quantity"]) * CENT / 2
+            assert abs(ln["LineAmount"] - ln["Quantity"] * ln["UnitAmount"]) <= slack
         line_sum = sum((ln["LineAmount"] for ln in lines), ZERO)
         tax_sum = sum((ln["TaxAmount"] for ln in lines), ZERO)
         assert inv["TotalTax"] == tax_sum
@@ -96,6 +99,52 @@ def test_invoice_amounts_are_consistent(big) -> None:
     updated = [ms(i["UpdatedDateUTC"]) for i in invoices]
     assert updated == sorted(updated)
     assert max(updated) <= int(big.config.anchor.timestamp() * 1000)
+
+
+def test_fractional_quantities_and_4dp_unit_amounts(big) -> None:
+    api = Api(big)
+    two = api.all("Invoices")
+    four = api.all("Invoices", unitdp=4)
+    assert [i["InvoiceID"] for i in two] == [i["InvoiceID"] for i in four]
+    lines2 = [ln for i in two for ln in i["LineItems"]]
+    lines4 = [ln for i in four for ln in i["LineItems"]]
+    assert len(lines2) == len(lines4) > 1000
+    fractional = [ln for ln in lines4 if ln["Quantity"] != ln["Quantity"].to_integral_value()]
+    precise = [ln for ln in lines4 if ln["UnitAmount"] != ln["UnitAmount"].quantize(CENT)]
+    # about 5 % of lines each
+    assert 0.02 * len(lines4) < len(fractional) < 0.09 * len(lines4)
+    assert 0.02 * len(lines4) < len(precise) < 0.09 * len(lines4)
+    for ln2, ln4 in zip(lines2, lines4, strict=True):
+        assert ln4["UnitAmount"] == ln4["UnitAmount"].quantize(Decimal("0.0001"))
+        assert ln2["UnitAmount"] == ln2["UnitAmount"].quantize(CENT)
+        assert ln2["UnitAmount"] == ln4["UnitAmount"].quantize(CENT, rounding=ROUND_HALF_UP)
+        assert ln2["Quantity"] == ln4["Quantity"] and ln2["LineAmount"] == ln4["LineAmount"]
+        # the line amount is Quantity x the full-precision unit price, rounded half up to 2 dp
+        exact = ln4["Quantity"] * ln4["UnitAmount"]
+        assert ln4["LineAmount"] == exact.quantize(CENT, rounding=ROUND_HALF_UP)
+    # 2-dp and 4-dp views agree on everything but UnitAmount; by id too; credit notes accept unitdp
+    some = next(i for i in four if any(ln in precise for ln in i["LineItems"]))
+    by_id = api.get(f"Invoices/{some['InvoiceID']}", unitdp=4)["Invoices"][0]
+    assert [ln["UnitAmount"] for ln in by_id["LineItems"]] == [ln["UnitAmount"] for ln in some["LineItems"]]
+    assert api.get("CreditNotes", page=1, unitdp=4)["CreditNotes"]
+    assert api.raw("Invoices", unitdp="four").status_code == 400
+
+
+def test_mutations_take_fractional_quantities_and_4dp_prices(xero_sandbox_server) -> None:
+    api = Api(xero_sandbox_server)
+    made = xero_sandbox_server.mutate(
+        api.tid,
+        "create_invoice",
+        status="AUTHORISED",
+        line_amount_types="NoTax",
+        lines=[{"quantity": "2.5", "unit_amount": "10.3333"}, {"quantity": 1, "unit_amount": "5.00"}],
+    )
+    got = api.get(f"Invoices/{made['InvoiceID']}", unitdp=4)["Invoices"][0]
+    assert [(ln["Quantity"], ln["UnitAmount"], ln["LineAmount"]) for ln in got["LineItems"]] == [
+        (Decimal("2.5"), Decimal("10.3333"), Decimal("25.83")),
+        (Decimal("1.0"), Decimal("5.0"), Decimal("5.0")),
+    ]
+    assert got["Total"] == Decimal("30.83")
 
 
 def test_payments_credit_notes_and_contacts_explain_invoices(big) -> None:
