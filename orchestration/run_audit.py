@@ -7,14 +7,10 @@ after each in-process run. A row is written once per run and outcome, whichever 
 
 from __future__ import annotations
 
-import os
-from functools import cache
-
 import dagster as dg
 from sqlalchemy import Engine, text
 
 from oauth_service.audit import record_audit
-from oauth_service.db import make_engine
 from orchestration.partitions import TENANT_PARTITIONS_NAME
 
 ACTIONS = {
@@ -24,17 +20,15 @@ ACTIONS = {
 }
 
 
-@cache
-def _engine(url: str) -> Engine:
-    return make_engine(url)
-
-
 def audit_run(run: dg.DagsterRun, engine: Engine | None = None, detail: dict | None = None) -> bool:
     """Record a finished run once; return False when it was already recorded."""
     action = ACTIONS.get(run.status)
     if action is None:
         return False
-    engine = engine or _engine(os.environ["DATABASE_URL"])
+    if engine is None:
+        from orchestration.resources import TokenVaultResource
+
+        engine = TokenVaultResource().get().engine  # the app login: may INSERT audit rows, not UPDATE
     tenant_id = run.tags.get("dagster/partition")
     with engine.begin() as conn:
         # Serialise the two writers on this run, then check: audit_log is append-only.

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import dagster as dg
+import psycopg
 import pytest
+from psycopg import sql
 
+from oauth_service.db import create_app_login
 from oauth_service.migrations import upgrade
 from oauth_service.server import ServiceServer
 from oauth_service.settings import Settings, generate_key
@@ -58,6 +62,11 @@ def platform_factory(create_database: Callable[[str], str]) -> Iterator[Callable
     def start(**sandbox_options) -> Platform:
         database_url = create_database("pipe")
         upgrade(database_url)
+        # The service and the vault (and so the run audit) use a least-privilege login, as in
+        # production; dlt and dbt write raw and analytics as the owner.
+        app_role = f"xero_elt_test_{uuid.uuid4().hex[:10]}"
+        app_database_url = create_app_login(database_url, app_role)
+        stack.append(lambda: _drop_role(database_url, app_role))
         options = {"seed": 11, "tenants": 2, "invoices_per_tenant": 150, **sandbox_options}
         sandbox = SandboxServer(SandboxConfig(**options))
         sandbox.__enter__()
@@ -67,6 +76,7 @@ def platform_factory(create_database: Callable[[str], str]) -> Iterator[Callable
         stack.append(mp)
         for key, value in platform_env(database_url, sandbox, port).items():
             mp.setenv(key, value)
+        mp.setenv("APP_DATABASE_URL", app_database_url)
         service = ServiceServer(Settings.from_env(), host="127.0.0.1", port=port)
         service.__enter__()
         stack.append(service)
@@ -78,5 +88,16 @@ def platform_factory(create_database: Callable[[str], str]) -> Iterator[Callable
     for item in reversed(stack):
         if isinstance(item, pytest.MonkeyPatch):
             item.undo()
+        elif callable(item):
+            item()
         else:
             item.__exit__(None, None, None)
+
+
+def _drop_role(database_url: str, name: str) -> None:
+    from orchestration.resources import _vault
+
+    _vault.cache_clear()  # its pooled connections use the role
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,))
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))

@@ -8,10 +8,9 @@ import pytest
 
 from orchestration.sync import sync_tenants
 from tests.pipeline.test_end_to_end import (
-    analytics_by_tenant,
+    assert_invoices_match_truth,
     raw_versions,
     staged_matches_truth,
-    truth_by_tenant,
 )
 
 
@@ -32,7 +31,7 @@ def test_changes_in_xero_arrive_incrementally(platform):
         changed += len(done["applied"])
     results = sync_tenants(platform.tenant_ids, instance=platform.instance)
     assert all(r.success for r in results), [r.error for r in results]
-    assert analytics_by_tenant(platform.database_url) == truth_by_tenant(platform)
+    assert_invoices_match_truth(platform)
     staged_matches_truth(platform)  # payments, credit notes, contacts changed with the invoices
     fetched = sum(r.fetched.get("invoices", 0) for r in results)
     # Only what changed (plus the small If-Modified-Since overlap) was fetched, not 240 invoices.
@@ -56,7 +55,7 @@ def test_silent_changes_need_a_full_refresh(platform):
     assert result.fetched["invoices"] == len(list(platform.sandbox.records(tenant_id, "Invoices",
                                                                            include_deleted=True)))
     assert reference_of(platform, record["InvoiceID"]) == "silently changed"
-    assert analytics_by_tenant(platform.database_url) == truth_by_tenant(platform)
+    assert_invoices_match_truth(platform)
 
 
 def test_two_tenants_synced_at_the_same_time(platform):
@@ -74,7 +73,7 @@ def test_two_tenants_synced_at_the_same_time(platform):
     for t in threads:
         t.join(300)
     assert all(r.success for r in results.values()), [r.error for r in results.values()]
-    assert analytics_by_tenant(platform.database_url) == truth_by_tenant(platform)
+    assert_invoices_match_truth(platform)
 
 
 def reference_of(platform, invoice_id: str) -> str | None:
