@@ -154,47 +154,38 @@ class TokenVault:
         assert row is not None
         if row.access_token and row.token_expires_at and row.token_expires_at - self.margin > now:
             token = self.cipher.decrypt(row.access_token)
-            record_audit(
-                self.engine,
-                "token_read",
-                user_id=row.user_id,
-                tenant_id=tenant_id,
-                table_accessed=CONNECTIONS,
-                record_id=row.id,
-                metadata={"actor": self.actor},
-            )
+            self._audit(self.engine, "token_read", tenant_id, row)
             self._remember(tenant_id, token, row.token_expires_at)
             return token
         return self._refresh(tenant_id)
 
     def _check_usable(self, row: Any, tenant_id: str) -> None:
         if row is None or row.status == "disconnected":
-            record_audit(
-                self.engine,
-                "token_read",
-                tenant_id=tenant_id,
-                outcome="failure",
-                user_id=None if row is None else row.user_id,
-                table_accessed=CONNECTIONS,
-                metadata={"actor": self.actor, "reason": "not_connected"},
-            )
+            self._audit(self.engine, "token_read", tenant_id, row, outcome="failure",
+                        reason="not_connected")
             raise TenantNotConnected(
                 f"Xero tenant {tenant_id} is not connected: connect it in the app first", tenant_id
             )
         if row.status == "reauth_required":
-            record_audit(
-                self.engine,
-                "token_read",
-                tenant_id=tenant_id,
-                outcome="failure",
-                user_id=row.user_id,
-                table_accessed=CONNECTIONS,
-                record_id=row.id,
-                metadata={"actor": self.actor, "reason": "reauth_required"},
-            )
+            self._audit(self.engine, "token_read", tenant_id, row, outcome="failure",
+                        reason="reauth_required")
             raise ReauthRequired(
                 _reauth_message(tenant_id, row.tenant_name, "Xero no longer accepts its tokens"), tenant_id
             )
+
+    def _audit(self, conn_or_engine: Any, action: str, tenant_id: str, row: Any = None, *,
+               outcome: str = "success", **details: Any) -> None:
+        """One audit row about a tenant's connection (its tokens are never part of it)."""
+        record_audit(
+            conn_or_engine,
+            action,
+            user_id=None if row is None else row.user_id,
+            tenant_id=tenant_id,
+            table_accessed=CONNECTIONS,
+            record_id=None if row is None else row.id,
+            outcome=outcome,
+            metadata={"actor": self.actor, **details},
+        )
 
     def _remember(self, tenant_id: str, token: str, expires_at: datetime) -> None:
         if self._cache_enabled:
@@ -226,16 +217,8 @@ class TokenVault:
                 ),
                 {"id": target.id},
             )
-            record_audit(
-                conn,
-                "token_rejected",
-                user_id=target.user_id,
-                tenant_id=tenant_id,
-                table_accessed=CONNECTIONS,
-                record_id=target.id,
-                outcome="failure",
-                metadata={"actor": self.actor, "reason": "Xero answered 401 before the recorded expiry"},
-            )
+            self._audit(conn, "token_rejected", tenant_id, target, outcome="failure",
+                        reason="Xero answered 401 before the recorded expiry")
 
     # ------------------------------------------------------------------ refresh
     def _lock_grant(self, conn: Connection, tenant_id: str) -> tuple[Any, list[Any]]:
@@ -273,15 +256,7 @@ class TokenVault:
             ):
                 # Someone refreshed while we waited for the lock.
                 token = self.cipher.decrypt(target.access_token)
-                record_audit(
-                    conn,
-                    "token_read",
-                    user_id=target.user_id,
-                    tenant_id=tenant_id,
-                    table_accessed=CONNECTIONS,
-                    record_id=target.id,
-                    metadata={"actor": self.actor},
-                )
+                self._audit(conn, "token_read", tenant_id, target)
                 expires = target.token_expires_at
             else:
                 try:
@@ -294,15 +269,7 @@ class TokenVault:
                     expires = datetime.fromtimestamp(tokens.expires_at, UTC)
                     removed_in_xero = self._detect_removed(conn, tokens, rows, tenant_id)
                     if not removed_in_xero:
-                        record_audit(
-                            conn,
-                            "token_read",
-                            user_id=target.user_id,
-                            tenant_id=tenant_id,
-                            table_accessed=CONNECTIONS,
-                            record_id=target.id,
-                            metadata={"actor": self.actor},
-                        )
+                        self._audit(conn, "token_read", tenant_id, target)
         if reauth is not None:
             self.forget(tenant_id)
             raise reauth
@@ -330,21 +297,8 @@ class TokenVault:
             tokens = self.xero.refresh(refresh_token)
         except XeroError as exc:
             if exc.error in CLIENT_CONFIG_ERRORS:
-                record_audit(
-                    self.engine,
-                    "token_refresh_failed",
-                    user_id=target.user_id,
-                    tenant_id=tenant_id,
-                    table_accessed=CONNECTIONS,
-                    record_id=target.id,
-                    outcome="failure",
-                    metadata={
-                        "actor": self.actor,
-                        "error": exc.error,
-                        "status": exc.status,
-                        "configuration_error": True,
-                    },
-                )
+                self._audit(self.engine, "token_refresh_failed", tenant_id, target, outcome="failure",
+                            error=exc.error, status=exc.status, configuration_error=True)
                 log.error(
                     "tenant %s: Xero rejected this app's client credentials (%s): check XERO_CLIENT_ID and "
                     "XERO_CLIENT_SECRET; no connection was changed",
@@ -368,55 +322,23 @@ class TokenVault:
                         ),
                         {"why": reason, "id": r.id},
                     )
-                    record_audit(
-                        conn,
-                        "token_refresh_failed",
-                        user_id=r.user_id,
-                        tenant_id=r.tenant_id,
-                        table_accessed=CONNECTIONS,
-                        record_id=r.id,
-                        outcome="failure",
-                        metadata={
-                            "actor": self.actor,
-                            "error": exc.error,
-                            "status": exc.status,
-                            "new_status": "reauth_required",
-                        },
-                    )
+                    self._audit(conn, "token_refresh_failed", r.tenant_id, r, outcome="failure",
+                                error=exc.error, status=exc.status, new_status="reauth_required")
                 log.warning(
                     "tenant %s: refresh rejected by Xero (%s); marked reauth_required", tenant_id, exc.error
                 )
                 raise ReauthRequired(
                     _reauth_message(tenant_id, target.tenant_name, reason), tenant_id
                 ) from None
-            record_audit(
-                self.engine,
-                "token_refresh_failed",
-                user_id=target.user_id,
-                tenant_id=tenant_id,
-                table_accessed=CONNECTIONS,
-                record_id=target.id,
-                outcome="failure",
-                metadata={"actor": self.actor, "error": exc.error, "status": exc.status, "transient": True},
-            )
+            self._audit(self.engine, "token_refresh_failed", tenant_id, target, outcome="failure",
+                        error=exc.error, status=exc.status, transient=True)
             raise TokenRefreshError(
                 f"refreshing the token of tenant {tenant_id} failed: {exc}", tenant_id
             ) from None
 
         self._store_tokens(conn, [r.id for r in grant_rows] or [target.id], tokens)
-        record_audit(
-            conn,
-            "token_refreshed",
-            user_id=target.user_id,
-            tenant_id=tenant_id,
-            table_accessed=CONNECTIONS,
-            record_id=target.id,
-            metadata={
-                "actor": self.actor,
-                "grant_tenants": len(grant_rows),
-                "expires_at": datetime.fromtimestamp(tokens.expires_at, UTC).isoformat(),
-            },
-        )
+        self._audit(conn, "token_refreshed", tenant_id, target, grant_tenants=len(grant_rows),
+                    expires_at=datetime.fromtimestamp(tokens.expires_at, UTC).isoformat())
         log.info("tenant %s: token refreshed (%d tenant(s) in the grant)", tenant_id, len(grant_rows))
         return tokens
 
@@ -454,16 +376,8 @@ class TokenVault:
                     ),
                     {"id": r.id},
                 )
-                record_audit(
-                    conn,
-                    "connection_removed_in_xero",
-                    user_id=r.user_id,
-                    tenant_id=r.tenant_id,
-                    table_accessed=CONNECTIONS,
-                    record_id=r.id,
-                    outcome="failure",
-                    metadata={"actor": self.actor, "new_status": "reauth_required"},
-                )
+                self._audit(conn, "connection_removed_in_xero", r.tenant_id, r, outcome="failure",
+                            new_status="reauth_required")
                 hit = hit or r.tenant_id == tenant_id
         return hit
 
