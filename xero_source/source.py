@@ -50,7 +50,7 @@ ENDPOINTS: dict[str, Endpoint] = {
             amounts=("sub_total", "total_tax", "total", "total_discount", "amount_due", "amount_paid",
                      "amount_credited", "currency_rate"),
             text=("invoice_number", "type", "status", "reference", "currency_code"),
-            timestamps=("date", "due_date", "fully_paid_on_date", "updated_date_utc"),
+            timestamps=("date", "due_date", "fully_paid_on_date"),
             json=("contact", "line_items"),
         ),
     ),
@@ -59,7 +59,6 @@ ENDPOINTS: dict[str, Endpoint] = {
         "Contacts", "ContactID", params={"includeArchived": "true"},
         columns=_columns(
             text=("name", "contact_status", "email_address", "default_currency", "account_number"),
-            timestamps=("updated_date_utc",),
             flags=("is_customer", "is_supplier"),
         ),
     ),
@@ -68,7 +67,7 @@ ENDPOINTS: dict[str, Endpoint] = {
         columns=_columns(
             amounts=("amount", "bank_amount", "currency_rate"),
             text=("payment_type", "status", "reference"),
-            timestamps=("date", "updated_date_utc"),
+            timestamps=("date",),
             json=("invoice", "credit_note", "account"),
             flags=("is_reconciled",),
         ),
@@ -78,7 +77,7 @@ ENDPOINTS: dict[str, Endpoint] = {
         columns=_columns(
             amounts=("sub_total", "total_tax", "total", "remaining_credit", "currency_rate"),
             text=("credit_note_number", "type", "status", "reference", "currency_code"),
-            timestamps=("date", "fully_paid_on_date", "updated_date_utc"),
+            timestamps=("date", "fully_paid_on_date"),
             json=("contact", "allocations", "line_items"),
         ),
     ),
@@ -86,7 +85,6 @@ ENDPOINTS: dict[str, Endpoint] = {
         "Accounts", "AccountID", paged=False,
         columns=_columns(
             text=("code", "name", "status", "type", "class", "tax_type", "currency_code"),
-            timestamps=("updated_date_utc",),
         ),
     ),
 }

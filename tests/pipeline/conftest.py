@@ -17,7 +17,7 @@ from oauth_service.server import ServiceServer
 from oauth_service.settings import Settings, generate_key
 from orchestration.demo import connect_organisations, user_jwt
 from orchestration.net import free_loopback_port
-from orchestration.settings import DatabaseUrl
+from orchestration.settings import DatabaseUrl, prepare_environment
 from xero_sandbox import SandboxConfig, SandboxServer
 
 USER_ID = "3f0a2b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b"
@@ -55,7 +55,8 @@ def platform_env(database_url: str, sandbox: SandboxServer, service_port: int) -
 
 
 @pytest.fixture(scope="module")
-def platform_factory(create_database: Callable[[str], str]) -> Iterator[Callable[..., Platform]]:
+def platform_factory(create_database: Callable[[str], str], tmp_path_factory
+                     ) -> Iterator[Callable[..., Platform]]:
     """Start a connected platform: fresh database, sandbox, service, both tenants connected."""
     stack: list = []
 
@@ -81,7 +82,12 @@ def platform_factory(create_database: Callable[[str], str]) -> Iterator[Callable
         service.__enter__()
         stack.append(service)
         assert connect_organisations(service.url, user_jwt(JWT_SECRET, USER_ID)) == options["tenants"]
-        instance = dg.DagsterInstance.ephemeral()
+        # Dagster's own storage on PostgreSQL, as deployed: concurrent runs need a real database.
+        mp.setenv("DAGSTER_HOME", str(tmp_path_factory.mktemp("dagster_home")))
+        mp.setenv("DAGSTER_POSTGRES_URL", create_database("dagster"))
+        prepare_environment()
+        instance = dg.DagsterInstance.get()
+        stack.append(instance.dispose)
         return Platform(database_url, sandbox, service.url, instance)
 
     yield start
