@@ -79,6 +79,20 @@ def connect_organisations(service_url: str, token: str, tenant_ids: list[str] | 
     return int(outcome["connected"][0])
 
 
+def dataset_fingerprint(sandbox) -> str:
+    """What the sandbox holds, per tenant and resource (counts, totals, statuses, latest change)."""
+    import hashlib
+    import json
+
+    stable = ("count", "total", "byStatus", "maxUpdatedDateUTC")
+    facts = [
+        {k: sandbox.truth(t.tenant_id, resource).get(k) for k in stable}
+        for t in sandbox.tenants
+        for resource in ("Invoices", "Contacts", "Payments", "CreditNotes", "Accounts")
+    ]
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def run_demo(tenants: int = DEMO_TENANTS, invoices: int = DEMO_INVOICES, seed: int = DEMO_SEED) -> int:
     from oauth_service.migrations import upgrade
     from oauth_service.server import ServiceServer
@@ -108,8 +122,18 @@ def run_demo(tenants: int = DEMO_TENANTS, invoices: int = DEMO_INVOICES, seed: i
             # dbt's own progress lines go to a log file; the run's full log is on the Dagster instance.
             log_path = local_dir() / "logs" / f"demo-sync-{time.strftime('%Y%m%d-%H%M%S')}.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
+            # Incremental syncs cannot see data that changed without a new UpdatedDateUTC: when the
+            # sandbox's dataset differs from the one this .local/ last loaded (another seed, a newer
+            # sandbox), re-read everything, as the product's periodic full re-sync would.
+            fingerprint = dataset_fingerprint(sandbox)
+            marker = local_dir() / "demo-dataset"
+            full_refresh = not marker.exists() or marker.read_text() != fingerprint
+            if full_refresh and marker.exists():
+                print("sync: the sandbox's data changed since the last demo: full refresh")
             with open(log_path, "w") as log, contextlib.redirect_stdout(log):
-                results = sync_tenants([t.tenant_id for t in sandbox.tenants])
+                results = sync_tenants([t.tenant_id for t in sandbox.tenants], full_refresh=full_refresh)
+            if all(r.success for r in results):
+                marker.write_text(fingerprint)
             print(f"sync: {len(results)} tenants through Dagster (dbt output: {log_path})")
 
         names = {t.tenant_id: t.tenant_name for t in sandbox.tenants}
