@@ -18,7 +18,8 @@ def run(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.
 
 
 def test_db_upgrade_current_and_downgrade(create_database, tmp_path):
-    env = {"DATABASE_URL": create_database("cli"), "DAGSTER_HOME": str(tmp_path)}
+    env = {"DATABASE_URL": create_database("cli"), "DAGSTER_HOME": str(tmp_path),
+           "DAGSTER_POSTGRES_URL": create_database("clidagster")}
     up = run([str(BIN / "xero-elt"), "db", "upgrade"], env)
     assert up.returncode == 0, up.stderr
     head = up.stdout.strip().rsplit(" ", 1)[-1]
