@@ -44,24 +44,20 @@ def _run_error(result: dg.ExecuteInProcessResult) -> str | None:
 
 def tenant_figures(database_url: str, tenant_id: str) -> tuple[int, Decimal, int]:
     """(invoices, their total, raw invoice versions) for a tenant; zeros before the first load."""
-    with psycopg.connect(database_url) as conn:
-        def scalar(sql: str, default):
-            try:
-                row = conn.execute(sql, (tenant_id,)).fetchone()
-            except psycopg.errors.UndefinedTable:
-                conn.rollback()
-                return default
-            return row[0] if row and row[0] is not None else default
 
-        count, total = 0, Decimal(0)
+    def first_row(conn: psycopg.Connection, query: str) -> tuple:
         try:
-            count, total = conn.execute(
-                f"SELECT count(*), coalesce(sum(total), 0) FROM {ANALYTICS_SCHEMA}.invoices "  # noqa: S608
-                "WHERE tenant_id = %s", (tenant_id,)).fetchone()
-        except psycopg.errors.UndefinedTable:
+            return conn.execute(query, (tenant_id,)).fetchone()
+        except psycopg.errors.UndefinedTable:  # nothing loaded yet
             conn.rollback()
-        raw = scalar(f"SELECT count(*) FROM {RAW_SCHEMA}.invoices WHERE tenant_id = %s", 0)  # noqa: S608
-        return count, total, raw
+            return (0, Decimal(0))
+
+    with psycopg.connect(database_url) as conn:
+        count, total = first_row(conn, f"SELECT count(*), coalesce(sum(total), 0) "  # noqa: S608
+                                       f"FROM {ANALYTICS_SCHEMA}.invoices WHERE tenant_id = %s")
+        (raw, *_) = first_row(conn, f"SELECT count(*) FROM {RAW_SCHEMA}.invoices "  # noqa: S608
+                                    f"WHERE tenant_id = %s")
+    return count, total, raw
 
 
 def sync_tenants(
