@@ -18,23 +18,22 @@ from oauth_service.server import ServiceServer
 from oauth_service.settings import Settings
 
 
-@pytest.fixture(scope="module")
-def jwks_server():
-    """A loopback JWKS endpoint like Supabase's /auth/v1/.well-known/jwks.json."""
-    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ec_key = ec.generate_private_key(ec.SECP256R1())
-    keys = []
-    for kid, key, alg in (
-        ("rsa-1", rsa_key, jwt.algorithms.RSAAlgorithm),
-        ("ec-1", ec_key, jwt.algorithms.ECAlgorithm),
-    ):
-        jwk = json.loads(alg.to_jwk(key.public_key()))
-        jwk.update({"kid": kid, "use": "sig"})
-        keys.append(jwk)
-    body = json.dumps({"keys": keys}).encode()
+def public_jwk(key, kid: str) -> dict:
+    """The public half of `key` as a JWKS entry."""
+    alg = jwt.algorithms.RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey) else jwt.algorithms.ECAlgorithm
+    out = json.loads(alg.to_jwk(key.public_key()))
+    out.update({"kid": kid, "use": "sig"})
+    return out
+
+
+def serve_jwks(published: dict, fetches: list | None = None) -> ThreadingHTTPServer:
+    """A loopback JWKS endpoint serving `published` as it is at each request (tests change it)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
+            if fetches is not None:
+                fetches.append(time.monotonic())
+            body = json.dumps(published).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -45,8 +44,16 @@ def jwks_server():
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def jwks_server():
+    """A loopback JWKS endpoint like Supabase's /auth/v1/.well-known/jwks.json."""
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    server = serve_jwks({"keys": [public_jwk(rsa_key, "rsa-1"), public_jwk(ec_key, "ec-1")]})
     yield {
         "url": f"http://127.0.0.1:{server.server_port}/auth/v1/.well-known/jwks.json",
         "rsa": rsa_key,
@@ -117,29 +124,9 @@ def test_a_key_removed_from_the_jwks_stops_being_accepted_once_the_set_is_refetc
     old_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
-    def jwk(key, kid: str) -> dict:
-        out = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
-        out.update({"kid": kid, "use": "sig"})
-        return out
-
-    published = {"keys": [jwk(old_key, "old"), jwk(new_key, "new")]}
-    fetches = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            fetches.append(time.monotonic())
-            body = json.dumps(published).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    published = {"keys": [public_jwk(old_key, "old"), public_jwk(new_key, "new")]}
+    fetches: list[float] = []
+    server = serve_jwks(published, fetches)
     try:
         env = {k: v for k, v in service_env.items() if k != "AUTH_JWT_SECRET"}
         env["AUTH_JWKS_URL"] = f"http://127.0.0.1:{server.server_port}/jwks.json"
@@ -148,7 +135,7 @@ def test_a_key_removed_from_the_jwks_stops_being_accepted_once_the_set_is_refetc
         assert verifier.verify(f"Bearer {signed(old_key, 'old', 'RS256', sub=user)}").user_id == user
         assert verifier.verify(f"Bearer {signed(new_key, 'new', 'RS256', sub=user)}").user_id == user
 
-        published["keys"] = [jwk(new_key, "new")]  # the old key is rotated out (e.g. compromised)
+        published["keys"] = [public_jwk(new_key, "new")]  # the old key is rotated out (e.g. compromised)
         time.sleep(1.2)  # the cached set expires
         with pytest.raises(AuthError) as err:
             verifier.verify(f"Bearer {signed(old_key, 'old', 'RS256', sub=user)}")
