@@ -31,3 +31,11 @@
   ) as versions
   where _version_rank = 1
 {% endmacro %}
+
+{#- Pre-hook of every model: delete this run's tenant's rows before the model appends their new
+    version (nothing on a model's first build). -#}
+{% macro clear_tenant_rows() %}
+  {%- if is_incremental() -%}
+    delete from {{ this }} where {{ tenant_condition() }}
+  {%- endif -%}
+{% endmacro %}

@@ -51,6 +51,9 @@ def platform_env(database_url: str, sandbox: SandboxServer, service_port: int) -
         "APP_ORIGIN": "http://localhost:3000",
         "DEMO_MODE": "0",
         "XERO_WEBHOOK_KEY": WEBHOOK_KEY,
+        # Every session (dlt, dbt, ours) in a time zone west of UTC: a date cast that depends on
+        # the session's zone shows up as a day lost.
+        "PGTZ": "America/Los_Angeles",
     }
 
 

@@ -3,12 +3,17 @@ through Dagster, audited; idempotent on a second run."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import uuid
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import psycopg
 import pytest
 
+from orchestration.dbt_project import DBT_EXECUTABLE
+from orchestration.settings import DBT_PROJECT_DIR
 from orchestration.sync import sync_tenants
 
 
@@ -51,6 +56,47 @@ def assert_invoices_match_truth(platform) -> None:
             clues.append(f"{tenant_id} {invoice_id}: sandbox {sandbox.get('Status')} "
                          f"{sandbox.get('UpdatedDateUTC')}, raw {raw}")
     raise AssertionError("analytics.invoices differs from the sandbox:\n" + "\n".join(clues))
+
+
+INVOICE_COLUMNS = ("invoice_number", "invoice_type", "status", "contact_id", "contact_name", "reference",
+                   "issue_date", "due_date", "currency_code", "currency_rate", "subtotal", "total_tax",
+                   "total", "amount_due", "amount_paid", "amount_credited", "total_base", "updated_at")
+
+
+def expected_invoice_row(record: dict) -> tuple:
+    """What analytics.invoices must hold for a Xero invoice record, column by column."""
+    def amount(key: str) -> Decimal:
+        return Decimal(str(record[key]))
+
+    rate = amount("CurrencyRate")
+    updated_ms = int(record["UpdatedDateUTC"][6:19])
+    return (
+        record["InvoiceNumber"], record["Type"], record["Status"], record["Contact"]["ContactID"],
+        record["Contact"]["Name"], record.get("Reference"),
+        record["DateString"][:10], record["DueDateString"][:10], record["CurrencyCode"], rate,
+        amount("SubTotal"), amount("TotalTax"), amount("Total"), amount("AmountDue"), amount("AmountPaid"),
+        amount("AmountCredited"), (amount("Total") / rate).quantize(Decimal("0.01"), ROUND_HALF_UP),
+        datetime.fromtimestamp(updated_ms / 1000, UTC),
+    )
+
+
+def assert_invoice_columns_match_truth(platform) -> None:
+    """Every column of every invoice equals Xero's record (dates as Xero's DateString: the
+    platform's sessions run in a time zone west of UTC, where a careless cast loses a day)."""
+    with psycopg.connect(platform.database_url) as conn:
+        for tenant_id in platform.tenant_ids:
+            rows = conn.execute(
+                f"SELECT invoice_id::text, {', '.join(INVOICE_COLUMNS)} FROM analytics.invoices "  # noqa: S608
+                "WHERE tenant_id = %s", (tenant_id,)).fetchall()
+            got = {r[0]: tuple(str(v) if isinstance(v, uuid.UUID) else v for v in r[1:]) for r in rows}
+            got = {k: v[:6] + (v[6].isoformat(), v[7].isoformat()) + v[8:] for k, v in got.items()}
+            want = {r["InvoiceID"]: expected_invoice_row(r)
+                    for r in platform.sandbox.truth_records(tenant_id, "Invoices")}
+            assert got.keys() == want.keys(), tenant_id
+            for invoice_id, expected in want.items():
+                diffs = {c: (g, w) for c, g, w in zip(INVOICE_COLUMNS, got[invoice_id], expected, strict=True)
+                         if g != w}
+                assert not diffs, f"tenant {tenant_id} invoice {invoice_id}: (ours, Xero's) {diffs}"
 
 
 # staging model, sandbox resource, its id field, the staging id column, amount column (or None)
@@ -101,6 +147,7 @@ def test_two_tenants_land_exactly_once(platform):
     assert [r.success for r in first] == [True, True], [r.error for r in first]
     truth = truth_by_tenant(platform)
     assert_invoices_match_truth(platform)
+    assert_invoice_columns_match_truth(platform)
     assert all(r.invoices == truth[r.tenant_id][0] for r in first)
     staged_matches_truth(platform)
     # Raw keeps every record version, DELETED ones included: at least one row per invoice.
@@ -225,3 +272,63 @@ def test_a_second_sync_of_the_same_tenant_does_not_start(platform):
     assert "another sync of tenant" in result.error and tenant_id in result.error
     [after] = sync_tenants([tenant_id], instance=platform.instance)  # the lock is free again
     assert after.success
+
+
+def dbt_build(tenant_id: str) -> subprocess.CompletedProcess:
+    """`dbt build` for one tenant, as the analytics asset runs it."""
+    return subprocess.run(
+        [DBT_EXECUTABLE, "build", "--vars", json.dumps({"tenant_id": tenant_id}), "--project-dir",
+         str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)],
+        capture_output=True, text=True, timeout=300)
+
+
+def add_raw_invoice_version(database_url: str, tenant_id: str, invoice_id: str, **changes) -> None:
+    """Load a version of an invoice straight into raw (as dlt would), copied from a real one."""
+    with psycopg.connect(database_url) as conn:
+        columns = [r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = 'raw_xero' AND table_name = 'invoices'").fetchall()]
+        values = {"tenant_id": tenant_id, "invoice_id": invoice_id, "_dlt_id": uuid.uuid4().hex[:14],
+                  **changes}
+        select = ", ".join(f"%({c})s" if c in values else c for c in columns)
+        conn.execute(f"INSERT INTO raw_xero.invoices ({', '.join(columns)}) "  # noqa: S608
+                     f"SELECT {select} FROM raw_xero.invoices LIMIT 1", values)
+
+
+def analytics_count(database_url: str, tenant_id: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute("SELECT count(*) FROM analytics.invoices WHERE tenant_id = %s",
+                            (tenant_id,)).fetchone()[0]
+
+
+def test_deleting_a_tenants_last_invoice_empties_it(platform):
+    """A rebuild that selects nothing for a tenant must still clear what it published before."""
+    if not analytics_count(platform.database_url, platform.tenant_ids[0]):
+        sync_tenants(platform.tenant_ids, instance=platform.instance)
+    tenant, invoice = str(uuid.uuid4()), str(uuid.uuid4())
+    add_raw_invoice_version(platform.database_url, tenant, invoice, status="DRAFT",
+                            updated_date_utc=datetime(2026, 3, 1, tzinfo=UTC))
+    first = dbt_build(tenant)
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert analytics_count(platform.database_url, tenant) == 1
+
+    add_raw_invoice_version(platform.database_url, tenant, invoice, status="DELETED",
+                            updated_date_utc=datetime(2026, 3, 2, tzinfo=UTC))
+    second = dbt_build(tenant)
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert analytics_count(platform.database_url, tenant) == 0
+    for tenant_id in platform.tenant_ids:  # other tenants untouched
+        assert analytics_count(platform.database_url, tenant_id) == truth_by_tenant(platform)[tenant_id][0]
+
+
+def test_one_tenants_bad_data_does_not_fail_another_tenants_run(platform):
+    """dbt tests look at the run's tenant only."""
+    bad, good = str(uuid.uuid4()), str(uuid.uuid4())
+    add_raw_invoice_version(platform.database_url, bad, str(uuid.uuid4()), total=None)
+    add_raw_invoice_version(platform.database_url, good, str(uuid.uuid4()))
+    failed = dbt_build(bad)
+    assert failed.returncode != 0
+    assert "not_null_stg_xero__invoices_total" in failed.stdout
+    passed = dbt_build(good)
+    assert passed.returncode == 0, passed.stdout[-3000:]
+    assert analytics_count(platform.database_url, good) == 1

@@ -12,7 +12,7 @@ select
     status = 'DELETED'                           as is_deleted,
     (contact ->> 'ContactID')::uuid              as contact_id,
     reference::text                              as reference,
-    date::date                                   as issue_date,
+    (date at time zone 'UTC')::date              as issue_date,
     currency_code::varchar(3)                    as currency_code,
     coalesce(currency_rate, 1)::numeric(19, 6)   as currency_rate,
     sub_total::numeric(18, 2)                    as subtotal,

@@ -1,5 +1,6 @@
 -- One row per invoice: its latest fetched version, typed. Deleted invoices stay here (with
 -- is_deleted) so downstream models can see deletes; the canonical `invoices` drops them.
+-- Xero's dates are midnight UTC: convert at UTC, not in the session's time zone.
 with latest as (
     {{ latest_version(source('xero', 'invoices'), 'invoice_id') }}
 )
@@ -14,8 +15,8 @@ select
     (contact ->> 'ContactID')::uuid                  as contact_id,
     (contact ->> 'Name')::text                       as contact_name,
     reference::text                                  as reference,
-    date::date                                       as issue_date,
-    due_date::date                                   as due_date,
+    (date at time zone 'UTC')::date                  as issue_date,
+    (due_date at time zone 'UTC')::date              as due_date,
     currency_code::varchar(3)                        as currency_code,
     coalesce(currency_rate, 1)::numeric(19, 6)       as currency_rate,
     sub_total::numeric(18, 2)                        as subtotal,

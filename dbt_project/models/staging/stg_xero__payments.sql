@@ -13,7 +13,7 @@ select
     payment_type::text                           as payment_type,
     status::text                                 as status,
     status = 'DELETED'                           as is_deleted,
-    date::date                                   as payment_date,
+    (date at time zone 'UTC')::date              as payment_date,
     amount::numeric(18, 2)                       as amount,
     bank_amount::numeric(18, 2)                  as bank_amount,
     coalesce(currency_rate, 1)::numeric(19, 6)   as currency_rate,
