@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     login.add_argument("name", help="the new role's name, e.g. xero_elt_service")
     serve = sub.add_parser("serve", help="run the HTTP service")
-    serve.add_argument("--host", default="0.0.0.0")  # noqa: S104 - a container listens on all interfaces
+    serve.add_argument("--host", help="default: all interfaces (a container), loopback in DEMO_MODE")
     serve.add_argument("--port", type=int, default=8080)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -115,8 +115,9 @@ class Health(BaseModel):
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
-    """The service's ASGI app. Refuses to build without an auth configuration (DEMO_MODE supplies one)."""
-    settings.check_auth_configured()
+    """The service's ASGI app. Refuses to build with settings `from_env` would refuse (no caller
+    authentication, no dedicated database login outside DEMO_MODE, demo mode against real Xero...)."""
+    settings.check_service_configured()
     if settings.demo_mode:
         settings.warn_demo()
     own_engine = engine is None

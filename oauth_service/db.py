@@ -8,10 +8,12 @@ token vault, and through `TokenVault(...).engine` the orchestration's audit writ
   only SELECT and INSERT on the audit log) and owner of nothing. A connection is refused when the login
   is a superuser or may act as the owner of `app.audit_log` (it could then disable its triggers).
   Create one with `python -m oauth_service create-app-login NAME` (`create_app_login`).
-- unset: `DATABASE_URL` (the schema owner) is used, and every new connection runs
-  `SET ROLE xero_elt_app` when that role exists and the login may assume it, so that ordinary
-  statements run with the application role's privileges (defence in depth only: the session could
-  `RESET ROLE`). Outside DEMO_MODE one warning per process says to set APP_DATABASE_URL.
+- unset (allowed for the pipeline's vault and in DEMO_MODE; the HTTP service refuses to start without
+  it, see `Settings.rule_problems`): `DATABASE_URL` (the schema owner) is used, and every new connection
+  runs `SET ROLE xero_elt_app`, so that ordinary statements run with the application role's privileges
+  (defence in depth only: the session could `RESET ROLE`). When the role is missing or cannot be
+  assumed the connection is refused outside DEMO_MODE, rather than silently keep the owner's rights.
+  Outside DEMO_MODE one warning per process says to set APP_DATABASE_URL.
 
 Migrations (`oauth_service.migrations`) always use `make_engine(DATABASE_URL)`: the owner.
 """
@@ -59,12 +61,12 @@ def libpq_url(database_url: str) -> str:
 def make_engine(database_url: str, *, pool_size: int = 10, max_overflow: int = 20, **kwargs) -> Engine:
     """An engine on `database_url` using psycopg 3, with pre-ping and a bounded pool. Connects as the
     URL's login with no role change: for migrations and operator commands. The app uses `app_engine`."""
+    kwargs.setdefault("pool_timeout", 30)
     return create_engine(
         sqlalchemy_url(database_url),
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_pre_ping=True,
-        pool_timeout=30,
         **kwargs,
     )
 
@@ -79,7 +81,12 @@ def app_engine(settings: Settings, *, pool_size: int = 10, max_overflow: int = 2
         return engine
     _warn_no_app_login(settings)
     engine = make_engine(settings.database_url, pool_size=pool_size, max_overflow=max_overflow, **kwargs)
-    event.listen(engine, "connect", _assume_app_role)
+    demo = settings.demo_mode
+
+    def assume_app_role(dbapi_connection: Any, _record: Any) -> None:
+        _assume_app_role(dbapi_connection, demo=demo)
+
+    event.listen(engine, "connect", assume_app_role)
     return engine
 
 
@@ -96,26 +103,39 @@ def _warn_no_app_login(settings: Settings) -> None:
     )
 
 
-def _assume_app_role(dbapi_connection: Any, _record: Any) -> None:
-    """On each new connection: `SET ROLE xero_elt_app` when it exists and this login may assume it."""
+def _assume_app_role(dbapi_connection: Any, *, demo: bool) -> None:
+    """On each new connection: `SET ROLE xero_elt_app`. When that is impossible the connection would
+    keep the owner's rights: refused outside DEMO_MODE, a warning in it."""
+    from oauth_service.settings import SettingsError
+
     cur = dbapi_connection.cursor()
     try:
         row = cur.execute(
             "SELECT pg_has_role(current_user, r.oid, 'MEMBER') FROM pg_roles r WHERE r.rolname = %s",
             (APP_ROLE,),
         ).fetchone()
+        why = "it does not exist" if row is None else "this login is not a member"
         if row and row[0]:
             try:
                 cur.execute(f"SET ROLE {APP_ROLE}")
+                dbapi_connection.commit()  # a session-level SET ROLE survives only a committed transaction
+                return
             except Exception as exc:  # noqa: BLE001 - e.g. PostgreSQL 16 membership without SET option
                 dbapi_connection.rollback()
-                log.debug("SET ROLE %s refused: %s", APP_ROLE, type(exc).__name__)
-                return
-        else:
-            log.debug("role %s absent or not assumable: connection keeps its login's privileges", APP_ROLE)
-        dbapi_connection.commit()  # a session-level SET ROLE survives only a committed transaction
+                why = f"SET ROLE was refused ({type(exc).__name__})"
+        dbapi_connection.commit()
     finally:
         cur.close()
+    if demo:
+        log.warning("role %s unusable (%s): the demo runs with DATABASE_URL's own privileges", APP_ROLE, why)
+        return
+    dbapi_connection.close()
+    raise SettingsError(
+        f"role {APP_ROLE} cannot be assumed ({why}), so this connection would keep the rights of "
+        "DATABASE_URL (the app schema's owner). Apply the migrations as a login that may create roles "
+        "(xero-elt db upgrade), or set APP_DATABASE_URL to a dedicated login (python -m oauth_service "
+        "create-app-login NAME)."
+    )
 
 
 def _check_dedicated_login(dbapi_connection: Any, _record: Any) -> None:

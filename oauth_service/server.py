@@ -1,7 +1,11 @@
-"""Running the service: `ServiceServer` (uvicorn in a background thread) and `serve` (blocking)."""
+"""Running the service: `ServiceServer` (uvicorn in a background thread) and `serve` (blocking).
+
+In DEMO_MODE both listen on loopback only: the demo's JWT secret is public.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import threading
@@ -10,9 +14,23 @@ import time
 import uvicorn
 
 from oauth_service.app import create_app
-from oauth_service.settings import Settings
+from oauth_service.settings import Settings, SettingsError
 
 log = logging.getLogger("oauth_service.server")
+
+
+def _check_host(settings: Settings, host: str) -> None:
+    if not settings.demo_mode or host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise SettingsError(
+        f"DEMO_MODE=1 listens on loopback only (127.0.0.1, ::1 or localhost), not {host!r}: its JWT secret "
+        "and client credentials are public"
+    )
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -62,6 +80,7 @@ class ServiceServer:
         self.app = None
 
     def start(self) -> ServiceServer:
+        _check_host(self.settings, self.host)
         self._sock = _bind(self.host, self.port)
         port = self._sock.getsockname()[1]
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -107,13 +126,17 @@ class ServiceServer:
 
 def serve(
     settings: Settings | None = None,
-    host: str = "0.0.0.0",  # noqa: S104 - a container's service listens on all interfaces
+    host: str | None = None,
     port: int = 8080,
     *,
     log_level: str = "info",
 ) -> None:
-    """Run the service in the foreground until interrupted (`xero-elt serve --port P`)."""
+    """Run the service in the foreground until interrupted (`xero-elt serve --port P`). `host` None:
+    all interfaces (a container's service), or loopback in DEMO_MODE."""
     settings = settings or Settings.from_env()
+    if host is None:
+        host = "127.0.0.1" if settings.demo_mode else "0.0.0.0"  # noqa: S104
+    _check_host(settings, host)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sock = _bind(host, port)

@@ -4,8 +4,12 @@
 single `SettingsError` that lists every problem found (variable name and what is wrong).
 
 `DEMO_MODE=1` is the explicit demo mode: sandbox client credentials, demo return URL and origin,
-and (when absent) an ephemeral token key and a well-known demo JWT secret. It is logged loudly,
-and nothing in it is fit for real Xero tenants.
+and (when absent) an ephemeral token key and a well-known demo JWT secret. It is logged loudly and
+confined to this machine: the service refuses it unless every XERO_*_URL is loopback (the sandbox),
+and then listens on loopback only (server.py). Nothing in it is fit for real Xero tenants.
+
+Rules that tie several settings together live in `Settings.rule_problems`, used by `from_env` and,
+for settings built by hand, by `check_service_configured` (which `create_app` calls).
 """
 
 from __future__ import annotations
@@ -39,12 +43,30 @@ DEFAULT_SCOPES: tuple[str, ...] = (
     "accounting.settings.read",
 )
 
+XERO_URL_NAMES = (
+    "XERO_AUTHORIZE_URL",
+    "XERO_TOKEN_URL",
+    "XERO_REVOCATION_URL",
+    "XERO_CONNECTIONS_URL",
+    "XERO_API_URL",
+)
+
 DEMO_CLIENT_ID = "sandbox-client-id"
 DEMO_CLIENT_SECRET = "sandbox-client-secret"  # noqa: S105 - the sandbox's public demo credentials
 DEMO_APP_RETURN_URL = "http://localhost:3000/settings/xero"
 DEMO_APP_ORIGIN = "http://localhost:3000"
 # Used only in DEMO_MODE when no AUTH_JWT_SECRET/AUTH_JWKS_URL is given; logged loudly.
 DEMO_JWT_SECRET = "xero-elt-demo-mode-insecure-jwt-secret"  # noqa: S105
+
+AUTH_REQUIRED = (
+    "AUTH_JWT_SECRET or AUTH_JWKS_URL is required: the service refuses to start without a way to "
+    "check the web app's bearer JWT (or set DEMO_MODE=1 for the local demo)"
+)
+APP_LOGIN_REQUIRED = (
+    "APP_DATABASE_URL is required outside DEMO_MODE: the service connects as a dedicated login that owns "
+    "nothing, never as the app schema's owner. Create one with `python -m oauth_service create-app-login "
+    "NAME` (with DATABASE_URL = the owner) and set APP_DATABASE_URL to the URL it prints"
+)
 
 _DEMO_WARNED = False
 _TRUE = {"1", "true", "yes", "on"}
@@ -125,7 +147,8 @@ class Settings:
     # per source IP per minute; beyond that they are counted into one summary row per IP and minute.
     anonymous_audit_per_minute: int = 10
     # APP_DATABASE_URL: the login the service and the vault use (member of xero_elt_app, owns nothing).
-    # Unset: DATABASE_URL with `SET ROLE xero_elt_app` on each connection (see db.app_engine).
+    # Required by the HTTP service outside demo mode. Unset (the pipeline's vault, the demo): DATABASE_URL
+    # with `SET ROLE xero_elt_app` on each connection (see db.app_engine).
     app_database_url: str | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ construction
@@ -220,14 +243,8 @@ class Settings:
                 problems.append(f"AUTH_JWKS_URL {problem}")
         if jwt_secret and len(jwt_secret) < 32 and not demo:
             problems.append("AUTH_JWT_SECRET is too short (at least 32 characters)")
-        if not jwt_secret and not jwks_url:
-            if demo:
-                jwt_secret = DEMO_JWT_SECRET
-            elif for_service:
-                problems.append(
-                    "AUTH_JWT_SECRET or AUTH_JWKS_URL is required: the service refuses to start without a "
-                    "way to check the web app's bearer JWT (or set DEMO_MODE=1 for the local demo)"
-                )
+        if not jwt_secret and not jwks_url and demo:
+            jwt_secret = DEMO_JWT_SECRET
 
         # -- web app
         return_url = get("APP_RETURN_URL") or (DEMO_APP_RETURN_URL if demo else None)
@@ -288,18 +305,9 @@ class Settings:
         cookie_raw = (get("OAUTH_STATE_COOKIE") or ("optional" if demo else "required")).lower()
         if cookie_raw not in ("required", "optional"):
             problems.append(f"OAUTH_STATE_COOKIE must be 'required' or 'optional', got {cookie_raw!r}")
-        elif cookie_raw == "optional" and not demo:
-            problems.append(
-                "OAUTH_STATE_COOKIE=optional is only allowed with DEMO_MODE=1: outside the demo the callback "
-                "must come from the browser that called initiate (call initiate with credentials so that "
-                "its HttpOnly cookie is set)"
-            )
         anonymous_audit = int_setting("AUDIT_ANONYMOUS_PER_MINUTE", 10, 1)
         state_ttl = int_setting("OAUTH_STATE_TTL_SECONDS", 600, 30)
         margin = int_setting("TOKEN_REFRESH_MARGIN_SECONDS", 300, 0)
-
-        if problems:
-            raise SettingsError("Invalid OAuth service configuration:\n  - " + "\n  - ".join(problems))
 
         settings = cls(
             database_url=database_url or "",
@@ -326,6 +334,9 @@ class Settings:
             app_database_url=app_database_url,
             refresh_margin_seconds=margin,
         )
+        problems.extend(settings.rule_problems(for_service=for_service))
+        if problems:
+            raise SettingsError("Invalid OAuth service configuration:\n  - " + "\n  - ".join(problems))
         if demo:
             settings.warn_demo()
         return settings
@@ -336,6 +347,7 @@ class Settings:
 
     @property
     def xero_urls(self) -> tuple[str, ...]:
+        """The five Xero URLs, in the order of XERO_URL_NAMES."""
         return (
             self.xero_authorize_url,
             self.xero_token_url,
@@ -349,21 +361,42 @@ class Settings:
         """True when every Xero URL points at this machine (the sandbox): plain http is then allowed."""
         return all(is_loopback_url(u) for u in self.xero_urls)
 
-    def check_auth_configured(self) -> None:
-        """Refuse to run the HTTP API without a way to authenticate callers (outside demo mode)."""
+    def rule_problems(self, *, for_service: bool) -> list[str]:
+        """What is wrong across settings (each value's own format is checked by `from_env`). Only the
+        HTTP service has such rules; the pipeline's vault (`for_service=False`) has none."""
+        if not for_service:
+            return []
+        problems: list[str] = []
         if not (self.auth_jwt_secret or self.auth_jwks_url):
-            raise SettingsError(
-                "AUTH_JWT_SECRET or AUTH_JWKS_URL is required: the service refuses to start without a way to "
-                "check the web app's bearer JWT (or set DEMO_MODE=1 for the local demo)"
+            problems.append(AUTH_REQUIRED)
+        if self.demo_mode and not self.xero_is_loopback:
+            # Demo mode's public defaults (JWT secret, client credentials) must never meet real Xero.
+            names = [n for n, u in zip(XERO_URL_NAMES, self.xero_urls, strict=True) if not is_loopback_url(u)]
+            problems.append(
+                "DEMO_MODE=1 serves only against the local sandbox: every XERO_*_URL must be loopback; "
+                f"{', '.join(names)} point elsewhere (unset DEMO_MODE to use real Xero)"
             )
+        if not self.demo_mode and not self.app_database_url:
+            problems.append(APP_LOGIN_REQUIRED)
+        if not self.demo_mode and not self.state_cookie_required:
+            problems.append(
+                "OAUTH_STATE_COOKIE=optional is only allowed with DEMO_MODE=1: outside the demo the "
+                "callback must come from the browser that called initiate (call initiate with credentials "
+                "so that its HttpOnly cookie is set)"
+            )
+        return problems
+
+    def check_service_configured(self) -> None:
+        """Refuse to serve HTTP with these settings (e.g. built by hand) when `from_env` would refuse them."""
+        problems = self.rule_problems(for_service=True)
         if not self.token_encryption_keys:
-            raise SettingsError("TOKEN_ENCRYPTION_KEY is required")
-        if not self.state_cookie_required and not self.demo_mode:
-            raise SettingsError("OAUTH_STATE_COOKIE=optional is only allowed with DEMO_MODE=1")
-        for u in self.xero_urls:
-            problem = _url_problem(u, allow_loopback_http=True)
+            problems.append("TOKEN_ENCRYPTION_KEY is required")
+        for name, url in zip(XERO_URL_NAMES, self.xero_urls, strict=True):
+            problem = _url_problem(url, allow_loopback_http=True)
             if problem:
-                raise SettingsError(f"Xero URL {u!r} {problem}")
+                problems.append(f"{name} {problem}")
+        if problems:
+            raise SettingsError("Invalid OAuth service configuration:\n  - " + "\n  - ".join(problems))
 
     def warn_demo(self) -> None:
         global _DEMO_WARNED

@@ -3,8 +3,10 @@ real port, the token vault, browser-like clients, and a log sink that the last t
 Helpers and constants live in oauth_testlib.py."""
 
 import logging
+import uuid
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from oauth_testlib import (
     _LOGGERS,
@@ -12,13 +14,15 @@ from oauth_testlib import (
     CLIENT_SECRET,
     LOG_SINK,
     SANDBOX_TENANTS,
+    SEEN_SECRETS,
     Browser,
     LogSink,
+    drop_role,
     free_port,
     service_env_for,
 )
 
-from oauth_service.db import make_engine
+from oauth_service.db import create_app_login, make_engine
 from oauth_service.settings import Settings
 from oauth_service.vault import TokenVault
 
@@ -68,8 +72,18 @@ def service_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def service_env(sandbox, migrated_database_url, service_port) -> dict[str, str]:
-    return service_env_for(sandbox.url, migrated_database_url, service_port)
+def app_database_url(migrated_database_url) -> Iterator[str]:
+    """The service's and the vault's own login (APP_DATABASE_URL), as in production."""
+    name = f"xero_elt_test_{uuid.uuid4().hex[:10]}"
+    url = create_app_login(migrated_database_url, name)
+    SEEN_SECRETS.add(psycopg.conninfo.conninfo_to_dict(url)["password"])
+    yield url
+    drop_role(migrated_database_url, name)
+
+
+@pytest.fixture(scope="session")
+def service_env(sandbox, migrated_database_url, service_port, app_database_url) -> dict[str, str]:
+    return service_env_for(sandbox.url, migrated_database_url, service_port, app_database_url)
 
 
 @pytest.fixture(scope="session")

@@ -74,9 +74,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def service_env_for(sandbox_url: str, database_url: str, port: int) -> dict[str, str]:
+def service_env_for(sandbox_url: str, database_url: str, port: int, app_database_url: str) -> dict[str, str]:
     return {
         "DATABASE_URL": database_url,
+        "APP_DATABASE_URL": app_database_url,
         "XERO_CLIENT_ID": CLIENT_ID,
         "XERO_CLIENT_SECRET": CLIENT_SECRET,
         "XERO_REDIRECT_URI": f"http://127.0.0.1:{port}/xero/auth/callback",
@@ -155,6 +156,16 @@ class Browser:
 
     def close(self) -> None:
         self.http.close()
+
+
+def drop_role(database_url: str, name: str) -> None:
+    """Drop a login made by create_app_login, ending its sessions first."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,))
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 def stored_tokens(engine, cipher, tenant_id: str) -> tuple[str | None, str | None]:

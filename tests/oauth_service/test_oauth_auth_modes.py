@@ -1,6 +1,9 @@
 """Caller authentication with JWKS (asymmetric keys), and the explicit demo mode the demo runs."""
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -8,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import jwt
+import psutil
 import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -15,7 +19,7 @@ from oauth_testlib import APP_RETURN_URL, free_port, user_jwt
 
 from oauth_service.auth import AuthError, JwtVerifier
 from oauth_service.server import ServiceServer
-from oauth_service.settings import Settings
+from oauth_service.settings import Settings, SettingsError
 
 
 def public_jwk(key, kid: str) -> dict:
@@ -92,13 +96,51 @@ def test_jwks_verifier_accepts_keys_it_publishes_and_nothing_else(jwks_server, s
         verifier.verify(f"Bearer {user_jwt(str(uuid.uuid4()))}")
 
 
-def test_demo_mode_flow_as_the_demo_drives_it(sandbox, tenant_ids, migrated_database_url, service_env):
-    """DEMO_MODE=1, no redirect URI given: the server's own callback URL is used; a requests.Session
-    drives initiate → authorize (302) → callback (302 to APP_RETURN_URL?connected=2)."""
+def demo_env(service_env: dict) -> dict:
+    """What the demo sets: DEMO_MODE=1, the sandbox's URLs, its own secrets; no APP_DATABASE_URL."""
     env = {k: service_env[k] for k in ("DATABASE_URL", "TOKEN_ENCRYPTION_KEY", "AUTH_JWT_SECRET")}
     env.update({k: v for k, v in service_env.items() if k.startswith("XERO_") and k.endswith("_URL")})
     env["DEMO_MODE"] = "1"
-    settings = Settings.from_env(env)
+    return env
+
+
+def test_demo_mode_serves_on_loopback_only(service_env):
+    env = {**{k: v for k, v in os.environ.items() if k != "APP_DATABASE_URL"}, **demo_env(service_env)}
+    port = free_port()
+    command = [sys.executable, "-m", "oauth_service", "serve", "--port", str(port)]
+    everywhere = "0.0.0.0"  # noqa: S104 - what demo mode must refuse
+    refused = subprocess.run(
+        [*command, "--host", everywhere], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2 and "DEMO_MODE=1 listens on loopback only" in refused.stderr
+    with pytest.raises(SettingsError, match="loopback only"):
+        ServiceServer(Settings.from_env(demo_env(service_env)), host=everywhere, port=port).start()
+
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()["demoMode"]:
+                    break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the demo service did not start"
+                time.sleep(0.2)
+        listening = {
+            c.laddr.ip
+            for c in psutil.Process(proc.pid).net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        }
+        assert listening == {"127.0.0.1"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_demo_mode_flow_as_the_demo_drives_it(sandbox, tenant_ids, migrated_database_url, service_env):
+    """DEMO_MODE=1, no redirect URI given: the server's own callback URL is used; a requests.Session
+    drives initiate → authorize (302) → callback (302 to APP_RETURN_URL?connected=2)."""
+    settings = Settings.from_env(demo_env(service_env))
     assert settings.demo_mode and settings.xero_redirect_uri is None
     with ServiceServer(settings, port=free_port()) as service:
         assert service.settings.xero_redirect_uri == f"{service.url}/xero/auth/callback"

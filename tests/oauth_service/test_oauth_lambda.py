@@ -7,6 +7,7 @@ import pytest
 from oauth_testlib import audit_rows, user_jwt
 
 import oauth_service.lambda_handler as lambda_handler
+from oauth_service.settings import SettingsError
 
 
 def api_gateway_event(method: str, path: str, headers: dict[str, str] | None = None) -> dict:
@@ -63,3 +64,13 @@ def test_lambda_handler_serves_health_and_initiate(lambda_env, engine):
 
     denied = lambda_handler.handler(api_gateway_event("GET", "/xero/connections"), None)
     assert denied["statusCode"] == 401
+
+
+def test_lambda_refuses_without_a_dedicated_login_or_in_demo_mode(lambda_env, monkeypatch):
+    monkeypatch.delenv("APP_DATABASE_URL")
+    with pytest.raises(SettingsError, match="APP_DATABASE_URL is required"):
+        lambda_handler.handler(api_gateway_event("GET", "/healthz"), None)
+    monkeypatch.setenv("DEMO_MODE", "1")  # the sandbox URLs are loopback: only the Lambda refuses it
+    with pytest.raises(SettingsError, match="never on Lambda"):
+        lambda_handler.handler(api_gateway_event("GET", "/healthz"), None)
+    assert lambda_handler._adapter is None

@@ -2,8 +2,9 @@
 
 - a dedicated login (APP_DATABASE_URL, made by `create-app-login`) cannot UPDATE/DELETE/TRUNCATE
   app.audit_log nor disable or drop its triggers, and the whole flow works with it;
-- without APP_DATABASE_URL the app's engine runs `SET ROLE xero_elt_app` (defence in depth) and one
-  warning says to configure a dedicated login.
+- the HTTP service refuses to start without APP_DATABASE_URL (outside DEMO_MODE);
+- without it the pipeline's vault runs `SET ROLE xero_elt_app` (defence in depth), one warning says to
+  configure a dedicated login, and a missing role is refused rather than leaving the owner's rights.
 """
 
 import base64
@@ -11,6 +12,9 @@ import hashlib
 import hmac
 import json
 import logging
+import os
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 
@@ -25,6 +29,7 @@ from oauth_testlib import (
     Browser,
     api_get,
     audit_rows,
+    drop_role,
     expire_in_db,
     free_port,
 )
@@ -32,10 +37,11 @@ from sqlalchemy import text
 
 from oauth_service import db
 from oauth_service.__main__ import main as cli
+from oauth_service.app import create_app
 from oauth_service.audit import record_audit
 from oauth_service.events import mark_webhook_events_processed, pending_webhook_events
 from oauth_service.server import ServiceServer
-from oauth_service.settings import SettingsError
+from oauth_service.settings import Settings, SettingsError
 from oauth_service.vault import TokenVault
 
 TAMPERING = {
@@ -49,19 +55,10 @@ TAMPERING = {
 }
 
 
-def _drop_role(server_url: str, name: str) -> None:
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,))
-        conn.execute(f'DROP ROLE IF EXISTS "{name}"')
-
-
 @pytest.fixture(scope="module")
-def app_login(migrated_database_url):
-    name = f"xero_elt_test_{uuid.uuid4().hex[:10]}"
-    url = db.create_app_login(migrated_database_url, name)
-    SEEN_SECRETS.add(psycopg.conninfo.conninfo_to_dict(url)["password"])
-    yield name, url
-    _drop_role(migrated_database_url, name)
+def app_login(app_database_url):
+    """(name, APP_DATABASE_URL) of the session's dedicated login (made by create_app_login)."""
+    return psycopg.conninfo.conninfo_to_dict(app_database_url)["user"], app_database_url
 
 
 def _assert_cannot_tamper(conn, *, dedicated: bool = True) -> None:
@@ -101,8 +98,48 @@ def test_dedicated_login_cannot_change_or_unprotect_the_audit_log(app_login, eng
     assert len(probe) == 1
 
 
-def test_without_app_database_url_the_app_engine_sets_the_app_role(settings, engine, caplog, monkeypatch):
-    assert settings.app_database_url is None
+def test_the_service_refuses_to_start_without_a_dedicated_login(settings, service_env):
+    env = {k: v for k, v in service_env.items() if k != "APP_DATABASE_URL"}
+    with pytest.raises(SettingsError, match="APP_DATABASE_URL is required") as err:
+        Settings.from_env(env)
+    assert "create-app-login" in str(err.value)
+    with pytest.raises(SettingsError, match="APP_DATABASE_URL is required"):  # settings built by hand
+        create_app(settings.replace(app_database_url=None))
+    # the pipeline's vault may do without (it falls back to SET ROLE, tested below)
+    assert Settings.from_env(env, for_service=False).app_database_url is None
+    # as an operator starts it: exit status 2, the reason on stderr, nothing served
+    clean = {k: v for k, v in os.environ.items() if k not in ("APP_DATABASE_URL", "DEMO_MODE")}
+    served = subprocess.run(
+        [sys.executable, "-m", "oauth_service", "serve", "--host", "127.0.0.1", "--port", str(free_port())],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert served.returncode == 2, served.stderr
+    assert "APP_DATABASE_URL is required" in served.stderr and "create-app-login" in served.stderr
+
+
+def test_the_vaults_fallback_refuses_owner_rights_when_the_app_role_is_missing(settings, monkeypatch):
+    vault_settings = settings.replace(app_database_url=None)  # the pipeline's vault, no dedicated login
+    monkeypatch.setattr(db, "APP_ROLE", f"xero_elt_app_missing_{uuid.uuid4().hex[:8]}")
+    eng = db.app_engine(vault_settings, pool_size=1)
+    try:
+        with pytest.raises(SettingsError, match="would keep the rights of DATABASE_URL"):
+            eng.connect()
+    finally:
+        eng.dispose()
+    # the demo (its own local database) goes on with a warning
+    eng = db.app_engine(vault_settings.replace(demo_mode=True), pool_size=1)
+    try:
+        with eng.connect() as conn:
+            assert conn.execute(text("SELECT current_user")).scalar_one() == "postgres"
+    finally:
+        eng.dispose()
+
+
+def test_without_app_database_url_the_vaults_engine_sets_the_app_role(settings, engine, caplog, monkeypatch):
+    settings = settings.replace(app_database_url=None)  # the pipeline's vault, no dedicated login
     monkeypatch.setattr(db, "_LEAST_PRIVILEGE_WARNED", False)
     with caplog.at_level(logging.WARNING, logger="oauth_service.db"):
         engines = [db.app_engine(settings, pool_size=1), db.app_engine(settings, pool_size=1)]
@@ -165,7 +202,7 @@ def test_create_app_login_command(migrated_database_url, monkeypatch, capsys):
         assert cli(["create-app-login", "Robert'); DROP TABLE x;--"]) == 2
         assert capsys.readouterr().out == ""
     finally:
-        _drop_role(migrated_database_url, name)
+        drop_role(migrated_database_url, name)
 
 
 def _sign(body: bytes) -> str:

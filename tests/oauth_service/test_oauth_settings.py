@@ -2,14 +2,30 @@
 
 import pytest
 
-from oauth_service.settings import DEFAULT_SCOPES, DEMO_JWT_SECRET, Settings, SettingsError, generate_key
+from oauth_service.settings import (
+    DEFAULT_SCOPES,
+    DEMO_JWT_SECRET,
+    XERO_URL_NAMES,
+    Settings,
+    SettingsError,
+    generate_key,
+)
 
 KEY = generate_key()
+SANDBOX = "http://127.0.0.1:8999"
+SANDBOX_URLS = {
+    "XERO_AUTHORIZE_URL": f"{SANDBOX}/identity/connect/authorize",
+    "XERO_TOKEN_URL": f"{SANDBOX}/connect/token",
+    "XERO_REVOCATION_URL": f"{SANDBOX}/connect/revocation",
+    "XERO_CONNECTIONS_URL": f"{SANDBOX}/connections",
+    "XERO_API_URL": f"{SANDBOX}/api.xro/2.0",
+}
 
 
 def full_env(**overrides: str) -> dict[str, str]:
     env = {
-        "DATABASE_URL": "postgresql://app:pw@db.example.com:5432/xero",
+        "DATABASE_URL": "postgresql://owner:pw@db.example.com:5432/xero",
+        "APP_DATABASE_URL": "postgresql://xero_elt_service:pw@db.example.com:5432/xero",
         "XERO_CLIENT_ID": "client",
         "XERO_CLIENT_SECRET": "secret",
         "XERO_REDIRECT_URI": "https://api.example.com/xero/auth/callback",
@@ -107,7 +123,9 @@ def test_loopback_xero_urls_allow_plain_http_and_custom_scopes():
 
 def test_demo_mode_is_explicit_and_loud(caplog):
     with caplog.at_level("WARNING", logger="oauth_service.settings"):
-        s = Settings.from_env({"DATABASE_URL": "postgresql://u@localhost/db", "DEMO_MODE": "1"})
+        s = Settings.from_env(
+            {"DATABASE_URL": "postgresql://u@localhost/db", "DEMO_MODE": "1", **SANDBOX_URLS}
+        )
     assert s.demo_mode
     assert s.auth_jwt_secret == DEMO_JWT_SECRET
     assert s.xero_client_id == "sandbox-client-id"
@@ -119,7 +137,7 @@ def test_demo_mode_is_explicit_and_loud(caplog):
 def test_settings_built_by_hand_without_auth_refuse_to_serve():
     s = Settings(database_url="postgresql://u@h/db", token_encryption_keys=(KEY,))
     with pytest.raises(SettingsError, match="AUTH_JWT_SECRET or AUTH_JWKS_URL"):
-        s.check_auth_configured()
+        s.check_service_configured()
     from oauth_service.app import create_app
 
     with pytest.raises(SettingsError):
@@ -131,7 +149,7 @@ def test_state_cookie_optional_is_refused_outside_demo_mode():
         Settings.from_env(full_env(OAUTH_STATE_COOKIE="optional"))
     assert "OAUTH_STATE_COOKIE" in str(err.value) and "DEMO_MODE=1" in str(err.value)
     assert Settings.from_env(full_env(OAUTH_STATE_COOKIE="required")).state_cookie_required
-    demo = Settings.from_env(full_env(OAUTH_STATE_COOKIE="optional", DEMO_MODE="1"))
+    demo = Settings.from_env(full_env(OAUTH_STATE_COOKIE="optional", DEMO_MODE="1", **SANDBOX_URLS))
     assert demo.demo_mode and not demo.state_cookie_required
     # built by hand: the service refuses it too
     from oauth_service.app import create_app
@@ -143,7 +161,11 @@ def test_state_cookie_optional_is_refused_outside_demo_mode():
 
 def test_app_database_url_and_anonymous_audit_settings():
     s = Settings.from_env(full_env())
-    assert s.app_database_url is None and s.anonymous_audit_per_minute == 10
+    assert s.app_database_url and s.anonymous_audit_per_minute == 10
+    with pytest.raises(SettingsError, match="APP_DATABASE_URL is required") as err:
+        Settings.from_env(full_env(APP_DATABASE_URL=None))
+    assert "create-app-login" in str(err.value)
+    assert Settings.from_env(full_env(APP_DATABASE_URL=None), for_service=False).app_database_url is None
     app_url = "postgresql://xero_elt_service:pw@db.example.com:5432/xero"
     s = Settings.from_env(full_env(APP_DATABASE_URL=app_url, AUDIT_ANONYMOUS_PER_MINUTE="3"))
     assert s.app_database_url == app_url and s.anonymous_audit_per_minute == 3
@@ -152,3 +174,27 @@ def test_app_database_url_and_anonymous_audit_settings():
         Settings.from_env(full_env(APP_DATABASE_URL="mysql://u@h/db"))
     with pytest.raises(SettingsError, match="AUDIT_ANONYMOUS_PER_MINUTE"):
         Settings.from_env(full_env(AUDIT_ANONYMOUS_PER_MINUTE="0"))
+
+
+def test_demo_mode_is_refused_against_real_xero():
+    """Demo mode's JWT secret and client credentials are public: it serves only the local sandbox."""
+    with pytest.raises(SettingsError, match="DEMO_MODE=1 serves only against the local sandbox") as err:
+        Settings.from_env({"DATABASE_URL": "postgresql://u@localhost/db", "DEMO_MODE": "1"})
+    assert all(name in str(err.value) for name in XERO_URL_NAMES)
+    # one real URL among the sandbox's is enough to refuse, and is named
+    real_token_url = {**SANDBOX_URLS, "XERO_TOKEN_URL": "https://identity.xero.com/connect/token"}
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env(full_env(DEMO_MODE="1", **real_token_url))
+    assert "XERO_TOKEN_URL point elsewhere" in str(err.value)
+    assert "XERO_API_URL" not in str(err.value)
+    # built by hand: the service refuses it too
+    from oauth_service.app import create_app
+
+    demo = Settings.from_env(full_env(DEMO_MODE="1", **SANDBOX_URLS))
+    with pytest.raises(SettingsError, match="DEMO_MODE=1 serves only against the local sandbox"):
+        create_app(demo.replace(xero_api_url="https://api.xero.com/api.xro/2.0"))
+    # outside demo mode real Xero is of course fine, and the pipeline's vault has no such rule
+    assert not Settings.from_env(full_env()).xero_is_loopback
+    assert Settings.from_env(
+        {"DATABASE_URL": "postgresql://u@localhost/db", "DEMO_MODE": "1"}, for_service=False
+    ).demo_mode
