@@ -8,9 +8,12 @@ POST   /xero/webhooks                 Xero webhooks (x-xero-signature) → 200 e
 GET    /healthz                       liveness and database reachability
 GET    /docs, /openapi.json           OpenAPI documentation
 
-Browser binding of the OAuth `state`: initiate sets an HttpOnly, SameSite=Lax cookie
-(`xero_oauth_browser`) and the callback is accepted only from the browser that carries it. The web
-app must therefore call initiate *with credentials* (`fetch(url, {method: "POST", credentials:
+Browser binding of the OAuth `state`: initiate sets an HttpOnly cookie and the callback is accepted
+only from the browser that carries it. Over https (the request's scheme, e.g. X-Forwarded-Proto from a
+trusted proxy, or an https XERO_REDIRECT_URI) it is `__Host-xero_oauth_browser`, Secure and
+SameSite=None: the web app's fetch to initiate is cross-site, and browsers drop Lax cookies set by
+cross-site fetches. Over plain http (loopback: the demo, tests) it is `xero_oauth_browser`, SameSite=Lax.
+The web app must therefore call initiate *with credentials* (`fetch(url, {method: "POST", credentials:
 "include", headers: {Authorization: "Bearer …"}})`, CORS allows credentials for APP_ORIGIN only),
 and then send that same browser to `authorizationUrl`. OAUTH_STATE_COOKIE=optional (state checked
 without the cookie) exists for the local demo only and is refused unless DEMO_MODE=1.
@@ -53,6 +56,8 @@ log = logging.getLogger("oauth_service.app")
 access_log = logging.getLogger("oauth_service.access")
 
 BINDING_COOKIE = "xero_oauth_browser"
+# The __Host- prefix makes browsers insist on Secure, Path=/ and no Domain.
+SECURE_BINDING_COOKIE = "__Host-" + BINDING_COOKIE
 CALLBACK_PATH = "/xero/auth/callback"
 _ERROR_CODE_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
 
@@ -127,7 +132,13 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     xero = vault.xero
     verifier = JwtVerifier(settings)
     cookie_required = not settings.demo_mode and settings.state_cookie_required
-    cookie_secure = bool(settings.xero_redirect_uri and settings.xero_redirect_uri.startswith("https://"))
+    public_https = bool(settings.xero_redirect_uri and settings.xero_redirect_uri.startswith("https://"))
+
+    def binding_cookie(request: Request) -> tuple[str, dict[str, Any]]:
+        """Name and attributes of the browser-binding cookie, the same for initiate and callback."""
+        if public_https or request.url.scheme == "https":
+            return SECURE_BINDING_COOKIE, {"secure": True, "samesite": "none"}
+        return BINDING_COOKIE, {"secure": False, "samesite": "lax"}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -210,7 +221,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         (and to this browser by an HttpOnly cookie), with PKCE (S256)."""
         state = secrets.token_urlsafe(32)
         code_verifier, challenge = new_pkce_pair()
-        browser = request.cookies.get(BINDING_COOKIE)
+        cookie_name, cookie_attributes = binding_cookie(request)
+        browser = request.cookies.get(cookie_name)
         if not browser or len(browser) < 32 or len(browser) > 128:
             browser = secrets.token_urlsafe(32)
         expires = datetime.now(UTC) + timedelta(seconds=settings.state_ttl_seconds)
@@ -241,13 +253,12 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             )
         url = xero.authorization_url(state, challenge, redirect_uri_for(request))
         response.set_cookie(
-            BINDING_COOKIE,
+            cookie_name,
             browser,
             max_age=settings.state_ttl_seconds,
             httponly=True,
-            samesite="lax",
-            secure=cookie_secure,
             path="/",
+            **cookie_attributes,
         )
         return InitiateResponse(authorizationUrl=url, state=state, expiresAt=expires)
 
@@ -325,7 +336,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             return fail(request, "state_reused" if reused else "invalid_state")
         if record.expires_at < datetime.now(UTC):
             return fail(request, "state_expired", user_id=user_id)
-        cookie = request.cookies.get(BINDING_COOKIE)
+        cookie_name, cookie_attributes = binding_cookie(request)
+        cookie = request.cookies.get(cookie_name)
         if cookie is not None and not hmac.compare_digest(_sha256(cookie), record.browser_binding or ""):
             return fail(
                 request,
@@ -382,7 +394,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         response = RedirectResponse(
             _with_query(settings.app_return_url, connected=len(stored)), status_code=302
         )
-        response.delete_cookie(BINDING_COOKIE, path="/")
+        response.delete_cookie(cookie_name, path="/", httponly=True, **cookie_attributes)
         return response
 
     # ------------------------------------------------------------------ connections

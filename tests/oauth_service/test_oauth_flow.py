@@ -343,3 +343,47 @@ def test_health_and_docs(service):
     assert set(spec["paths"]["/xero/connections/{tenant_id}"]) == {"delete"}
     docs = httpx.get(f"{service.url}/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def _set_cookie(response: httpx.Response) -> tuple[str, str, set[str]]:
+    """(name, value, lower-cased attributes) of the one Set-Cookie header of `response`."""
+    [header] = response.headers.get_list("set-cookie")
+    pair, *attributes = (part.strip() for part in header.split(";"))
+    name, _, value = pair.partition("=")
+    return name, value, {a.lower() for a in attributes}
+
+
+def test_binding_cookie_over_https_survives_a_cross_site_fetch(make_browser, tenant_ids, engine):
+    """The web app (another site) fetches initiate: browsers keep a cookie set by that cross-site
+    response only when it is SameSite=None (hence Secure). Over https the cookie is
+    `__Host-xero_oauth_browser; Secure; SameSite=None; Path=/` (no Domain), and the callback reads it."""
+    https = {"X-Forwarded-Proto": "https"}  # from the TLS-terminating proxy (a trusted, loopback peer)
+    user = make_browser()
+    r = user.http.post(f"{user.service.url}/xero/auth/initiate", headers={**user.auth, **https})
+    assert r.status_code == 200, r.text
+    name, value, attributes = _set_cookie(r)
+    assert name == "__Host-xero_oauth_browser" and len(value) >= 32
+    assert {"secure", "httponly", "samesite=none", "path=/"} <= attributes
+    assert not any(a.startswith("domain") for a in attributes)
+
+    consent = user.http.get(r.json()["authorizationUrl"] + f"&sandbox_tenants={tenant_ids[5]}")
+    callback_url = consent.headers["location"]
+    # the same browser, over https: the secure cookie binds the state, and is cleared (still Secure)
+    done = httpx.get(callback_url, headers={**https, "Cookie": f"{name}={value}"})
+    assert done.status_code == 302 and done.headers["location"].endswith("?connected=1")
+    cleared_name, _, cleared = _set_cookie(done)
+    assert cleared_name == name and {"secure", "samesite=none", "path=/"} <= cleared
+    assert [r.tenant_id for r in rows_for_user(engine, user.user_id)] == [tenant_ids[5]]
+
+    # over https only the __Host- cookie counts: the plain name is no binding there
+    init = user.http.post(f"{user.service.url}/xero/auth/initiate", headers={**user.auth, **https}).json()
+    consent = user.http.get(init["authorizationUrl"] + f"&sandbox_tenants={tenant_ids[5]}")
+    plain = httpx.get(consent.headers["location"], headers={**https, "Cookie": f"xero_oauth_browser={value}"})
+    assert plain.headers["location"].endswith("?error=state_mismatch")
+
+
+def test_binding_cookie_over_plain_http_loopback_is_lax(browser):
+    r = browser.http.post(f"{browser.service.url}/xero/auth/initiate", headers=browser.auth)
+    name, _, attributes = _set_cookie(r)
+    assert name == "xero_oauth_browser"
+    assert {"httponly", "samesite=lax", "path=/"} <= attributes and "secure" not in attributes
