@@ -50,7 +50,7 @@ from oauth_service.vault import (
     TokenVault,
     VaultError,
 )
-from oauth_service.xero import XeroError, new_pkce_pair, unverified_claims
+from oauth_service.xero import TokenSet, XeroError, fitting_id, new_pkce_pair, unverified_claims
 
 log = logging.getLogger("oauth_service.app")
 access_log = logging.getLogger("oauth_service.access")
@@ -270,11 +270,12 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         user_id: str | None = None,
         outcome: str = "failure",
         detail: str | None = None,
+        **metadata: Any,
     ) -> RedirectResponse:
         audit_args: dict[str, Any] = {
             "outcome": outcome,
             "table_accessed": "app.oauth_states",
-            "metadata": {"error": code, **({"detail": detail} if detail else {})},
+            "metadata": {"error": code, **({"detail": detail} if detail else {}), **metadata},
         }
         if user_id is None:  # no valid state: anonymous, audited within a bound per source and minute
             anonymous_audit.record("xero_callback_failed", ip_address=_client_ip(request), **audit_args)
@@ -284,6 +285,17 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             )
         log.info("callback failed: %s%s", code, f" ({detail})" if detail else "")
         return RedirectResponse(_with_query(settings.app_return_url, error=code), status_code=302)
+
+    def abandon(request: Request, tokens: TokenSet, code: str, *, user_id: str, detail: str | None = None):
+        """A failure after the code exchange: the new tokens will never be stored, so revoke them at Xero
+        (best effort; Xero then drops this authorisation's connections) before failing as usual."""
+        try:
+            xero.revoke(tokens.refresh_token)
+            revoked = True
+        except XeroError as exc:
+            log.warning("could not revoke the abandoned authorisation at Xero: %s", exc)
+            revoked = False
+        return fail(request, code, user_id=user_id, detail=detail, revoked=revoked)
 
     @app.get(
         CALLBACK_PATH,
@@ -354,19 +366,6 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
                 outcome="denied",
                 detail="no browser binding cookie",
             )
-        if request.headers.get("authorization"):
-            try:
-                caller = verifier.verify(request.headers.get("authorization"))
-            except AuthError:
-                caller = None
-            if caller is None or caller.user_id != user_id:
-                return fail(
-                    request,
-                    "state_mismatch",
-                    user_id=user_id,
-                    outcome="denied",
-                    detail="state was issued to another user",
-                )
         if not code:
             return fail(request, "missing_code", user_id=user_id)
 
@@ -379,17 +378,22 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         try:
             tenants = xero.connections(tokens.access_token)
         except XeroError as exc:
-            return fail(request, "connections_failed", user_id=user_id, detail=str(exc))
+            return abandon(request, tokens, "connections_failed", user_id=user_id, detail=str(exc))
         event_id = unverified_claims(tokens.access_token).get("authentication_event_id")
         if event_id and any(t.get("authEventId") == event_id for t in tenants):
             tenants = [t for t in tenants if t.get("authEventId") == event_id]
-        tenants = [t for t in tenants if t.get("tenantId")]
+        tenants = [t for t in tenants if fitting_id(t.get("tenantId"), 255)]
         if not tenants:
-            return fail(request, "no_tenants", user_id=user_id)
-        with engine.begin() as conn:
-            stored = vault.store_authorization(
-                conn, user_id=user_id, tokens=tokens, tenants=tenants, ip_address=_client_ip(request)
-            )
+            return abandon(request, tokens, "no_tenants", user_id=user_id)
+        try:
+            with engine.begin() as conn:
+                stored = vault.store_authorization(
+                    conn, user_id=user_id, tokens=tokens, tenants=tenants, ip_address=_client_ip(request)
+                )
+        except Exception as exc:  # noqa: BLE001 - e.g. the database: the user gets a clear error, not a 500
+            # The exception's text may quote statement parameters (encrypted tokens): only its type is kept.
+            log.error("storing the connections of user %s failed: %s", user_id, type(exc).__name__)
+            return abandon(request, tokens, "store_failed", user_id=user_id, detail=type(exc).__name__)
         log.info("user %s connected %d Xero tenant(s)", user_id, len(stored))
         response = RedirectResponse(
             _with_query(settings.app_return_url, connected=len(stored)), status_code=302

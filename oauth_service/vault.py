@@ -28,7 +28,7 @@ from oauth_service.audit import record_audit
 from oauth_service.crypto import TokenCipher
 from oauth_service.db import app_engine
 from oauth_service.settings import Settings
-from oauth_service.xero import TokenSet, XeroClient, XeroError
+from oauth_service.xero import TokenSet, XeroClient, XeroError, clipped_text, fitting_id
 
 log = logging.getLogger("oauth_service.vault")
 
@@ -426,7 +426,9 @@ class TokenVault:
         tenants: Sequence[dict[str, Any]],
         ip_address: str | None = None,
     ) -> list[str]:
-        """Upsert one connection row per tenant of a fresh authorisation (one new grant). Audited."""
+        """Upsert one connection row per tenant of a fresh authorisation (one new grant). Audited.
+
+        Xero's fields are fitted to the columns; a tenant without a usable tenantId is skipped."""
         grant_id = str(uuid.uuid4())
         access = self.cipher.encrypt(tokens.access_token)
         refresh = self.cipher.encrypt(tokens.refresh_token)
@@ -434,7 +436,10 @@ class TokenVault:
         scopes = tokens.scope or " ".join(self.settings.xero_scopes)
         stored: list[str] = []
         for t in tenants:
-            tenant_id = str(t["tenantId"])
+            tenant_id = fitting_id(t.get("tenantId"), 255)
+            if tenant_id is None:
+                log.warning("Xero listed a connection without a usable tenantId: skipped")
+                continue
             previous = conn.execute(
                 text("SELECT user_id, status FROM app.xero_connections WHERE tenant_id = :t FOR UPDATE"),
                 {"t": tenant_id},
@@ -462,18 +467,18 @@ class TokenVault:
                 {
                     "u": str(user_id),
                     "t": tenant_id,
-                    "name": t.get("tenantName"),
-                    "type": t.get("tenantType"),
+                    "name": clipped_text(t.get("tenantName"), 255),
+                    "type": clipped_text(t.get("tenantType"), 32),
                     "a": access,
                     "r": refresh,
                     "e": expires,
                     "s": scopes,
-                    "cid": t.get("id"),
-                    "aeid": t.get("authEventId"),
+                    "cid": fitting_id(t.get("id"), 64),
+                    "aeid": fitting_id(t.get("authEventId"), 64),
                     "g": grant_id,
                 },
             ).scalar_one()
-            meta: dict[str, Any] = {"tenant_name": t.get("tenantName"), "grant": grant_id}
+            meta: dict[str, Any] = {"tenant_name": clipped_text(t.get("tenantName"), 255), "grant": grant_id}
             if previous is not None:
                 meta["previous_status"] = previous.status
                 if str(previous.user_id) != str(user_id):

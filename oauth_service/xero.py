@@ -67,6 +67,22 @@ class TokenSet:
         return f"TokenSet(expires_at={self.expires_at!r}, scope={self.scope!r})"
 
 
+# What Xero sends is fitted to our columns before it is stored: descriptive text is cut to length, an
+# identifier that does not fit is dropped (a cut identifier would name something else).
+def clipped_text(value: Any, limit: int) -> str | None:
+    """A non-empty string cut to `limit` characters (NULs removed: PostgreSQL refuses them); else None."""
+    if not isinstance(value, str):
+        return None
+    return value.replace("\x00", "")[:limit] or None
+
+
+def fitting_id(value: Any, limit: int) -> str | None:
+    """A non-empty string of at most `limit` characters without NULs; else None."""
+    if isinstance(value, str) and value and len(value) <= limit and "\x00" not in value:
+        return value
+    return None
+
+
 def new_pkce_pair() -> tuple[str, str]:
     verifier = secrets.token_urlsafe(64)[:128]
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=")
@@ -221,7 +237,7 @@ class XeroClient:
             raise XeroError("GET /connections answered no JSON", transient=True) from None
         if not isinstance(data, list):
             raise XeroError("GET /connections answered something other than a list")
-        return data
+        return [c for c in data if isinstance(c, dict)]
 
     def delete_connection(self, access_token: str, connection_id: str) -> int:
         """DELETE /connections/{id}; returns the HTTP status (204, or 404 when already gone)."""

@@ -14,6 +14,7 @@ from oauth_testlib import (
     CLIENT_SECRET,
     LOG_SINK,
     SANDBOX_TENANTS,
+    SECOND_XERO_USER,
     SEEN_SECRETS,
     Browser,
     LogSink,
@@ -47,9 +48,14 @@ def _capture_logs() -> Iterator[LogSink]:
 
 @pytest.fixture(scope="session")
 def sandbox():
-    from xero_sandbox import SandboxConfig, SandboxServer
+    from xero_sandbox import SandboxConfig, SandboxServer, UserConfig
 
     config = SandboxConfig(
+        # a second Xero user, for tests whose authorisations must not touch the first one's connections
+        users=[
+            UserConfig("sandbox-user", "demo@sandbox.invalid"),
+            UserConfig(SECOND_XERO_USER, "second@sandbox.invalid"),
+        ],
         seed=42,
         tenants=SANDBOX_TENANTS,
         invoices_per_tenant=5,

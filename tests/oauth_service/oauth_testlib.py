@@ -20,6 +20,7 @@ JWT_SECRET = "test-jwt-secret-" + uuid.uuid4().hex
 WEBHOOK_KEY = "test-webhook-key-" + uuid.uuid4().hex
 TOKEN_KEY = generate_key()
 SANDBOX_TENANTS = 8
+SECOND_XERO_USER = "second-xero-user"
 
 # Every token a test sees; the last test checks none of them is in clear in the database or the logs.
 SEEN_TOKENS: set[str] = set()
@@ -218,6 +219,11 @@ def sandbox_admin(sandbox, method: str, path: str, **kwargs) -> httpx.Response:
     r = httpx.request(method, f"{sandbox.url}/__sandbox/{path}", timeout=30, **kwargs)
     assert r.status_code < 400, r.text
     return r
+
+
+def xero_connection_ids(sandbox) -> set[str]:
+    """The ids of every connection the sandbox (Xero) holds."""
+    return {c["id"] for c in sandbox_admin(sandbox, "GET", "identity").json()["connections"]}
 
 
 def refresh_worker(env: dict, tenant_id: str, barrier, queue, log_path: str) -> None:

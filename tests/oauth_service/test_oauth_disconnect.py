@@ -9,7 +9,7 @@ wrong client secret.
 """
 
 import pytest
-from oauth_testlib import Browser, audit_rows, expire_in_db, free_port, sandbox_admin, stored_tokens
+from oauth_testlib import Browser, audit_rows, expire_in_db, free_port, stored_tokens, xero_connection_ids
 from sqlalchemy import text
 
 from oauth_service.server import ServiceServer
@@ -43,10 +43,6 @@ def row_of(engine, tenant_id: str):
             ),
             {"t": tenant_id},
         ).one()
-
-
-def xero_connection_ids(sandbox) -> set[str]:
-    return {c["id"] for c in sandbox_admin(sandbox, "GET", "identity").json()["connections"]}
 
 
 def delete(browser: Browser, service, tenant_id: str):

@@ -12,11 +12,13 @@ from oauth_testlib import (
     CLIENT_ID,
     CLIENT_SECRET,
     JWT_SECRET,
+    SECOND_XERO_USER,
     SEEN_TOKENS,
     api_get,
     audit_rows,
     stored_tokens,
     user_jwt,
+    xero_connection_ids,
 )
 from sqlalchemy import text
 
@@ -164,31 +166,31 @@ class TestState:
         assert rows_for_user(engine, browser.user_id) == []
         assert _failed(engine, browser.user_id, "state_expired")
 
-    def test_other_users_state(self, browser, make_browser, tenant_ids, engine):
-        # the callback arrives with another signed-in user's JWT
-        init = browser.initiate()
-        url = browser.authorize(init["authorizationUrl"], sandbox_tenants=tenant_ids[3])
-        intruder = make_browser()
-        assert browser.callback(url, Authorization=intruder.auth["Authorization"]) == {
-            "error": ["state_mismatch"]
-        }
-        assert rows_for_user(engine, browser.user_id) == [] and rows_for_user(engine, intruder.user_id) == []
-        assert _failed(engine, browser.user_id, "state_mismatch")
-
-    def test_state_completed_in_another_browser(self, browser, make_browser, tenant_ids, engine):
-        # login CSRF: an attacker's state completed in a victim's browser (which has its own cookie)
-        init = browser.initiate()
-        url = browser.authorize(init["authorizationUrl"], sandbox_tenants=tenant_ids[3])
-        victim = make_browser()
-        victim.initiate()  # the victim's browser holds its own binding cookie
+    def test_other_users_state(self, make_browser, tenant_ids, engine):
+        """The attack the binding cookie stops: an attacker starts a connection (his own state, his own
+        Xero organisation) and gets the victim's browser to open the callback URL, e.g. through a link.
+        The victim is signed in and holds a binding cookie of her own; a browser arriving with no
+        binding cookie at all is refused too. Nothing is stored, for either user."""
+        attacker, victim = make_browser(), make_browser()
+        init = attacker.initiate()
+        url = attacker.authorize(init["authorizationUrl"], sandbox_tenants=tenant_ids[3])
+        victims_own = victim.initiate()  # her browser holds its own binding cookie (and pending state)
         assert victim.callback(url) == {"error": ["state_mismatch"]}
-        # and a browser with no binding cookie at all
-        bare = make_browser()
-        assert bare.callback(url) == {"error": ["state_reused"]}
-        init = browser.initiate()
-        url = browser.authorize(init["authorizationUrl"], sandbox_tenants=tenant_ids[3])
+        [denied] = _failed(engine, attacker.user_id, "state_mismatch")
+        assert denied.outcome == "denied"
+        assert denied.metadata["detail"] == "state was issued to another browser"
+        assert victim.callback(url) == {"error": ["state_reused"]}  # the attacker's state is spent
+
+        init = attacker.initiate()
+        url = attacker.authorize(init["authorizationUrl"], sandbox_tenants=tenant_ids[3])
+        bare = make_browser(victim.user_id)  # signed in as the victim, but no binding cookie
         assert bare.callback(url) == {"error": ["state_mismatch"]}
-        assert rows_for_user(engine, browser.user_id) == []
+        assert rows_for_user(engine, attacker.user_id) == [] and rows_for_user(engine, victim.user_id) == []
+
+        # her own flow, in her own browser, still works
+        own = victim.authorize(victims_own["authorizationUrl"], sandbox_tenants=tenant_ids[3])
+        assert victim.callback(own) == {"connected": ["1"]}
+        assert [r.tenant_id for r in rows_for_user(engine, victim.user_id)] == [tenant_ids[3]]
 
     def test_missing_state_and_code(self, browser):
         assert browser.callback(f"{browser.service.url}/xero/auth/callback?code=abc") == {
@@ -387,3 +389,45 @@ def test_binding_cookie_over_plain_http_loopback_is_lax(browser):
     name, _, attributes = _set_cookie(r)
     assert name == "xero_oauth_browser"
     assert {"httponly", "samesite=lax", "path=/"} <= attributes and "secure" not in attributes
+
+
+def test_a_failure_to_store_the_connections_is_audited_and_the_new_grant_revoked(
+    make_browser, sandbox, tenant_ids, engine
+):
+    """After the code exchange the database refuses the connection rows: the browser still gets
+    APP_RETURN_URL?error=store_failed (not a 500), the failure is audited, and the tokens nobody will
+    keep are revoked at Xero (which drops the authorisation's connection)."""
+    user = make_browser()
+    guard = f"refuse_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:  # the owner adds a trigger that refuses this user's rows only
+        conn.execute(
+            text(
+                f"CREATE FUNCTION app.{guard}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF NEW.user_id = '{user.user_id}' THEN RAISE EXCEPTION 'refused by the test'; END IF; "
+                "RETURN NEW; END $$"
+            )
+        )
+        conn.execute(
+            text(
+                f"CREATE TRIGGER {guard} BEFORE INSERT OR UPDATE ON app.xero_connections "
+                f"FOR EACH ROW EXECUTE FUNCTION app.{guard}()"
+            )
+        )
+    try:
+        before = xero_connection_ids(sandbox)
+        init = user.initiate()
+        url = user.authorize(
+            init["authorizationUrl"], sandbox_tenants=tenant_ids[1], sandbox_user=SECOND_XERO_USER
+        )
+        made = xero_connection_ids(sandbox) - before
+        assert len(made) == 1  # Xero made the connection when the user consented
+        assert user.callback(url) == {"error": ["store_failed"]}
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP TRIGGER {guard} ON app.xero_connections"))
+            conn.execute(text(f"DROP FUNCTION app.{guard}()"))
+    assert rows_for_user(engine, user.user_id) == []
+    [failed] = _failed(engine, user.user_id, "store_failed")
+    assert failed.outcome == "failure" and failed.metadata["revoked"] is True
+    assert "refused by the test" not in str(failed.metadata)  # the exception's type only, never its text
+    assert made.isdisjoint(xero_connection_ids(sandbox))  # revoked: Xero dropped the connection

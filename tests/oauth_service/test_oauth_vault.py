@@ -251,3 +251,39 @@ def test_wrong_client_secret_is_a_configuration_error_and_changes_no_connection(
     SEEN_TOKENS.add(token)
     assert api_get(sandbox, token, tenant).status_code == 200
     assert status_of(engine, tenant).status == "active"
+
+
+def test_odd_connection_fields_from_xero_are_fitted_to_the_columns(create_database):
+    """Xero's /connections answer is stored as far as it fits: descriptive text is cut, identifiers that
+    do not fit are dropped (a cut id would name another connection), unusable tenants are skipped."""
+    url = create_database("odd")
+    migrations.upgrade(url)
+    engine = make_engine(url, pool_size=1)
+    settings = Settings(database_url=url, token_encryption_keys=(generate_key(),), auth_jwt_secret="x" * 40)
+    tenant = str(uuid.uuid4())
+    odd = {
+        "tenantId": tenant,
+        "tenantType": "ORGANISATION" * 4,
+        "tenantName": "N" * 300 + "\x00",
+        "id": "c" * 100,
+        "authEventId": "e" * 65,
+    }
+    try:
+        vault = TokenVault(settings, engine)
+        tokens = TokenSet("access-" + uuid.uuid4().hex, "refresh-" + uuid.uuid4().hex, time.time() + 1800)
+        with engine.begin() as conn:
+            stored = vault.store_authorization(
+                conn,
+                user_id=str(uuid.uuid4()),
+                tokens=tokens,
+                tenants=[odd, {"tenantId": 12345}, {"tenantId": "t" * 256}, {"tenantName": "no id"}],
+            )
+        assert stored == [tenant]
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT * FROM app.xero_connections")).one()
+        assert row.tenant_id == tenant and row.tenant_type == ("ORGANISATION" * 4)[:32]
+        assert row.tenant_name == "N" * 255
+        assert row.xero_connection_id is None and row.auth_event_id is None
+        assert vault.access_token_for(tenant) == tokens.access_token
+    finally:
+        engine.dispose()
