@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -18,6 +20,7 @@ from .data import TenantData
 from .faults import Fault
 from .http_identity import problem
 from .identity import ApiAuthError
+from .limits import Decision
 from .query import (
     PAGED,
     ValidationError,
@@ -90,7 +93,7 @@ def envelope(sb: Sandbox, key: str, items: list[dict], pagination: dict | None =
 def routes(sb: Sandbox) -> list[Route]:
     ident = sb.identity
 
-    async def api(request: Request) -> Response:
+    async def api(request: Request) -> Response | InFlight:
         endpoint = request.path_params["endpoint"]
         rest = request.path_params.get("rest", "")
         parts = [p for p in rest.split("/") if p]
@@ -109,42 +112,80 @@ def routes(sb: Sandbox) -> list[Route]:
             sb.record_call(tenant_hdr or "-", stat_name, resp.status_code, len(resp.body))
             return resp
         t = sb.by_id[tenant_hdr]
-        decision = sb.limiter.acquire(tenant_hdr, at.grant.client_id)
+        app = at.grant.client_id
+        decision = sb.limiter.acquire(tenant_hdr, app)
         if not decision.allowed:
             resp = problem(429, f"Rate limit exceeded: {decision.problem}")
             resp.headers.update(decision.headers)
             sb.record_call(tenant_hdr, stat_name, 429, len(resp.body))
             return resp
+        # The call is now in flight: its slot is held until the answer has been produced and sent.
         try:
             page_raw = request.query_params.get("page")
             page = int(page_raw) if page_raw and page_raw.isdigit() else None
             fault = sb.faults.pick(tenant_hdr, endpoint, page)
-            latency = sb.cfg.faults.latency_ms / 1000
+            delay = sb.cfg.faults.latency_ms / 1000
             if fault is not None and fault.kind == "slow":
-                latency += fault.seconds
-            if latency:
-                await asyncio.sleep(latency)
-            try:
-                resp = _answer(sb, t, request, endpoint, parts, fault)
-            except Exception:  # a sandbox bug must still look like Xero's 500, and be visible in the log
-                log.exception("sandbox error answering %s", request.url)
-                resp = problem(500, ERROR_500)
-            headers = decision.headers
-            if fault is not None and fault.kind == "429":
-                # An injected 429 looks like a real minute-limit 429: no quota used, the minute limit at 0.
-                headers = sb.limiter.refund(tenant_hdr, at.grant.client_id, decision.at_ms)
-                headers["X-MinLimit-Remaining"] = "0"
-            resp.headers.update(headers)
-            resp.headers["Xero-Correlation-Id"] = str(uuid.uuid4())
-            sb.record_call(tenant_hdr, stat_name, resp.status_code, len(resp.body))
-            return resp
-        finally:
+                delay += fault.seconds
+            if delay:
+                sb.record_delay(tenant_hdr, stat_name, delay)
+                await asyncio.sleep(delay)
+            # Produced in a worker thread, so the event loop keeps accepting (and limiting) other calls.
+            resp = await run_in_threadpool(
+                _respond, sb, t, request, endpoint, parts, fault, decision, app, stat_name
+            )
+        except BaseException:
             sb.limiter.release(tenant_hdr)
+            raise
+        return InFlight(resp, lambda: sb.limiter.release(tenant_hdr))
 
     return [
         Route("/api.xro/2.0/{endpoint}", api, methods=["GET"]),
         Route("/api.xro/2.0/{endpoint}/{rest:path}", api, methods=["GET"]),
     ]
+
+
+def _respond(
+    sb: Sandbox,
+    t: TenantData,
+    request: Request,
+    endpoint: str,
+    parts: list[str],
+    fault: Fault | None,
+    decision: Decision,
+    app: str,
+    stat_name: str,
+) -> Response:
+    tenant_id = t.info.tenant_id
+    try:
+        resp = _answer(sb, t, request, endpoint, parts, fault)
+    except Exception:  # a sandbox bug must still look like Xero's 500, and be visible in the log
+        log.exception("sandbox error answering %s", request.url)
+        resp = problem(500, ERROR_500)
+    headers = decision.headers
+    if fault is not None and fault.kind == "429":
+        # An injected 429 looks like a real minute-limit 429: no quota used, the minute limit at 0.
+        headers = sb.limiter.refund(tenant_id, app, decision.at_ms)
+        headers["X-MinLimit-Remaining"] = "0"
+    resp.headers.update(headers)
+    resp.headers["Xero-Correlation-Id"] = str(uuid.uuid4())
+    sb.record_call(tenant_id, stat_name, resp.status_code, len(resp.body))
+    sb.wait_while_held(tenant_id)
+    return resp
+
+
+class InFlight:
+    """Sends a response, then frees the call's concurrency slot (also when the client went away)."""
+
+    def __init__(self, response: Response, release: Callable[[], None]) -> None:
+        self.response = response
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.response(scope, receive, send)
+        finally:
+            self.release()
 
 
 def unitdp(params: dict[str, str]) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from . import serialise
@@ -39,8 +40,9 @@ class Sandbox:
         self.data_lock = threading.RLock()
         self._stats_lock = threading.Lock()
         self._stats: dict[tuple[str, str], dict[str, Any]] = defaultdict(
-            lambda: {"calls": 0, "bytes": 0, "status": defaultdict(int)}
+            lambda: {"calls": 0, "bytes": 0, "status": defaultdict(int), "delay_ms": 0}
         )
+        self._hold: tuple[threading.Event, str | None, float] | None = None  # see hold_calls
         self._truth_cache: dict[tuple, dict] = {}
         from .webhooks import WebhookDispatcher  # late import: webhooks needs the serialiser only
 
@@ -208,6 +210,29 @@ class Sandbox:
             s["bytes"] += nbytes
             s["status"][str(status)] += 1
 
+    def record_delay(self, tenant_id: str, endpoint: str, seconds: float) -> None:
+        """Latency the sandbox injected (``latency_ms``, ``slow`` faults), so tests can see what it added."""
+        with self._stats_lock:
+            self._stats[(tenant_id, endpoint)]["delay_ms"] += round(seconds * 1000)
+
+    @contextmanager
+    def hold_calls(self, tenant_id: str | None = None, timeout: float = 30.0) -> Iterator[None]:
+        """While the block runs, admitted accounting calls (to one tenant, or any) wait once their answer is
+        ready, before it is sent, so they stay in flight as long as a test needs without injected latency;
+        never longer than ``timeout`` seconds each."""
+        gate = threading.Event()
+        self._hold = (gate, tenant_id, timeout)
+        try:
+            yield
+        finally:
+            self._hold = None
+            gate.set()
+
+    def wait_while_held(self, tenant_id: str) -> None:
+        hold = self._hold
+        if hold is not None and hold[1] in (None, tenant_id):
+            hold[0].wait(hold[2])
+
     def stats(self) -> dict:
         with self._stats_lock:
             rows = [
@@ -217,6 +242,7 @@ class Sandbox:
                     "calls": v["calls"],
                     "bytes": v["bytes"],
                     "status": dict(v["status"]),
+                    "injectedDelayMs": v["delay_ms"],
                 }
                 for k, v in sorted(self._stats.items())
             ]

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 from urllib.parse import quote
 from urllib.request import Request as UrlRequest
@@ -189,6 +190,10 @@ class SandboxServer:
 
     def reset_stats(self, limits: bool = True) -> None:
         self.sandbox.reset_stats(limits)
+
+    def hold_calls(self, tenant_id: str | None = None, timeout: float = 30.0) -> AbstractContextManager[None]:
+        """``with sb.hold_calls(tid):`` admitted accounting calls stay in flight until the block ends."""
+        return self.sandbox.hold_calls(tenant_id, timeout)
 
     def add_fault(self, kind: str, **kw: Any) -> FaultRule:
         return self.sandbox.add_fault(kind=kind, **kw)

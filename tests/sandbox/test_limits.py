@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import requests
 
 from xero_sandbox import LimitConfig, SandboxConfig
 from xero_sandbox.pytest_plugin import sandbox_token
+
+from .conftest import asgi_get
+
+LIMIT_HEADERS = ("X-DayLimit-Remaining", "X-MinLimit-Remaining", "X-AppMinLimit-Remaining")
 
 
 class Client:
@@ -94,29 +101,84 @@ def test_app_minute_limit_across_tenants(xero_sandbox_factory) -> None:
     assert c.get().status_code == 200
 
 
-def test_concurrent_limit_5_in_flight(xero_sandbox_server) -> None:
-    sb = xero_sandbox_server
-    c = Client(sb)
+def test_parallel_clients_beyond_5_in_flight_get_concurrent_429s(xero_sandbox_factory) -> None:
+    """20 threads ask one tenant for a 1000-invoice page at once, with no latency injected. The sandbox holds
+    each admitted call once its answer is ready, so exactly 5 are in flight whatever the timing: the other 15
+    must be refused (which needs calls to be handled concurrently: a server that produced answers on its
+    event loop would block on the first held call and answer nothing)."""
+    sb = xero_sandbox_factory(tenants=2, invoices_per_tenant=1000)
+    token = sandbox_token(sb)["access_token"]
     tid = sb.tenants[0].tenant_id
-    sb.add_fault("slow", times=5, seconds=1.5)
-    results: list[int] = []
-    threads = [
-        threading.Thread(target=lambda: results.append(Client(sb).get().status_code)) for _ in range(5)
-    ]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 20
-    while sb.stats()["tenants"][tid]["limitsRemaining"]["concurrent"] > 0:
-        assert time.monotonic() < deadline, "the slow calls never got in flight"
-        time.sleep(0.01)
-    r = c.get()
-    assert r.status_code == 429 and r.headers["X-Rate-Limit-Problem"] == "concurrent"
-    assert r.headers["Retry-After"] == "1"
-    assert c.get(tenant=1).status_code == 200  # another tenant is unaffected
-    for t in threads:
-        t.join()
-    assert results == [200] * 5
-    assert c.get().status_code == 200
+    start = threading.Barrier(20)
+
+    def call() -> requests.Response:
+        start.wait(timeout=30)
+        return requests.get(
+            f"{sb.api_url}/Invoices",
+            params={"page": 1, "pageSize": 1000},
+            headers={"Authorization": f"Bearer {token}", "xero-tenant-id": tid, "Accept": "application/json"},
+            timeout=60,
+        )
+
+    with ThreadPoolExecutor(20) as pool:
+        with sb.hold_calls(tid):
+            calls = [pool.submit(call) for _ in range(20)]
+            refused = []
+            for f in as_completed(calls, timeout=60):
+                refused.append(f.result())
+                if len(refused) == 15:
+                    break
+            assert sb.stats()["tenants"][tid]["limitsRemaining"]["concurrent"] == 0
+            other = Client(sb).get(tenant=1)  # another tenant is unaffected
+        answered = [f.result(timeout=60) for f in calls if f.result(timeout=60) not in refused]
+    assert other.status_code == 200
+    for r in refused:
+        assert r.status_code == 429, r.text
+        assert r.headers["X-Rate-Limit-Problem"] == "concurrent" and r.headers["Retry-After"] == "1"
+        assert r.json()["Status"] == 429
+        for header in LIMIT_HEADERS:
+            assert header in r.headers
+    assert [r.status_code for r in answered] == [200] * 5
+    assert all(len(r.json()["Invoices"]) == 1000 for r in answered)
+    # refused calls cost nothing: the five answered ones are all the minute window holds
+    assert answered[0].headers["X-MinLimit-Remaining"] in {str(60 - n) for n in range(1, 6)}
+    assert sb.stats()["tenants"][tid]["limitsRemaining"] == {
+        "day": 4995, "minute": 55, "app_minute": 9994, "concurrent": 5
+    }
+
+
+def test_the_slot_is_held_until_the_answer_is_sent(xero_sandbox_server) -> None:
+    """A call stays in flight while its body is being sent: a slow reader keeps its slot."""
+    sb = xero_sandbox_server
+    tid = sb.tenants[0].tenant_id
+    headers = {
+        "Authorization": f"Bearer {sandbox_token(sb)['access_token']}",
+        "xero-tenant-id": tid,
+        "Accept": "application/json",
+    }
+
+    def in_flight() -> int:
+        return 5 - sb.sandbox.limiter.remaining(tid, sb.config.client_id)["concurrent"]
+
+    async def scenario() -> list[int]:
+        sending, reader_ready = asyncio.Event(), asyncio.Event()
+
+        async def slow_reader() -> None:
+            sending.set()
+            await reader_ready.wait()
+
+        slow = [asyncio.create_task(asgi_get(sb, "/api.xro/2.0/Invoices", headers, on_body=slow_reader))]
+        await sending.wait()
+        seen = [in_flight()]
+        more = [asyncio.create_task(asgi_get(sb, "/api.xro/2.0/Organisation", headers)) for _ in range(4)]
+        await asyncio.gather(*more)  # fast readers come and go while the slow one is still being sent
+        seen.append(in_flight())
+        reader_ready.set()
+        status, _, body = (await asyncio.gather(*slow))[0]
+        assert status == 200 and json.loads(body)["Invoices"]
+        return [*seen, in_flight()]
+
+    assert asyncio.run(scenario()) == [1, 1, 0]
 
 
 def test_accelerated_clock_makes_a_minute_short(xero_sandbox_factory) -> None:
@@ -178,9 +240,6 @@ def test_429_answers_of_every_endpoint_carry_headers(xero_sandbox_factory) -> No
     stats = sb.stats()["tenants"][sb.tenants[0].tenant_id]
     assert stats["limitsRemaining"]["minute"] == 0
     assert stats["calls"] == 7
-
-
-LIMIT_HEADERS = ("X-DayLimit-Remaining", "X-MinLimit-Remaining", "X-AppMinLimit-Remaining")
 
 
 def test_401_and_403_answers_carry_the_limit_headers(xero_sandbox_factory) -> None:
