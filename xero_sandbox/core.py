@@ -9,9 +9,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import serialise
+from .balances import Balances, ContactBalances
 from .clock import SandboxClock
 from .config import FaultConfig, SandboxConfig
-from .data import TenantData, TenantInfo, cents_to_decimal
+from .data import DAY_MS, TenantData, TenantInfo, cents_to_decimal
 from .faults import FaultEngine, FaultRule
 from .identity import IdentityStore
 from .limits import RateLimiter
@@ -44,6 +45,7 @@ class Sandbox:
         )
         self._hold: tuple[threading.Event, str | None, float] | None = None  # see hold_calls
         self._truth_cache: dict[tuple, dict] = {}
+        self._balances: dict[str, ContactBalances] = {}
         from .webhooks import WebhookDispatcher  # late import: webhooks needs the serialiser only
 
         self.webhooks = WebhookDispatcher(cfg, self.clock)
@@ -170,30 +172,20 @@ class Sandbox:
             return serialise.account(t, st)
         raise KeyError(resource)
 
-    def contact_balances(self, t: TenantData) -> dict[int, tuple[int, int, int, int]]:
-        """Per contact: (AR outstanding, AR overdue, AP outstanding, AP overdue) in cents, from the invoices.
-
-        Computed by a scan, cached per data version and day (skipped for very large tenants: zeros).
-        """
-        if t.n_invoices > 100_000:
-            return {}
-        today = self.clock.now_ms() // 86_400_000
+    def contact_balances(self, t: TenantData) -> dict[int, Balances]:
+        """Per contact: (AR outstanding, AR overdue, AP outstanding, AP overdue) in cents, cached per data
+        version and day (see balances.py: exact at any size, without holding the invoices)."""
+        today = self.clock.now_ms() // DAY_MS
         key = (t.info.tenant_id, "balances", t.version, today)
         got = self._truth_cache.get(key)
         if got is None:
-            acc: dict[int, list[int]] = {}
-            for st in self.iter_states(t, "Invoices"):
-                if st["status"] != "AUTHORISED":
-                    continue
-                due = t.amount_due(st)
-                row = acc.setdefault(st["contact"], [0, 0, 0, 0])
-                off = 0 if st["type"] == "ACCREC" else 2
-                row[off] += due
-                if st["due_day"] < today:
-                    row[off + 1] += due
-            got = {k: (v[0], v[1], v[2], v[3]) for k, v in acc.items()}
+            with self.data_lock:
+                base = self._balances.get(t.info.tenant_id)
+                if base is None:
+                    base = self._balances[t.info.tenant_id] = ContactBalances(t, today)
+                got = base.on(today)
             self._cache_put(key, got)
-        return got  # type: ignore[return-value]
+        return got
 
     # -- clock -----------------------------------------------------------------------------------------
 

@@ -455,10 +455,15 @@ class TenantData:
         if got is None:
             if len(self._inv_cache) >= 4096:
                 self._inv_cache.clear()
-            got = self._inv_cache[i] = self._make_base_invoice(i)
+            got = self._inv_cache[i] = self.generate_invoice(i)
         return got
 
-    def _make_base_invoice(self, i: int) -> dict:
+    def base_invoice_status(self, i: int) -> str:
+        """Generated status of invoice ``i``, without generating the rest of it."""
+        return self._invoice_flags(self._digest("inv", i))[0]
+
+    def generate_invoice(self, i: int) -> dict:
+        """Generated state of invoice ``i``: a fresh dict, not cached (scans must not evict the cache)."""
         d = self._digest("inv", i)
         status, npay, has_cn = self._invoice_flags(d)
         acc_rec = d[4] < 192  # 75% sales

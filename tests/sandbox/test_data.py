@@ -516,3 +516,72 @@ def test_contact_ids_and_invoice_numbers_filters(big) -> None:
     numbers = [i["InvoiceNumber"] for i in everything if i["InvoiceNumber"].startswith("INV-")][:3]
     got = api.all("Invoices", InvoiceNumbers=",".join(numbers))
     assert sorted(i["InvoiceNumber"] for i in got) == sorted(numbers)
+
+
+def test_contact_balances_are_exact_for_a_tenant_over_100k_invoices() -> None:
+    """Balances come from the invoices at any size (they used to be zeros above 100,000 invoices), follow
+    run-time payments, and move from outstanding to overdue as the sandbox clock passes due dates."""
+    cfg = SandboxConfig(
+        seed=4,
+        tenants=1,
+        invoices_per_tenant=100_001,
+        contacts_per_tenant=50,
+        rate_limits=False,
+        access_token_lifetime=30 * 86400,  # the clock moves 15 days below
+    )
+    with SandboxServer(cfg) as sb:
+        api = Api(sb)
+        t = sb.sandbox.tenants[0]
+
+        def expected() -> dict[str, list[Decimal]]:
+            today = sb.now_ms() // 86_400_000
+            out: dict[str, list[Decimal]] = defaultdict(lambda: [ZERO] * 4)
+            for i in range(t.n_invoices + t.created["Invoices"]):
+                changed = i in t.overlay["Invoices"] or i >= t.n_invoices
+                if changed or t.base_invoice_status(i) == "AUTHORISED":  # (skips generating the others)
+                    st = t.invoice(i)
+                    if st is not None and st["status"] == "AUTHORISED":
+                        due = Decimal(t.amount_due(st)) / 100
+                        row = out[t.encode_id("Contacts", st["contact"])]
+                        off = 0 if st["type"] == "ACCREC" else 2
+                        row[off] += due
+                        if st["due_day"] < today:
+                            row[off + 1] += due
+            return out
+
+        def balances() -> dict[str, list[Decimal]]:
+            out = {}
+            for c in api.get("Contacts", page=1, includeArchived="true")["Contacts"]:
+                b = c["Balances"]
+                out[c["ContactID"]] = [
+                    b[side][kind]
+                    for side in ("AccountsReceivable", "AccountsPayable")
+                    for kind in ("Outstanding", "Overdue")
+                ]
+            return out
+
+        want = expected()
+        got = balances()
+        assert len(got) == 50 and sum(v[0] for v in got.values()) > 0
+        assert got == {cid: want.get(cid, [ZERO] * 4) for cid in got}
+        # A payment lowers its contact's balance; a new invoice due in 10 days is outstanding, not overdue.
+        unpaid = next(
+            i
+            for i in api.get("Invoices", page=1, pageSize=200)["Invoices"]
+            if i["Status"] == "AUTHORISED" and i["Type"] == "ACCREC" and i["AmountDue"] > 1
+        )
+        payer = unpaid["Contact"]["ContactID"]
+        other = next(c for c in got if c != payer)
+        sb.mutate(api.tid, "pay_invoice", invoice_id=unpaid["InvoiceID"], amount="1.00")
+        new = sb.mutate(api.tid, "create_invoice", contact_id=other, due_date="2026-01-11")
+        new_due = Decimal(str(new["AmountDue"]))
+        after = balances()
+        assert after == expected()
+        assert after[payer][0] == got[payer][0] - 1
+        assert after[other][0] == got[other][0] + new_due and after[other][1] == got[other][1]
+        assert {c: v for c, v in after.items() if c not in (payer, other)} == {
+            c: v for c, v in got.items() if c not in (payer, other)
+        }
+        sb.advance_clock(15 * 86400)  # past the new invoice's due date
+        later = balances()
+        assert later == expected() and later[other][1] >= after[other][1] + new_due
