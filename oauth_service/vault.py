@@ -9,7 +9,9 @@ Refresh safety: tenants authorised together share one rotating refresh token (on
 A refresh locks every row of that grant (`SELECT … FOR UPDATE`, ordered by id), re-checks the
 expiry under the lock, calls Xero once, and stores the rotated refresh token in the same
 transaction. Concurrent callers in any number of processes wait on the lock and then find a fresh
-token: exactly one refresh reaches Xero.
+token: exactly one refresh reaches Xero. A failed refresh is audited on that same connection and
+committed before its error is raised (never through a second pooled connection while the lock is
+held). Every writer that locks several connection rows locks them in id order (no deadlocks).
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ class TokenVault:
                 ),
                 {"t": tenant_id},
             ).one_or_none()
-        self._check_usable(row, tenant_id)
+        self._check_usable(self.engine, row, tenant_id)
         assert row is not None
         if row.access_token and row.token_expires_at and row.token_expires_at - self.margin > now:
             token = self.cipher.decrypt(row.access_token)
@@ -159,15 +161,15 @@ class TokenVault:
             return token
         return self._refresh(tenant_id)
 
-    def _check_usable(self, row: Any, tenant_id: str) -> None:
+    def _check_usable(self, conn_or_engine: Any, row: Any, tenant_id: str) -> None:
         if row is None or row.status == "disconnected":
-            self._audit(self.engine, "token_read", tenant_id, row, outcome="failure",
+            self._audit(conn_or_engine, "token_read", tenant_id, row, outcome="failure",
                         reason="not_connected")
             raise TenantNotConnected(
                 f"Xero tenant {tenant_id} is not connected: connect it in the app first", tenant_id
             )
         if row.status == "reauth_required":
-            self._audit(self.engine, "token_read", tenant_id, row, outcome="failure",
+            self._audit(conn_or_engine, "token_read", tenant_id, row, outcome="failure",
                         reason="reauth_required")
             raise ReauthRequired(
                 _reauth_message(tenant_id, row.tenant_name, "Xero no longer accepts its tokens"), tenant_id
@@ -243,50 +245,40 @@ class TokenVault:
         raise TokenRefreshError(f"could not lock the grant of tenant {tenant_id}", tenant_id)
 
     def _refresh(self, tenant_id: str) -> str:
-        removed_in_xero = False
-        reauth: ReauthRequired | None = None
+        failure: VaultError | None = None
         with self.engine.begin() as conn:
             target, rows = self._lock_grant(conn, tenant_id)
-            self._check_usable(target, tenant_id)
-            now = _now()
-            if (
-                target.access_token
-                and target.token_expires_at
-                and target.token_expires_at - self.margin > now
-            ):
-                # Someone refreshed while we waited for the lock.
-                token = self.cipher.decrypt(target.access_token)
-                self._audit(conn, "token_read", tenant_id, target)
-                expires = target.token_expires_at
-            else:
-                try:
-                    tokens = self._refresh_locked(conn, target, rows)
-                except ReauthRequired as exc:
-                    reauth = exc
-                    tokens = None
-                if tokens is not None:
-                    token = tokens.access_token
-                    expires = datetime.fromtimestamp(tokens.expires_at, UTC)
-                    removed_in_xero = self._detect_removed(conn, tokens, rows, tenant_id)
-                    if not removed_in_xero:
-                        self._audit(conn, "token_read", tenant_id, target)
-        if reauth is not None:
+            try:
+                token, expires = self._token_locked(conn, tenant_id, target, rows)
+            except VaultError as exc:
+                failure = exc  # its audit rows (and a dead grant's new status) commit with `conn`
+        if failure is not None:
             self.forget(tenant_id)
-            raise reauth
-        if removed_in_xero:
-            self.forget(tenant_id)
-            raise ReauthRequired(
-                _reauth_message(tenant_id, target.tenant_name, "its connection was removed in Xero"),
-                tenant_id,
-            )
+            raise failure
         self._remember(tenant_id, token, expires)
         return token
 
-    def _refresh_locked(self, conn: Connection, target: Any, rows: Sequence[Any]) -> TokenSet | None:
-        """Refresh the grant of `target` (rows already locked); store and audit the outcome.
+    def _token_locked(
+        self, conn: Connection, tenant_id: str, target: Any, rows: Sequence[Any]
+    ) -> tuple[str, datetime]:
+        """The tenant's access token with its grant locked: refreshed unless someone else just did."""
+        self._check_usable(conn, target, tenant_id)
+        if target.access_token and target.token_expires_at and target.token_expires_at - self.margin > _now():
+            # Someone refreshed while we waited for the lock.
+            self._audit(conn, "token_read", tenant_id, target)
+            return self.cipher.decrypt(target.access_token), target.token_expires_at
+        tokens = self._refresh_locked(conn, target, rows)
+        if self._detect_removed(conn, tokens, rows, tenant_id):
+            why = "its connection was removed in Xero"
+            raise ReauthRequired(_reauth_message(tenant_id, target.tenant_name, why), tenant_id)
+        self._audit(conn, "token_read", tenant_id, target)
+        return tokens.access_token, datetime.fromtimestamp(tokens.expires_at, UTC)
 
-        Returns the new tokens; raises ReauthRequired after recording the state change in `conn`
-        (the caller commits it), or TokenRefreshError (nothing changed).
+    def _refresh_locked(self, conn: Connection, target: Any, rows: Sequence[Any]) -> TokenSet:
+        """Refresh the grant of `target` (rows already locked); store and audit the outcome in `conn`.
+
+        Returns the new tokens; raises ReauthRequired (the state change recorded in `conn`) or
+        TokenRefreshError (only the audit row written); the caller commits `conn` either way.
         """
         tenant_id = target.tenant_id
         if not target.refresh_token:
@@ -297,7 +289,7 @@ class TokenVault:
             tokens = self.xero.refresh(refresh_token)
         except XeroError as exc:
             if exc.error in CLIENT_CONFIG_ERRORS:
-                self._audit(self.engine, "token_refresh_failed", tenant_id, target, outcome="failure",
+                self._audit(conn, "token_refresh_failed", tenant_id, target, outcome="failure",
                             error=exc.error, status=exc.status, configuration_error=True)
                 log.error(
                     "tenant %s: Xero rejected this app's client credentials (%s): check XERO_CLIENT_ID and "
@@ -330,7 +322,7 @@ class TokenVault:
                 raise ReauthRequired(
                     _reauth_message(tenant_id, target.tenant_name, reason), tenant_id
                 ) from None
-            self._audit(self.engine, "token_refresh_failed", tenant_id, target, outcome="failure",
+            self._audit(conn, "token_refresh_failed", tenant_id, target, outcome="failure",
                         error=exc.error, status=exc.status, transient=True)
             raise TokenRefreshError(
                 f"refreshing the token of tenant {tenant_id} failed: {exc}", tenant_id
@@ -434,16 +426,24 @@ class TokenVault:
         refresh = self.cipher.encrypt(tokens.refresh_token)
         expires = datetime.fromtimestamp(tokens.expires_at, UTC)
         scopes = tokens.scope or " ".join(self.settings.xero_scopes)
+        by_id = {tid: t for t in tenants if (tid := fitting_id(t.get("tenantId"), 255))}
+        unusable = sum(1 for t in tenants if not fitting_id(t.get("tenantId"), 255))
+        if unusable:
+            log.warning("skipped %d connection(s) from Xero without a usable tenantId", unusable)
+        # Existing rows are locked up front and in id order, as a refresh (_lock_grant) locks them: a
+        # reconnect during a refresh then waits instead of deadlocking.
+        previous = {
+            r.tenant_id: r
+            for r in conn.execute(
+                text(
+                    "SELECT tenant_id, user_id, status FROM app.xero_connections WHERE tenant_id = ANY(:ts) "
+                    "ORDER BY id FOR UPDATE"
+                ),
+                {"ts": list(by_id)},
+            )
+        }
         stored: list[str] = []
-        for t in tenants:
-            tenant_id = fitting_id(t.get("tenantId"), 255)
-            if tenant_id is None:
-                log.warning("Xero listed a connection without a usable tenantId: skipped")
-                continue
-            previous = conn.execute(
-                text("SELECT user_id, status FROM app.xero_connections WHERE tenant_id = :t FOR UPDATE"),
-                {"t": tenant_id},
-            ).one_or_none()
+        for tenant_id, t in sorted(by_id.items()):
             row_id = conn.execute(
                 text(
                     """
@@ -479,10 +479,10 @@ class TokenVault:
                 },
             ).scalar_one()
             meta: dict[str, Any] = {"tenant_name": clipped_text(t.get("tenantName"), 255), "grant": grant_id}
-            if previous is not None:
-                meta["previous_status"] = previous.status
-                if str(previous.user_id) != str(user_id):
-                    meta["previous_user_id"] = str(previous.user_id)
+            if tenant_id in previous:
+                meta["previous_status"] = previous[tenant_id].status
+                if str(previous[tenant_id].user_id) != str(user_id):
+                    meta["previous_user_id"] = str(previous[tenant_id].user_id)
             record_audit(
                 conn,
                 "xero_connected",

@@ -1,6 +1,7 @@
 """The token vault against the sandbox: one refresh for many processes, reauth, Xero-side removal."""
 
 import multiprocessing as mp
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from oauth_testlib import (
     api_get,
     audit_rows,
     expire_in_db,
+    free_port,
     refresh_worker,
     sandbox_admin,
     stored_tokens,
@@ -26,6 +28,7 @@ from oauth_service import migrations
 from oauth_service.db import make_engine
 from oauth_service.settings import Settings, generate_key
 from oauth_service.vault import (
+    ClientConfigurationError,
     ReauthRequired,
     TenantNotConnected,
     TokenRefreshError,
@@ -287,3 +290,92 @@ def test_odd_connection_fields_from_xero_are_fitted_to_the_columns(create_databa
         assert vault.access_token_for(tenant) == tokens.access_token
     finally:
         engine.dispose()
+
+
+def test_a_failed_refresh_is_audited_on_the_connection_holding_the_lock(
+    make_browser, tenant_ids, engine, settings, app_database_url
+):
+    """A vault whose pool has one connection (nothing to spare while the grant is locked): a failed
+    refresh still raises the vault's own error, never a pool timeout, and is audited."""
+    tenant = tenant_ids[0]
+    user = make_browser()
+    assert user.connect([tenant]) == {"connected": ["1"]}
+    expire_in_db(engine, tenant)
+    one = make_engine(app_database_url, pool_size=1, max_overflow=0, pool_timeout=3)
+    actor = f"one-connection-{uuid.uuid4().hex[:6]}"
+    dead_token_url = f"http://127.0.0.1:{free_port()}/connect/token"  # nothing listens there
+    try:
+        for changes, error in (
+            ({"xero_client_secret": "wrong-" + uuid.uuid4().hex}, ClientConfigurationError),
+            ({"xero_token_url": dead_token_url}, TokenRefreshError),
+        ):
+            vault = TokenVault(settings.replace(**changes), one, actor=actor, cache=False)
+            with pytest.raises(error):
+                vault.access_token_for(tenant)
+    finally:
+        one.dispose()
+    failed = audit_rows(engine, "token_refresh_failed", tenant_id=tenant)
+    failed = [a for a in failed if a.metadata["actor"] == actor]
+    assert [(a.metadata.get("configuration_error"), a.metadata.get("transient")) for a in failed] == [
+        (True, None),
+        (None, True),
+    ]
+    assert status_of(engine, tenant).status == "active"
+
+
+def _blocked_behind(engine, pid: int) -> bool:
+    """True when some session waits for a lock held by session `pid`."""
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE :p = ANY(pg_blocking_pids(pid))")
+    with engine.connect() as conn:  # a new transaction: pg_stat_activity is a per-transaction snapshot
+        return bool(conn.execute(query, {"p": pid}).scalar_one())
+
+
+def test_a_reconnect_locks_rows_in_the_order_a_refresh_does(make_browser, tenant_ids, engine, vault):
+    """A refresh locks its grant's rows in id order; a reconnect naming the same tenants in Xero's
+    order must lock them in id order too, else each can hold the row the other waits for (deadlock).
+    Here the first row (by id) is held: the reconnect must wait for it before locking the second."""
+    user = make_browser()
+    assert user.connect(tenant_ids[1:3]) == {"connected": ["2"]}
+    with engine.connect() as conn:
+        first, second = conn.execute(
+            text("SELECT tenant_id FROM app.xero_connections WHERE tenant_id = ANY(:t) ORDER BY id"),
+            {"t": tenant_ids[1:3]},
+        ).scalars()
+    access, refresh = stored_tokens(engine, vault.cipher, first)
+    tokens = TokenSet(access, refresh, time.time() + 1800)
+    outcome: list = []
+
+    def reconnect() -> None:
+        try:
+            xero_order = [{"tenantId": second}, {"tenantId": first}]
+            with engine.begin() as conn:
+                outcome.append(
+                    vault.store_authorization(conn, user_id=user.user_id, tokens=tokens, tenants=xero_order)
+                )
+        except Exception as exc:  # noqa: BLE001 - reported below
+            outcome.append(exc)
+
+    holder = engine.connect()
+    probe = engine.connect()
+    thread = threading.Thread(target=reconnect)
+    try:
+        holder_pid = holder.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        holder.execute(
+            text("SELECT 1 FROM app.xero_connections WHERE tenant_id = :t FOR UPDATE"), {"t": first}
+        )
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not _blocked_behind(engine, holder_pid):
+            assert time.monotonic() < deadline, f"the reconnect never waited for the first row: {outcome}"
+            time.sleep(0.05)
+        # the reconnect waits for the first row and has not locked the second one
+        probe.execute(
+            text("SELECT 1 FROM app.xero_connections WHERE tenant_id = :t FOR UPDATE NOWAIT"), {"t": second}
+        )
+        probe.rollback()
+    finally:
+        probe.close()
+        holder.rollback()
+        holder.close()
+        thread.join(timeout=30)
+    assert outcome == [sorted([first, second])]
