@@ -4,8 +4,9 @@
 token vault, and through `TokenVault(...).engine` the orchestration's audit writes):
 
 - `APP_DATABASE_URL` set: that login is used. It must be a dedicated LOGIN role, member of the NOLOGIN
-  group role `xero_elt_app` (SELECT/INSERT/UPDATE/DELETE on connections, states and webhook events;
-  only SELECT and INSERT on the audit log) and owner of nothing. A connection is refused when the login
+  group role `xero_elt_app` (SELECT/INSERT/UPDATE on connections, states and webhook events, DELETE on
+  states only; INSERT on the audit log, and SELECT on its `id`, `action` and `record_id` only: see
+  migration 0002) and owner of nothing. A connection is refused when the login
   is a superuser or may act as the owner of `app.audit_log` (it could then disable its triggers).
   Create one with `python -m oauth_service create-app-login NAME` (`create_app_login`).
 - unset (allowed for the pipeline's vault and in DEMO_MODE; the HTTP service refuses to start without

@@ -75,6 +75,36 @@ def _assert_cannot_tamper(conn, *, dedicated: bool = True) -> None:
     ).fetchone() == (False, False)
 
 
+UNUSED = {
+    "DELETE FROM app.xero_connections": "permission denied",
+    "DELETE FROM app.webhook_events": "permission denied",
+    "SELECT * FROM app.audit_log": "permission denied",
+    "SELECT user_id FROM app.audit_log": "permission denied",
+    "SELECT metadata FROM app.audit_log": "permission denied",
+    "SELECT ip_address FROM app.audit_log": "permission denied",
+    "SELECT tenant_id, timestamp FROM app.audit_log": "permission denied",
+}
+
+
+def test_dedicated_login_holds_only_the_privileges_the_code_uses(app_login):
+    """No DELETE of connections or webhook events (only expired OAuth states are pruned), and of the
+    audit log only what INSERT … RETURNING id and the once-per-run check need (migration 0002)."""
+    _, url = app_login
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement, expected in UNUSED.items():
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match=expected):
+                conn.execute(statement)
+                pytest.fail(f"{statement} succeeded")
+        conn.execute("DELETE FROM app.oauth_states WHERE expires_at < now() - interval '1 day'")
+        action = f"least_privilege_probe_{uuid.uuid4().hex[:8]}"
+        [row_id] = conn.execute(
+            "INSERT INTO app.audit_log (action, record_id) VALUES (%s, 'r-1') RETURNING id", (action,)
+        ).fetchone()
+        assert conn.execute(
+            "SELECT id FROM app.audit_log WHERE action = %s AND record_id = 'r-1'", (action,)
+        ).fetchall() == [(row_id,)]
+
+
 def test_dedicated_login_cannot_change_or_unprotect_the_audit_log(app_login, engine):
     name, url = app_login
     password = psycopg.conninfo.conninfo_to_dict(url)["password"]

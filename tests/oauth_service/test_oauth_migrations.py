@@ -107,3 +107,40 @@ def test_clear_tokens_are_refused_by_the_database(migrated_database_url):
             )
     finally:
         engine.dispose()
+
+
+def test_0002_narrows_the_application_role_and_its_downgrade_restores_it(create_database):
+    url = create_database("mig2")
+    engine = make_engine(url, pool_size=1)
+
+    def app_role_may() -> dict[str, bool]:
+        checks = {
+            "delete connections": "has_table_privilege(:r, 'app.xero_connections', 'DELETE')",
+            "delete webhook events": "has_table_privilege(:r, 'app.webhook_events', 'DELETE')",
+            "delete oauth states": "has_table_privilege(:r, 'app.oauth_states', 'DELETE')",
+            "read audit metadata": "has_column_privilege(:r, 'app.audit_log', 'metadata', 'SELECT')",
+            "read audit ids": "has_column_privilege(:r, 'app.audit_log', 'id', 'SELECT')",
+        }
+        with engine.connect() as conn:
+            return {
+                name: conn.execute(text("SELECT " + check), {"r": "xero_elt_app"}).scalar_one()
+                for name, check in checks.items()
+            }
+
+    try:
+        migrations.upgrade(url, "0001_app_schema")
+        broad = app_role_may()
+        assert all(broad.values()), broad
+        migrations.upgrade(url)
+        assert migrations.current(url) == "0002_narrow_app_role"
+        assert app_role_may() == {
+            "delete connections": False,
+            "delete webhook events": False,
+            "delete oauth states": True,
+            "read audit metadata": False,
+            "read audit ids": True,
+        }
+        migrations.downgrade(url, "0001_app_schema")
+        assert app_role_may() == broad
+    finally:
+        engine.dispose()
