@@ -70,7 +70,6 @@ def validation_error(message: str, as_json: bool = True) -> Response:
         "Type": "ValidationException",
         "Message": "A validation exception occurred",
         "Elements": [{"ValidationErrors": [{"Message": message}]}],
-        "Detail": message,
     }
     if not as_json:
         return Response(serialise.to_xml(body, "ApiException"), 400, media_type=XML)
@@ -299,7 +298,7 @@ def _body(sb: Sandbox, t: TenantData, request: Request, endpoint: str, parts: li
     elif endpoint == "CreditNotes":
         items = [serialise.credit_note(t, st, summary_only=summary_only, unit_dp=unit_dp) for st in states]
     else:
-        items = [sb.serialise(t, endpoint, st) for st in states]
+        items = [sb.serialise(t, endpoint, st, summary_only=summary_only) for st in states]
     assert endpoint in PAGED
     return envelope(sb, endpoint, items, pagination)
 
@@ -326,8 +325,8 @@ def _by_id(sb: Sandbox, t: TenantData, endpoint: str, parts: list[str], unit_dp:
     if endpoint == "Invoices":
         return envelope(sb, endpoint, [serialise.invoice(t, st, full_contact=True, unit_dp=unit_dp)])
     if endpoint == "CreditNotes":
-        return envelope(sb, endpoint, [serialise.credit_note(t, st, unit_dp=unit_dp)])
-    return envelope(sb, endpoint, [sb.serialise(t, endpoint, st)])
+        return envelope(sb, endpoint, [serialise.credit_note(t, st, unit_dp=unit_dp, full_contact=True)])
+    return envelope(sb, endpoint, [sb.serialise(t, endpoint, st, full=True)])
 
 
 def _invoice_by_number(t: TenantData, number: str) -> int | None:

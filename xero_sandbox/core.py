@@ -160,14 +160,18 @@ class Sandbox:
     def serialise(
         self, t: TenantData, resource: str, st: dict, *, full: bool = False, summary_only: bool = False
     ) -> dict:
+        """A record as the list endpoints show it or, with ``full``, as GET {resource}/{id} returns it."""
         if resource == "Invoices":
             return serialise.invoice(t, st, summary_only=summary_only, full_contact=full)
         if resource == "Contacts":
-            return serialise.contact_full(t, st, self.contact_balances(t).get(st["idx"], (0, 0, 0, 0)))
+            if summary_only:  # Balances are among the heavy fields summaryOnly leaves out: not computed
+                return serialise.contact_full(t, st, summary_only=True)
+            balances = self.contact_balances(t).get(st["idx"], (0, 0, 0, 0))
+            return serialise.contact_full(t, st, balances, detail=full)
         if resource == "Payments":
-            return serialise.payment(t, st)
+            return serialise.payment(t, st, detail=full)
         if resource == "CreditNotes":
-            return serialise.credit_note(t, st, summary_only=summary_only)
+            return serialise.credit_note(t, st, summary_only=summary_only, full_contact=full)
         if resource == "Accounts":
             return serialise.account(t, st)
         raise KeyError(resource)

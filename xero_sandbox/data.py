@@ -16,6 +16,7 @@ import uuid
 from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 
 from .config import SandboxConfig
@@ -299,6 +300,17 @@ class TenantData:
             short_code="!" + "".join("ABCDEFGHJKLMNPQRSTUVWXYZ23456789"[b % 32] for b in rng[2:7]),
             created_ms=self.start_ms - 30 * DAY_MS,
         )
+        digits = "".join(str(b % 10) for b in rng[7:18])
+        self.tax_number = {
+            "NZ": f"{digits[:3]}-{digits[3:6]}-{digits[6:9]}",  # GST number
+            "AU": f"{digits[:2]} {digits[2:5]} {digits[5:8]} {digits[8:11]}",  # ABN
+            "GB": f"GB{digits[:9]}",  # VAT registration
+            "US": f"{digits[:2]}-{digits[2:9]}",  # EIN
+        }[self.country]
+        # Books are locked up to the last financial year end (31 March) before the anchor.
+        anchor = cfg.anchor.date()
+        year_end = date(anchor.year if (anchor.month, anchor.day) > (3, 31) else anchor.year - 1, 3, 31)
+        self.lock_day = (year_end - date(1970, 1, 1)).days
         self.n_invoices = cfg.invoices_per_tenant
         self.n_contacts = cfg.n_contacts()
         self.inv_step = max(1, self.span_ms // max(1, self.n_invoices))

@@ -11,7 +11,7 @@ import re
 from datetime import UTC, datetime
 from xml.sax.saxutils import escape
 
-from .data import CITIES, CONTACT_GROUPS, DAY_MS, ITEMS, TenantData
+from .data import CITIES, CONTACT_GROUPS, DAY_MS, ITEMS, TIMEZONES, TenantData
 
 try:  # orjson is much faster for 1000-record pages; fall back to the standard library.
     import orjson
@@ -101,34 +101,83 @@ def rate(micro: int) -> float:
     return micro / 1_000_000
 
 
-def contact_summary(t: TenantData, cidx: int) -> dict:
+def contact_summary(t: TenantData, cidx: int, *, number: bool = False) -> dict:
+    """The contact inside a listed invoice, credit note or payment (``number``: with its ContactNumber, as
+    Xero's Payments example shows it; its Invoices and CreditNotes examples do not)."""
     # Contacts repeat across invoices: cache the (immutable) summaries of unmodified generated contacts.
-    # A fresh dict is returned each time, so callers may not alter the cache by accident.
+    # A fresh dict (and fresh lists) is returned each time, so callers cannot alter the cache by accident.
     modified = cidx in t.overlay["Contacts"]
-    if not modified:
-        got = t.summary_cache.get(cidx)
-        if got is not None:
-            return {**got, "Addresses": [], "Phones": [], "ContactGroups": [], "ContactPersons": []}
-    c = t.contact(cidx)
-    out = {
-        "ContactID": t.encode_id("Contacts", cidx),
-        "ContactNumber": c.get("number", "") if c else "",
-        "Name": c["name"] if c else "",
-        "Addresses": [],
-        "Phones": [],
-        "ContactGroups": [],
-        "ContactPersons": [],
-        "HasValidationErrors": False,
-    }
-    if not modified:
-        if len(t.summary_cache) > 50_000:
-            t.summary_cache.clear()
-        t.summary_cache[cidx] = out
-        return {**out, "Addresses": [], "Phones": [], "ContactGroups": [], "ContactPersons": []}
+    got = None if modified else t.summary_cache.get(cidx)
+    if got is None:
+        c = t.contact(cidx)
+        got = {"ContactID": t.encode_id("Contacts", cidx), "Name": c["name"] if c else ""}
+        got["ContactNumber"] = c.get("number", "") if c else ""
+        if not modified:
+            if len(t.summary_cache) > 50_000:
+                t.summary_cache.clear()
+            t.summary_cache[cidx] = got
+    out = {"ContactID": got["ContactID"]}
+    if number:
+        out["ContactNumber"] = got["ContactNumber"]
+    out.update(
+        {
+            "Name": got["Name"],
+            "Addresses": [],
+            "Phones": [],
+            "ContactGroups": [],
+            "ContactPersons": [],
+            "HasValidationErrors": False,
+        }
+    )
     return out
 
 
-def contact_full(t: TenantData, c: dict, balances: tuple[int, int, int, int] | None = None) -> dict:
+# The contact Xero embeds in one invoice (GET Invoices/{id}) and in one credit note, per its examples.
+INVOICE_CONTACT_KEYS = (
+    "ContactID",
+    "ContactStatus",
+    "Name",
+    "FirstName",
+    "LastName",
+    "EmailAddress",
+    "BankAccountDetails",
+    "Addresses",
+    "Phones",
+    "UpdatedDateUTC",
+    "ContactGroups",
+    "IsSupplier",
+    "IsCustomer",
+    "SalesTrackingCategories",
+    "PurchasesTrackingCategories",
+    "ContactPersons",
+    "HasValidationErrors",
+)
+CREDIT_NOTE_CONTACT_KEYS = tuple(
+    k
+    for k in INVOICE_CONTACT_KEYS
+    if k not in ("IsSupplier", "IsCustomer", "SalesTrackingCategories", "PurchasesTrackingCategories")
+)
+# What GET Contacts?summaryOnly=true leaves out: the nested and computed (heavy) fields.
+CONTACT_HEAVY_KEYS = ("Addresses", "Phones", "ContactGroups", "ContactPersons", "Balances")
+
+
+def contact_embedded(t: TenantData, c: dict, keys: tuple[str, ...]) -> dict:
+    out = contact_full(t, c)
+    out["SalesTrackingCategories"] = []
+    out["PurchasesTrackingCategories"] = []
+    return {k: out[k] for k in keys}
+
+
+def contact_full(
+    t: TenantData,
+    c: dict,
+    balances: tuple[int, int, int, int] | None = None,
+    *,
+    detail: bool = False,
+    summary_only: bool = False,
+) -> dict:
+    """A contact as GET Contacts lists it (``summary_only``: without the heavy fields) or, with ``detail``,
+    as GET Contacts/{id} returns it (tax types, default accounts, branding, batch payments, terms)."""
     city, region, postcode = c["city"] if isinstance(c["city"], (list, tuple)) else CITIES[0]
     upd = c["updated_ms"]
     out = {
@@ -189,8 +238,6 @@ def contact_full(t: TenantData, c: dict, balances: tuple[int, int, int, int] | N
         "IsSupplier": c["is_supplier"],
         "IsCustomer": c["is_customer"],
         "DefaultCurrency": c["currency"],
-        "SalesTrackingCategories": [],
-        "PurchasesTrackingCategories": [],
         "ContactPersons": [
             {
                 "FirstName": c["first"],
@@ -208,6 +255,31 @@ def contact_full(t: TenantData, c: dict, balances: tuple[int, int, int, int] | N
         out["CompanyNumber"] = c["company_number"]
     out["SalesDefaultLineAmountType"] = "EXCLUSIVE"
     out["PurchasesDefaultLineAmountType"] = "EXCLUSIVE"
+    if detail:
+        out.update(
+            {
+                "AccountsReceivableTaxType": t.sale_tax,
+                "AccountsPayableTaxType": t.purchase_tax,
+                "Discount": 0.0,
+                "Website": f"https://example.com/{c['account_number'].lower()}",
+                "BrandingTheme": {"BrandingThemeID": t.branding_theme_id, "Name": "Standard"},
+                "SalesDefaultAccountCode": "200",
+                "PurchasesDefaultAccountCode": "429",
+                "BatchPayments": {
+                    "BankAccountNumber": f"12-3456-{c['idx'] + 1:07d}-00",
+                    "BankAccountName": c["name"],
+                    "Details": "",
+                    "Code": "",
+                    "Reference": "",
+                },
+                "PaymentTerms": {
+                    "Bills": {"Day": 20, "Type": "OFFOLLOWINGMONTH"},
+                    "Sales": {"Day": 14, "Type": "DAYSAFTERBILLDATE"},
+                },
+            }
+        )
+    if summary_only:
+        return {k: v for k, v in out.items() if k not in CONTACT_HEAVY_KEYS}
     if balances is not None:
         # Raw outstanding/overdue amounts of the contact's invoices and bills (not converted, as Xero says).
         out["Balances"] = {
@@ -308,15 +380,14 @@ def invoice(
             "HasAttachments": False,
             "HasErrors": False,
             "Contact": (
-                contact_full(t, t.contact(st["contact"]))
-                if full_contact  # type: ignore[arg-type]
+                contact_embedded(t, t.contact(st["contact"]), INVOICE_CONTACT_KEYS)  # type: ignore[arg-type]
+                if full_contact
                 else contact_summary(t, st["contact"])
             ),
             "DateString": day_string(st["date_day"]),
             "Date": net_date(st["date_day"] * DAY_MS),
             "DueDateString": day_string(st["due_day"]),
             "DueDate": net_date(st["due_day"] * DAY_MS),
-            "BrandingThemeID": t.branding_theme_id,
             "Status": st["status"],
             "LineAmountTypes": st["lat"],
         }
@@ -340,10 +411,33 @@ def invoice(
     return out
 
 
-def payment(t: TenantData, p: dict) -> dict:
+def payment(t: TenantData, p: dict, *, detail: bool = False) -> dict:
+    """A payment as GET Payments lists it or, with ``detail``, as GET Payments/{id} returns it: the account's
+    name and the whole invoice (dates, amounts, status, lines)."""
     inv = t.invoice(p["invoice"])
     assert inv is not None
     bank_amount = (p["amount"] * 1_000_000 * 2 + p["rate_micro"]) // (2 * p["rate_micro"])
+    account = {"AccountID": t.encode_id("Accounts", 0), "Code": p["account"]}
+    if detail:
+        account["Name"] = next(a["name"] for a in t.accounts() if a["code"] == p["account"])
+        paid_invoice = invoice(t, inv)
+        for key in ("AmountCredited", "HasAttachments"):  # not on a payment's invoice
+            del paid_invoice[key]
+    else:
+        paid_invoice = {
+            "Type": inv["type"],
+            "InvoiceID": t.encode_id("Invoices", inv["idx"]),
+            "InvoiceNumber": inv["number"],
+            "Payments": [],
+            "CreditNotes": [],
+            "Prepayments": [],
+            "Overpayments": [],
+            "HasErrors": False,
+            "IsDiscounted": False,
+            "Contact": contact_summary(t, inv["contact"], number=True),
+            "LineItems": [],
+            "CurrencyCode": inv["currency"],
+        }
     return {
         "PaymentID": t.encode_id("Payments", p["idx"]),
         "Date": net_date(p["date_day"] * DAY_MS),
@@ -357,26 +451,15 @@ def payment(t: TenantData, p: dict) -> dict:
         "UpdatedDateUTCString": iso_seconds(p["updated_ms"]) + "Z",
         "HasAccount": True,
         "IsReconciled": bool(p["reconciled"]),
-        "Account": {"AccountID": t.encode_id("Accounts", 0), "Code": p["account"]},
-        "Invoice": {
-            "Type": inv["type"],
-            "InvoiceID": t.encode_id("Invoices", inv["idx"]),
-            "InvoiceNumber": inv["number"],
-            "Payments": [],
-            "CreditNotes": [],
-            "Prepayments": [],
-            "Overpayments": [],
-            "HasErrors": False,
-            "IsDiscounted": False,
-            "Contact": contact_summary(t, inv["contact"]),
-            "LineItems": [],
-            "CurrencyCode": inv["currency"],
-        },
+        "Account": account,
+        "Invoice": paid_invoice,
         "HasValidationErrors": False,
     }
 
 
-def credit_note(t: TenantData, cn: dict, *, summary_only: bool = False, unit_dp: int = 2) -> dict:
+def credit_note(
+    t: TenantData, cn: dict, *, summary_only: bool = False, unit_dp: int = 2, full_contact: bool = False
+) -> dict:
     allocs = []
     for n, (inv_idx, amount, day) in enumerate(cn["allocations"]):
         inv = t.invoice(inv_idx)
@@ -411,7 +494,11 @@ def credit_note(t: TenantData, cn: dict, *, summary_only: bool = False, unit_dp:
         "RemainingCredit": money(t.credit_remaining(cn)),
         "Allocations": allocs,
         "HasAttachments": False,
-        "Contact": contact_summary(t, cn["contact"]),
+        "Contact": (
+            contact_embedded(t, t.contact(cn["contact"]), CREDIT_NOTE_CONTACT_KEYS)  # type: ignore[arg-type]
+            if full_contact
+            else contact_summary(t, cn["contact"])
+        ),
         "DateString": day_string(cn["date_day"]),
         "Date": net_date(cn["date_day"] * DAY_MS),
         "Status": cn["status"],
@@ -444,9 +531,7 @@ def account(t: TenantData, a: dict) -> dict:
         "ShowInExpenseClaims": False,
         "ReportingCode": a["class"][:3],
         "ReportingCodeName": a["class"].title(),
-        "HasAttachments": False,
         "UpdatedDateUTC": net_date(a["updated_ms"]),
-        "AddToWatchlist": False,
     }
     if a.get("description"):
         out["Description"] = a["description"]
@@ -479,24 +564,21 @@ def organisation(t: TenantData, tier: str) -> dict:
         "CountryCode": t.country,
         "IsDemoCompany": False,
         "OrganisationStatus": "ACTIVE",
+        "TaxNumber": t.tax_number,
         "FinancialYearEndDay": 31,
         "FinancialYearEndMonth": 3,
         "SalesTaxBasis": "INVOICE" if t.country != "US" else "NONE",
         "SalesTaxPeriod": "TWOMONTHS" if t.country == "NZ" else "QUARTERLY1",
         "DefaultSalesTax": "Tax Exclusive",
         "DefaultPurchasesTax": "Tax Exclusive",
+        "PeriodLockDate": net_date(t.lock_day * DAY_MS),
+        "EndOfYearLockDate": net_date(t.lock_day * DAY_MS),
         "CreatedDateUTC": net_date(info.created_ms),
         "OrganisationEntityType": "COMPANY",
-        "Timezone": {
-            "NZ": "NEWZEALANDSTANDARDTIME",
-            "AU": "AUSEASTERNSTANDARDTIME",
-            "GB": "GMTSTANDARDTIME",
-            "US": "EASTERNSTANDARDTIME",
-        }[t.country],
+        "Timezone": TIMEZONES[t.country],
         "ShortCode": info.short_code,
         "Edition": "BUSINESS",
         "Class": tier,
-        "LineOfBusiness": "Coaching",
         "Addresses": [],
         "Phones": [],
         "ExternalLinks": [],

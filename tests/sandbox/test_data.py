@@ -585,3 +585,17 @@ def test_contact_balances_are_exact_for_a_tenant_over_100k_invoices() -> None:
         sb.advance_clock(15 * 86400)  # past the new invoice's due date
         later = balances()
         assert later == expected() and later[other][1] >= after[other][1] + new_due
+
+
+def test_contacts_summary_only_leaves_out_the_heavy_fields(big) -> None:
+    api = Api(big)
+    full = api.get("Contacts", page=1, includeArchived="true")["Contacts"]
+    summary = api.get("Contacts", page=1, includeArchived="true", summaryOnly="true")["Contacts"]
+    heavy = {"Addresses", "Phones", "ContactGroups", "ContactPersons", "Balances"}
+    assert all("Balances" in c and "Addresses" in c for c in full)
+    assert [c["ContactID"] for c in summary] == [c["ContactID"] for c in full]
+    for s, f in zip(summary, full, strict=True):
+        assert not heavy & set(s)
+        assert s == {k: v for k, v in f.items() if k not in heavy}  # the light fields are all still there
+    light = {"ContactID", "Name", "ContactStatus", "UpdatedDateUTC", "SalesDefaultLineAmountType"}
+    assert light <= set(summary[0])
