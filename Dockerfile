@@ -6,7 +6,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     DO_NOT_TRACK=1 \
     RUNTIME__DLTHUB_TELEMETRY=false \
     DBT_SEND_ANONYMOUS_USAGE_STATS=false \
-    DAGSTER_HOME=/app/.dagster
+    DAGSTER_HOME=/app/.dagster \
+    XERO_ELT_EMBEDDED_POSTGRES=0
 
 WORKDIR /app
 RUN useradd --create-home --uid 10001 app
@@ -19,6 +20,7 @@ COPY xero_sandbox ./xero_sandbox
 COPY dbt_project ./dbt_project
 COPY deploy ./deploy
 
+# Editable: the code finds dbt_project/ and deploy/ beside itself in /app.
 RUN pip install --no-cache-dir -e . \
     && mkdir -p "$DAGSTER_HOME" && cp deploy/dagster.yaml "$DAGSTER_HOME/dagster.yaml" \
     # @dbt_assets reads the manifest at import: build it into the image.
@@ -27,9 +29,12 @@ RUN pip install --no-cache-dir -e . \
 
 USER app
 EXPOSE 8080
-# DATABASE_URL, TOKEN_ENCRYPTION_KEY, XERO_* and AUTH_* come from the environment (secrets manager).
+# Configuration comes from the environment (secrets manager), never from the image:
+#   OAuth service: DATABASE_URL, APP_DATABASE_URL, TOKEN_ENCRYPTION_KEY, XERO_*, AUTH_*, APP_*.
+#   Dagster side:  DATABASE_URL, TOKEN_ENCRYPTION_KEY, XERO_CLIENT_ID/SECRET, XERO_*_URL and
+#                  DAGSTER_POSTGRES_URL=postgresql+psycopg2://user:pass@host/dagster (psycopg2 named:
+#                  dagster-postgres needs it). dbt's connection is derived from DATABASE_URL.
 # The same image runs the Dagster side with another command:
-#   dagster-webserver -w workspace.yaml -h 0.0.0.0 -p 3000      (UI; needs DAGSTER_POSTGRES_URL)
+#   dagster-webserver -w workspace.yaml -h 0.0.0.0 -p 3000      (UI)
 #   dagster-daemon run -w workspace.yaml                           (schedules, sensors, run queue)
-#   dagster code-server start -m orchestration.definitions -h 0.0.0.0 -p 4000
 CMD ["xero-elt", "serve", "--port", "8080"]

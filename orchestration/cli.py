@@ -26,7 +26,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from oauth_service.server import serve
     from oauth_service.settings import Settings
 
-    prepare_environment()
+    prepare_environment(dagster=False)
     serve(Settings.from_env(), host=args.host, port=args.port)
     return 0
 
@@ -40,7 +40,7 @@ def _cmd_db(args: argparse.Namespace) -> int:
         return 0
     from oauth_service import migrations
 
-    db = prepare_environment()
+    db = prepare_environment(dagster=False)
     if args.action == "upgrade":
         migrations.upgrade(db.url, args.revision or "head")
     elif args.action == "downgrade":

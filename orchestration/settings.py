@@ -11,7 +11,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from oauth_service.settings import SettingsError  # one error type for every bad setting
 
@@ -28,9 +28,6 @@ TELEMETRY_OFF = {
     "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
     "DAGSTER_DISABLE_TELEMETRY": "1",
 }
-
-
-
 
 DEMO_ENV_FILE = "demo.env"
 
@@ -86,11 +83,15 @@ class DatabaseUrl:
 
     @property
     def user(self) -> str:
-        return self._parts.username or "postgres"
+        return unquote(self._parts.username or "postgres")
 
     @property
     def password(self) -> str:
-        return self._parts.password or ""
+        return unquote(self._parts.password or "")
+
+    @property
+    def sslmode(self) -> str | None:
+        return parse_qs(self._parts.query).get("sslmode", [None])[-1]
 
     @property
     def database(self) -> str:
@@ -101,13 +102,23 @@ class DatabaseUrl:
         return DatabaseUrl(urlunsplit((p.scheme, p.netloc, "/" + database, p.query, "")))
 
     def dbt_env(self) -> dict[str, str]:
+        """dbt's profile reads its connection from these (decoded, unlike the URL)."""
         return {
             "DBT_PG_HOST": self.host,
             "DBT_PG_PORT": str(self.port),
             "DBT_PG_USER": self.user,
             "DBT_PG_PASSWORD": self.password,
-            "DBT_PG_DATABASE": self.database,
+            "DBT_PG_DATABASE": unquote(self.database),
+            "DBT_PG_SSLMODE": self.sslmode or "prefer",
         }
+
+
+def dbt_connection_env(environ=os.environ) -> dict[str, str]:
+    """dbt's connection, derived from `DATABASE_URL`, for whichever process runs dbt (a Dagster
+    run launched by the daemon or in a container has not been through `prepare_environment`)."""
+    if not environ.get("DATABASE_URL"):
+        raise SettingsError("DATABASE_URL is not set: dbt does not know which database to build")
+    return DatabaseUrl.parse(environ["DATABASE_URL"]).dbt_env()
 
 
 def ensure_database(admin: DatabaseUrl, name: str) -> None:
@@ -121,13 +132,15 @@ def ensure_database(admin: DatabaseUrl, name: str) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
-def prepare_environment(environ: dict[str, str] | None = None) -> DatabaseUrl:
+def prepare_environment(environ: dict[str, str] | None = None, *, dagster: bool = True) -> DatabaseUrl:
     """Fill in the process environment for local runs; return the database to use.
 
     - `DATABASE_URL` unset: start (or reuse) the embedded PostgreSQL under `.local/` and create
-      the `xero_elt` database on it.
-    - `DAGSTER_HOME` unset: `.local/dagster` with the repository's `deploy/dagster.yaml`.
-    - Dagster's storage: `DAGSTER_POSTGRES_URL`, by default database `<database>_dagster` on the
+      the `xero_elt` database on it (unless `XERO_ELT_EMBEDDED_POSTGRES=0`, as in the image:
+      a deployment that forgot its database must fail, not quietly use a throwaway one).
+    - With `dagster` (not needed by the OAuth service or migrations):
+      `DAGSTER_HOME` unset: `.local/dagster` with the repository's `deploy/dagster.yaml`;
+      Dagster's storage `DAGSTER_POSTGRES_URL`, by default database `<database>_dagster` on the
       same server.
     """
     env = os.environ if environ is None else environ
@@ -136,6 +149,9 @@ def prepare_environment(environ: dict[str, str] | None = None) -> DatabaseUrl:
 
     if env.get("DATABASE_URL"):
         db = DatabaseUrl.parse(env["DATABASE_URL"])
+    elif env.get("XERO_ELT_EMBEDDED_POSTGRES", "1") == "0":
+        raise SettingsError("DATABASE_URL is required (the embedded PostgreSQL is switched off by "
+                            "XERO_ELT_EMBEDDED_POSTGRES=0)")
     else:
         # The embedded database is the demo's world: use the demo's secrets (written by the demo)
         # so the UI's sensors and later commands can read the tokens it stored.
@@ -150,6 +166,13 @@ def prepare_environment(environ: dict[str, str] | None = None) -> DatabaseUrl:
         db = server.with_database("xero_elt")
         env["DATABASE_URL"] = db.url
 
+    env.update(db.dbt_env())
+    if dagster:
+        _prepare_dagster(env, db)
+    return db
+
+
+def _prepare_dagster(env, db: DatabaseUrl) -> None:
     if not env.get("DAGSTER_POSTGRES_URL"):
         dagster_db = f"{db.database}_dagster"
         ensure_database(db, dagster_db)
@@ -166,6 +189,3 @@ def prepare_environment(environ: dict[str, str] | None = None) -> DatabaseUrl:
         shutil.copy(DAGSTER_YAML_TEMPLATE, home / "dagster.yaml")
 
     env.setdefault("DLT_DATA_DIR", str(local_dir() / "dlt"))
-    for key, value in db.dbt_env().items():
-        env[key] = value
-    return db

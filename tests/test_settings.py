@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from orchestration.settings import DatabaseUrl, SettingsError, prepare_environment
+from orchestration.settings import DatabaseUrl, SettingsError, dbt_connection_env, prepare_environment
 
 
 @pytest.mark.parametrize(
@@ -33,8 +33,41 @@ def test_database_url_parts_feed_dbt():
         "DBT_PG_USER": "app",
         "DBT_PG_PASSWORD": "s3cret",
         "DBT_PG_DATABASE": "xero",
+        "DBT_PG_SSLMODE": "prefer",
     }
     assert db.with_database("dagster").url == "postgresql://app:s3cret@db.internal:6543/dagster"
+
+
+def test_dbt_gets_the_decoded_credentials_and_the_ssl_mode():
+    # A password with URL-reserved characters is percent-encoded in the URL; dbt gets it as is.
+    env = dbt_connection_env({"DATABASE_URL": "postgresql://etl%40corp:p%40ss%2Fw%3Ard@db:5432/xero?sslmode=require"})
+    assert env["DBT_PG_USER"] == "etl@corp"
+    assert env["DBT_PG_PASSWORD"] == "p@ss/w:rd"
+    assert env["DBT_PG_SSLMODE"] == "require"
+    with pytest.raises(SettingsError, match="DATABASE_URL is not set"):
+        dbt_connection_env({})
+
+
+def test_a_deployment_without_a_database_fails_instead_of_starting_an_embedded_one(tmp_path):
+    env = {"XERO_ELT_EMBEDDED_POSTGRES": "0", "DAGSTER_HOME": str(tmp_path)}
+    with pytest.raises(SettingsError, match="DATABASE_URL is required"):
+        prepare_environment(env)
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"XERO_PAGE_SIZE": "a lot"}, "XERO_PAGE_SIZE must be a whole number"),
+        ({"XERO_PAGE_SIZE": "5000"}, "XERO_PAGE_SIZE must be between 1 and 1000"),
+        ({"XERO_API_URL": "api.xero.com/api.xro/2.0"}, "XERO_API_URL must be an http(s) URL"),
+    ],
+)
+def test_source_settings_errors_name_the_variable(variables, message):
+    from xero_source import SourceSettings
+
+    with pytest.raises(ValueError) as err:
+        SourceSettings.from_env(variables)
+    assert message in str(err.value)
 
 
 def test_prepare_environment_uses_a_given_database(database_url, tmp_path):

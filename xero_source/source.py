@@ -121,7 +121,9 @@ def _make_resource(name: str, endpoint: Endpoint, client: XeroClient, settings: 
         if previous and not full_refresh:
             since = datetime.fromisoformat(previous) - timedelta(
                 seconds=settings.modified_since_overlap_seconds)
-        high_water: datetime | None = datetime.fromisoformat(previous) if previous else None
+        # A full refresh re-reads everything, so its cursor is what it read (a bad mark heals).
+        high_water: datetime | None = (datetime.fromisoformat(previous)
+                                       if previous and not full_refresh else None)
         seen: set[int] = set()
         shifted = False
         params = {**endpoint.params, "order": "UpdatedDateUTC ASC"} if endpoint.paged else endpoint.params

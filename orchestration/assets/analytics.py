@@ -2,6 +2,7 @@
 
 
 import json
+import os
 from collections.abc import Iterator
 
 import dagster as dg
@@ -9,6 +10,9 @@ from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtC
 
 from orchestration.dbt_project import ensure_manifest, xero_dbt_project
 from orchestration.partitions import checked_tenant_id, tenant_partitions
+from orchestration.resources import TokenVaultResource
+from orchestration.settings import dbt_connection_env
+from orchestration.tenant_lock import tenant_lock
 
 ANALYTICS_GROUP = "analytics"
 
@@ -29,7 +33,31 @@ class XeroDbtTranslator(DagsterDbtTranslator):
     # DDL: one dbt step at a time across runs (pool limit 1 in dagster.yaml).
     pool="dbt",
 )
-def analytics_models(context: dg.AssetExecutionContext, dbt: DbtCliResource) -> Iterator:
+def analytics_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
+                     token_vault: TokenVaultResource) -> Iterator:
     tenant_id = checked_tenant_id(context.partition_key)
+    # dbt runs as a subprocess of whichever process runs this step: give it the pipeline's database.
+    os.environ.update(dbt_connection_env())
     args = ["build", "--vars", json.dumps({"tenant_id": tenant_id})]
-    yield from dbt.cli(args, context=context).stream()
+    with tenant_lock(tenant_id):
+        invocation = dbt.cli(args, context=context, raise_on_error=False)
+        yield from invocation.stream()
+    if not invocation.is_successful():
+        raise build_failure(tenant_id, invocation.get_artifact("run_results.json"))
+    # The tenant's analytics are now as fresh as its raw data: that is what "last sync" means
+    # to the web app.
+    token_vault.get().mark_synced(tenant_id)
+
+
+def build_failure(tenant_id: str, run_results: dict) -> Exception:
+    """Failed data tests are a fact about the tenant's data: retrying in a minute cannot change
+    them, so they fail the run for good, naming the tests. Anything else (a lost connection, a lock)
+    may be transient and goes to the job's retry policy."""
+    failed = {r["unique_id"]: r.get("message") for r in run_results.get("results", [])
+              if r["status"] in ("fail", "error")}
+    tests = sorted(uid for uid in failed if uid.startswith("test."))
+    if tests and len(tests) == len(failed):
+        return dg.Failure(description=f"tenant {tenant_id}: dbt tests failed: {', '.join(tests)}",
+                          metadata={"tenant_id": tenant_id, "failed_tests": tests}, allow_retries=False)
+    return RuntimeError(f"tenant {tenant_id}: dbt build failed: "
+                        + "; ".join(f"{uid}: {msg}" for uid, msg in sorted(failed.items())))

@@ -76,7 +76,6 @@ def xero_raw_assets(
             metadata={"tenant_id": tenant_id, "reason": type(permanent).__name__},
             allow_retries=False,
         ) from exc
-    vault.mark_synced(tenant_id)
 
 
 def permanent_cause(exc: BaseException) -> BaseException | None:

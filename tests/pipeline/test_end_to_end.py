@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
+import dagster as dg
 import psycopg
 import pytest
 
@@ -159,6 +160,10 @@ def test_two_tenants_land_exactly_once(platform):
     assert_invoices_match_truth(platform)
     assert raw_versions(platform.database_url) == versions, "a second run must load nothing twice"
 
+    # `last_sync` (what the web app shows) is set once the tenant's analytics are built.
+    synced = last_syncs(platform.database_url)
+    assert all(synced[t] is not None for t in platform.tenant_ids), synced
+
     runs = {r.run_id for r in first + second}
     audited = audit_actions(platform.database_url)
     assert {run_id for _, run_id, _ in audited} == runs
@@ -231,6 +236,16 @@ def _check_sensor_and_schedule(platform, instance, defs, TokenVaultResource):
         runs = list(schedule.evaluate_tick(ctx).run_requests)
     assert sorted(r.partition_key for r in runs) == sorted(platform.tenant_ids)
     assert {r.run_key for r in runs} == {f"{t}:2026-11-25" for t in platform.tenant_ids}
+    assert all(r.run_config["ops"]["xero_raw"]["config"]["full_refresh"] is False for r in runs)
+
+    # Sundays re-read everything (Xero's silent changes).
+    with dg.build_schedule_context(instance=instance, resources=resources,
+                                   repository_def=defs.get_repository_def(),
+                                   scheduled_execution_time=datetime(2026, 11, 29, 2, tzinfo=UTC)) as ctx:
+        sunday = list(schedule.evaluate_tick(ctx).run_requests)
+    assert len(sunday) == len(platform.tenant_ids)
+    assert all(r.run_config["ops"]["xero_raw"]["config"]["full_refresh"] is True for r in sunday)
+    assert all(r.tags["xero/full_refresh"] == "true" for r in sunday)
 
 
 def test_a_webhook_from_xero_starts_that_tenants_sync(platform):
@@ -262,16 +277,39 @@ def test_a_webhook_from_xero_starts_that_tenants_sync(platform):
         assert all(isinstance(r, dg.SkipReason) for r in again)  # events were settled
 
 
-def test_a_second_sync_of_the_same_tenant_does_not_start(platform):
+def test_a_second_sync_of_the_same_tenant_waits_its_turn(platform, monkeypatch):
+    import threading
+
     from orchestration.tenant_lock import tenant_lock
 
     tenant_id = platform.tenant_ids[0]
+    monkeypatch.setenv("XERO_TENANT_LOCK_WAIT_SECONDS", "1")
     with tenant_lock(tenant_id, platform.database_url):  # a sync of this tenant is in progress
         [result] = sync_tenants([tenant_id], instance=platform.instance)
     assert not result.success
     assert "another sync of tenant" in result.error and tenant_id in result.error
-    [after] = sync_tenants([tenant_id], instance=platform.instance)  # the lock is free again
-    assert after.success
+
+    # Held for a moment only: the second sync waits for it, then runs.
+    monkeypatch.setenv("XERO_TENANT_LOCK_WAIT_SECONDS", "120")
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with tenant_lock(tenant_id, platform.database_url):
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(30)
+    threading.Timer(2, release.set).start()
+    [after] = sync_tenants([tenant_id], instance=platform.instance)
+    holder.join()
+    assert after.success, after.error
+
+
+def last_syncs(database_url: str) -> dict[str, datetime | None]:
+    with psycopg.connect(database_url) as conn:
+        return dict(conn.execute("SELECT tenant_id, last_sync FROM app.xero_connections").fetchall())
 
 
 def dbt_build(tenant_id: str) -> subprocess.CompletedProcess:
@@ -332,3 +370,24 @@ def test_one_tenants_bad_data_does_not_fail_another_tenants_run(platform):
     passed = dbt_build(good)
     assert passed.returncode == 0, passed.stdout[-3000:]
     assert analytics_count(platform.database_url, good) == 1
+
+
+def test_a_failed_build_does_not_count_as_a_sync(platform):
+    tenant_id = platform.tenant_ids[1]
+    before = last_syncs(platform.database_url)[tenant_id]
+    broken = str(uuid.uuid4())
+    add_raw_invoice_version(platform.database_url, tenant_id, broken, total=None)
+    try:
+        [failed] = sync_tenants([tenant_id], instance=platform.instance)
+        assert not failed.success
+        # A failed data test is about the data: named, and not retried.
+        assert tenant_id in failed.error and "not_null_stg_xero__invoices_total" in failed.error
+        assert not [e for e in platform.instance.all_logs(failed.run_id) if e.dagster_event
+                    and e.dagster_event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+        assert last_syncs(platform.database_url)[tenant_id] == before
+    finally:
+        with psycopg.connect(platform.database_url) as conn:
+            conn.execute("DELETE FROM raw_xero.invoices WHERE invoice_id = %s", (broken,))
+    [fixed] = sync_tenants([tenant_id], instance=platform.instance)
+    assert fixed.success, fixed.error
+    assert last_syncs(platform.database_url)[tenant_id] > before
