@@ -39,7 +39,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, text
 
-from oauth_service.audit import AnonymousAuditLimiter, record_audit
+from oauth_service.audit import AnonymousAuditLimiter, clean_ip, record_audit
 from oauth_service.auth import AuthError, Caller, JwtVerifier
 from oauth_service.db import app_engine
 from oauth_service.settings import Settings
@@ -50,7 +50,14 @@ from oauth_service.vault import (
     TokenVault,
     VaultError,
 )
-from oauth_service.xero import TokenSet, XeroError, fitting_id, new_pkce_pair, unverified_claims
+from oauth_service.xero import (
+    TokenSet,
+    XeroError,
+    clipped_text,
+    fitting_id,
+    new_pkce_pair,
+    unverified_claims,
+)
 
 log = logging.getLogger("oauth_service.app")
 access_log = logging.getLogger("oauth_service.access")
@@ -59,6 +66,8 @@ BINDING_COOKIE = "xero_oauth_browser"
 # The __Host- prefix makes browsers insist on Secure, Path=/ and no Domain.
 SECURE_BINDING_COOKIE = "__Host-" + BINDING_COOKIE
 CALLBACK_PATH = "/xero/auth/callback"
+# Xero's deliveries are small; anything bigger is refused before the HMAC is computed over it.
+WEBHOOK_MAX_BYTES = 1024 * 1024
 _ERROR_CODE_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
 
 
@@ -67,7 +76,8 @@ def _sha256(value: str) -> str:
 
 
 def _client_ip(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    """The caller's IP address, or None when the peer (or a proxy's X-Forwarded-For) names no IP."""
+    return clean_ip(request.client.host) if request.client else None
 
 
 def _with_query(url: str, **params: Any) -> str:
@@ -207,6 +217,11 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             return verifier.verify(request.headers.get("authorization"))
         except AuthError as exc:
             log.info("rejected bearer token from %s: %s", _client_ip(request), exc.reason)
+            anonymous_audit.record(
+                "auth_rejected",
+                ip_address=_client_ip(request),
+                metadata={"reason": exc.reason, "method": request.method, "path": request.url.path},
+            )
             raise
 
     CallerDep = Annotated[Caller, Depends(current_caller)]
@@ -490,12 +505,16 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     # ------------------------------------------------------------------ webhooks
     webhook_key = (settings.xero_webhook_key or "").encode("utf-8")
 
-    def store_webhook(events: list[dict[str, Any]], ip: str | None, verified: bool, body_len: int) -> None:
+    def store_webhook(events: list[Any], ip: str | None, body_len: int) -> None:
+        """Store the events of a well-signed delivery. Malformed events are skipped (and logged), never
+        a 500: Xero would retry the whole delivery for 24 hours."""
+        rows = [row for e in events if (row := _webhook_event_row(e)) is not None]
+        if len(rows) < len(events):
+            skipped = len(events) - len(rows)
+            log.warning("webhook delivery: skipped %d malformed event(s) of %d", skipped, len(events))
         with engine.begin() as conn:
             stored = 0
-            for e in events:
-                if not isinstance(e, dict) or not e.get("tenantId") or not e.get("resourceId"):
-                    continue
+            for row in rows:
                 result = conn.execute(
                     text(
                         """
@@ -505,34 +524,24 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
                         ON CONFLICT ON CONSTRAINT webhook_events_dedup DO NOTHING
                         """
                     ),
-                    {
-                        "t": str(e["tenantId"])[:255],
-                        "tt": (e.get("tenantType") or None),
-                        "c": str(e.get("eventCategory") or "UNKNOWN")[:32],
-                        "et": str(e.get("eventType") or "UNKNOWN")[:32],
-                        "r": str(e["resourceId"])[:255],
-                        "u": e.get("resourceUrl"),
-                        "d": _event_date(e.get("eventDateUtc")),
-                    },
+                    row,
                 )
                 stored += result.rowcount
-            tenants = sorted(
-                {str(e.get("tenantId")) for e in events if isinstance(e, dict) and e.get("tenantId")}
-            )
+            tenants = sorted({row["t"] for row in rows})
             record_audit(
                 conn,
                 "webhook_received",
                 ip_address=ip,
                 table_accessed="app.webhook_events",
                 tenant_id=tenants[0] if len(tenants) == 1 else None,
-                outcome="success" if verified else "denied",
                 metadata={
                     "events": len(events),
+                    "skipped": len(events) - len(rows),
                     "stored": stored,
                     "tenants": tenants,
                     "bytes": body_len,
-                    "intent_to_receive": verified and not events,
-                    "verified": verified,
+                    "intent_to_receive": not events,
+                    "verified": True,
                 },
             )
 
@@ -540,15 +549,28 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         "/xero/webhooks",
         tags=["webhooks"],
         status_code=200,
-        responses={200: {"description": "Accepted (empty body)"}, 401: {"description": "Bad signature"}},
+        responses={
+            200: {"description": "Accepted (empty body)"},
+            401: {"description": "Bad signature"},
+            413: {"description": f"Body over {WEBHOOK_MAX_BYTES} bytes"},
+        },
     )
     async def webhooks(request: Request) -> Response:
         """Xero webhooks: `x-xero-signature` checked in constant time; events stored for the orchestrator."""
-        body = await request.body()
+        ip = _client_ip(request)
+        body = await _read_at_most(request, WEBHOOK_MAX_BYTES)
+        if body is None:
+            await run_in_threadpool(
+                anonymous_audit.record,
+                "webhook_received",
+                ip_address=ip,
+                table_accessed="app.webhook_events",
+                metadata={"verified": False, "too_large": True, "limit": WEBHOOK_MAX_BYTES},
+            )
+            return Response(status_code=413)
         given = request.headers.get("x-xero-signature", "").encode("utf-8", "replace")
         expected = base64.b64encode(hmac.new(webhook_key, body, hashlib.sha256).digest())
         ok = bool(webhook_key) and hmac.compare_digest(expected, given)
-        ip = _client_ip(request)
         if not ok:
             await run_in_threadpool(
                 anonymous_audit.record,
@@ -562,11 +584,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         try:
             payload = json.loads(body or b"{}")
             events = (payload.get("events") or []) if isinstance(payload, dict) else []
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested beyond the parser's depth
             events = []
-        await run_in_threadpool(
-            store_webhook, list(events) if isinstance(events, list) else [], ip, True, len(body)
-        )
+        await run_in_threadpool(store_webhook, events if isinstance(events, list) else [], ip, len(body))
         return Response(status_code=200)
 
     # ------------------------------------------------------------------ health
@@ -583,6 +603,38 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         return JSONResponse(body, status_code=200 if db == "ok" else 503)
 
     return app
+
+
+async def _read_at_most(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed `limit` bytes (before buffering it)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def _webhook_event_row(event: Any) -> dict[str, Any] | None:
+    """The app.webhook_events row of one event, or None when it names no tenant and resource that fit.
+    Optional fields that are not strings of a fitting length are left out."""
+    if not isinstance(event, dict):
+        return None
+    tenant_id, resource_id = fitting_id(event.get("tenantId"), 255), fitting_id(event.get("resourceId"), 255)
+    if tenant_id is None or resource_id is None:
+        return None
+    return {
+        "t": tenant_id,
+        "tt": clipped_text(event.get("tenantType"), 32),
+        "c": fitting_id(event.get("eventCategory"), 32) or "UNKNOWN",
+        "et": fitting_id(event.get("eventType"), 32) or "UNKNOWN",
+        "r": resource_id,
+        "u": fitting_id(event.get("resourceUrl"), 2048),
+        "d": _event_date(event.get("eventDateUtc")),
+    }
 
 
 def _event_date(value: Any) -> str | None:

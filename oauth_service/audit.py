@@ -68,7 +68,8 @@ def sanitize(value: Any, *, _depth: int = 0) -> Any:
     return REDACTED if _looks_secret(text_value) else text_value
 
 
-def _clean_ip(ip_address: str | None) -> str | None:
+def clean_ip(ip_address: str | None) -> str | None:
+    """`ip_address` normalised, or None when it is not an IP address (the column is INET)."""
     if not ip_address:
         return None
     try:
@@ -130,7 +131,7 @@ def record_audit(
         "tenant_id": tenant_id,
         "outcome": outcome,
         "metadata": json.dumps(clean_meta, default=str),
-        "ip_address": _clean_ip(ip_address),
+        "ip_address": clean_ip(ip_address),
     }
     if isinstance(conn_or_engine, Engine):
         with conn_or_engine.begin() as conn:
@@ -183,7 +184,7 @@ class AnonymousAuditLimiter:
     ) -> bool:
         """Audit one anonymous rejection; True when it got its own row, False when only counted."""
         minute = int(self.clock() // 60)
-        ip = _clean_ip(ip_address)
+        ip = clean_ip(ip_address)
         with self._lock:
             due = self._take_expired(minute)
             key = (action, ip)

@@ -284,14 +284,64 @@ class TestCallerAuthentication:
         )
         assert r.json() == {"detail": "token expired"}
 
-    def test_user_id_comes_from_the_token_only(self, browser):
+    def test_user_id_comes_from_the_token_only(self, browser, tenant_ids, engine):
+        """A userId in the query or the body (as the first prototype took it) is ignored: the state,
+        and so the connection, belong to the JWT's `sub`."""
+        other = str(uuid.uuid4())
         r = browser.http.post(
-            f"{browser.service.url}/xero/auth/initiate?userId={uuid.uuid4()}",
+            f"{browser.service.url}/xero/auth/initiate?userId={other}&user_id={other}",
             headers=browser.auth,
-            json={"userId": str(uuid.uuid4())},
+            json={"userId": other, "user_id": other, "sub": other},
         )
         assert r.status_code == 200
-        assert browser.connections() == []
+        init = r.json()
+        with engine.connect() as conn:
+            owner = conn.execute(
+                text("SELECT user_id FROM app.oauth_states WHERE state_hash = :h"),
+                {"h": hashlib.sha256(init["state"].encode()).hexdigest()},
+            ).scalar_one()
+        assert str(owner) == browser.user_id
+        url = browser.authorize(init["authorizationUrl"], sandbox_tenants=tenant_ids[4])
+        assert browser.callback(url) == {"connected": ["1"]}
+        assert [str(r.user_id) for r in rows_for_user(engine, browser.user_id)] == [browser.user_id]
+        assert rows_for_user(engine, other) == []
+
+    def test_rejected_tokens_are_audited_within_the_anonymous_bound(self, service, engine):
+        """Every rejected bearer token is accounted for in the audit log, one row each up to
+        AUDIT_ANONYMOUS_PER_MINUTE per source IP and minute, then counted into a summary row."""
+        source = "198.51.100.77"  # as a proxy in front of the service reports it
+        bound = service.settings.anonymous_audit_per_minute
+        expired = user_jwt(str(uuid.uuid4()), ttl=-120)
+        for _ in range(bound * 3):
+            r = httpx.get(
+                f"{service.url}/xero/connections",
+                headers={"Authorization": f"Bearer {expired}", "X-Forwarded-For": source},
+            )
+            assert r.status_code == 401
+        service.app.state.anonymous_audit.flush()  # write the summary of this minute now
+        rows = [a for a in audit_rows(engine, "auth_rejected") if str(a.ip_address) == source]
+        individual = [a for a in rows if not a.metadata.get("aggregated")]
+        assert 1 <= len(individual) <= bound * 2  # the burst may straddle a minute
+        assert len(individual) + sum(a.metadata.get("suppressed", 0) for a in rows) == bound * 3
+        first = individual[0]
+        assert first.outcome == "denied" and first.user_id is None
+        assert first.metadata["reason"] == "token expired"
+        assert (first.metadata["method"], first.metadata["path"]) == ("GET", "/xero/connections")
+
+    def test_initiate_from_a_peer_that_names_no_ip_address(self, browser, engine):
+        """Behind a proxy the client address comes from X-Forwarded-For, which may hold anything."""
+        r = browser.http.post(
+            f"{browser.service.url}/xero/auth/initiate",
+            headers={**browser.auth, "X-Forwarded-For": "not-an-ip-address"},
+        )
+        assert r.status_code == 200, r.text
+        with engine.connect() as conn:
+            ip = conn.execute(
+                text("SELECT ip_address FROM app.oauth_states WHERE state_hash = :h"),
+                {"h": hashlib.sha256(r.json()["state"].encode()).hexdigest()},
+            ).scalar_one()
+        assert ip is None
+        assert audit_rows(engine, "xero_connect_initiated", user_id=browser.user_id)[-1].ip_address is None
 
 
 def test_callback_as_a_bare_browser_redirect_needs_the_initiating_browsers_cookie(

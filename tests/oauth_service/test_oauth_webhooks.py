@@ -7,7 +7,7 @@ import json
 import uuid
 
 import httpx
-from oauth_testlib import WEBHOOK_KEY, audit_rows
+from oauth_testlib import LOG_SINK, WEBHOOK_KEY, audit_rows
 from sqlalchemy import text
 
 
@@ -15,8 +15,8 @@ def sign(body: bytes, key: str = WEBHOOK_KEY) -> str:
     return base64.b64encode(hmac.new(key.encode(), body, hashlib.sha256).digest()).decode()
 
 
-def post(service, body: bytes, signature: str | None) -> httpx.Response:
-    headers = {"Content-Type": "application/json"}
+def post(service, body: bytes, signature: str | None, **extra_headers: str) -> httpx.Response:
+    headers = {"Content-Type": "application/json", **extra_headers}
     if signature is not None:
         headers["x-xero-signature"] = signature
     return httpx.post(f"{service.url}/xero/webhooks", content=body, headers=headers)
@@ -150,3 +150,68 @@ def test_anonymous_rejections_are_audited_within_a_bound(service, engine):
         assert r.status_code == 302 and r.headers["location"].endswith("error=invalid_state")
     bogus = [r for r in _rows_since(engine, since, "xero_callback_failed") if r.user_id is None]
     assert 1 <= len(bogus) <= bound * 2 + 2
+
+
+def _stored(engine, tenant: str) -> list:
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT * FROM app.webhook_events WHERE tenant_id = :t ORDER BY resource_id"), {"t": tenant}
+        ).all()
+
+
+def test_odd_events_in_a_signed_delivery_are_skipped_not_a_500(service, engine):
+    """A well-signed delivery is answered 200 whatever its events look like (else Xero retries it for
+    24 hours): what fits is stored, malformed events are skipped with a log line."""
+    tenant = str(uuid.uuid4())
+    kept, loose = "a-" + str(uuid.uuid4()), "b-" + str(uuid.uuid4())
+    events = [
+        {
+            "resourceId": kept,
+            "tenantId": tenant,
+            "tenantType": "ORGANISATION" * 4,  # longer than the column: cut
+            "eventCategory": "INVOICE",
+            "eventType": "UPDATE",
+            "eventDateUtc": "2026-05-20T10:00:00",
+        },
+        # odd optional fields are left out, the event is kept
+        {"resourceId": loose, "tenantId": tenant, "eventCategory": ["INVOICE"], "eventType": "X" * 40,
+         "eventDateUtc": 12345, "resourceUrl": 7},
+        # malformed: skipped
+        {"tenantId": 42, "resourceId": "r"},
+        {"tenantId": tenant, "resourceId": {"nested": 1}},
+        {"tenantId": tenant + "\x00", "resourceId": "r"},
+        {"tenantId": "t" * 256, "resourceId": "r"},
+        "not an event",
+    ]
+    body = json.dumps({"events": events, "firstEventSequence": 1, "lastEventSequence": 7}).encode()
+    r = post(service, body, sign(body))
+    assert r.status_code == 200 and r.content == b""
+    rows = _stored(engine, tenant)
+    assert [(r.resource_id, r.tenant_type, r.event_category, r.event_type) for r in rows] == [
+        (kept, ("ORGANISATION" * 4)[:32], "INVOICE", "UPDATE"),
+        (loose, None, "UNKNOWN", "UNKNOWN"),
+    ]
+    assert rows[1].resource_url is None and rows[1].event_date is None
+    [audit] = audit_rows(engine, "webhook_received", tenant_id=tenant)
+    assert audit.metadata["stored"] == 2 and audit.metadata["skipped"] == 5
+    assert any("skipped 5 malformed event(s) of 7" in line for line in LOG_SINK.lines)
+    # not JSON at all, or nested deeper than the parser goes: still a 200 to a good signature
+    for odd in (b"not json", b"[" * 100_000):
+        assert post(service, odd, sign(odd)).status_code == 200
+
+
+def test_an_oversized_delivery_is_refused_before_its_signature_is_computed(service, engine):
+    limit = 1024 * 1024
+    source = {"X-Forwarded-For": "198.51.100.78"}  # its own anonymous-audit budget
+    body = b'{"events": [], "pad": "' + b"x" * limit + b'"}'
+    assert post(service, body, sign(body), **source).status_code == 413  # correctly signed, still too big
+    chunked = httpx.post(  # no Content-Length: counted while it streams in
+        f"{service.url}/xero/webhooks",
+        content=iter([body[i : i + 65536] for i in range(0, len(body), 65536)]),
+        headers={"x-xero-signature": sign(body), **source},
+    )
+    assert chunked.status_code == 413
+    refused = [a for a in audit_rows(engine, "webhook_received") if a.metadata.get("too_large")]
+    assert [(a.outcome, str(a.ip_address)) for a in refused] == [("denied", "198.51.100.78")] * 2
+    fits = b'{"events": [], "pad": "' + b"x" * (limit - 100) + b'"}'
+    assert post(service, fits, sign(fits)).status_code == 200
