@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 
+from oauth_service.crypto import DecryptionError
 from oauth_service.settings import SettingsError
 
 
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             from oauth_service.server import serve as run
 
             run(None, host=args.host, port=args.port)
-    except SettingsError as exc:
+    except (SettingsError, DecryptionError) as exc:  # e.g. reencrypt without an old key still in use
         print(exc, file=sys.stderr)
         return 2
     return 0

@@ -1,5 +1,8 @@
 """Caller authentication with JWKS (asymmetric keys), and the explicit demo mode the demo runs."""
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import subprocess
@@ -14,6 +17,7 @@ import jwt
 import psutil
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from oauth_testlib import APP_RETURN_URL, free_port, user_jwt
 
@@ -91,9 +95,41 @@ def test_jwks_verifier_accepts_keys_it_publishes_and_nothing_else(jwks_server, s
         with pytest.raises(AuthError) as err:
             verifier.verify(f"Bearer {token}")
         assert err.value.reason == reason
-    # an HS256 token made with a public value is not accepted by a JWKS-configured service
-    with pytest.raises(AuthError):
-        verifier.verify(f"Bearer {user_jwt(str(uuid.uuid4()))}")
+
+
+def hs256(secret: bytes, kid: str, **claims) -> str:
+    """An HS256 JWT made by hand (PyJWT itself refuses to use a PEM key as an HMAC secret)."""
+    now = int(time.time())
+    payload = {"sub": str(uuid.uuid4()), "aud": "authenticated", "exp": now + 300, "iat": now, **claims}
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+    signing_input = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode()) + "." + b64(
+        json.dumps(payload).encode()
+    )
+    return signing_input + "." + b64(hmac.new(secret, signing_input.encode("ascii"), hashlib.sha256).digest())
+
+
+def test_jwks_verifier_refuses_hs256_signed_with_the_published_public_key(jwks_server, service_env):
+    """The classic algorithm-confusion attack: the public key anyone can fetch from AUTH_JWKS_URL, as
+    PEM, used as an HS256 secret. A verifier that let the token pick its algorithm would accept it."""
+    env = {k: v for k, v in service_env.items() if k != "AUTH_JWT_SECRET"}
+    verifier = JwtVerifier(Settings.from_env({**env, "AUTH_JWKS_URL": jwks_server["url"]}))
+    published = httpx.get(jwks_server["url"]).json()["keys"][0]
+    public_key = jwt.algorithms.RSAAlgorithm.from_jwk(json.dumps(published))
+    pems = {
+        fmt: public_key.public_bytes(serialization.Encoding.PEM, fmt)
+        for fmt in (serialization.PublicFormat.SubjectPublicKeyInfo, serialization.PublicFormat.PKCS1)
+    }
+    # the forgery is well formed: made with an ordinary secret, HS256 verification accepts it
+    ordinary = b"s" * 32
+    assert jwt.decode(hs256(ordinary, "rsa-1"), ordinary, algorithms=["HS256"], audience="authenticated")
+    for pem in pems.values():
+        for secret in (pem, pem.strip()):
+            with pytest.raises(AuthError) as err:
+                verifier.verify(f"Bearer {hs256(secret, published['kid'])}")
+            assert err.value.reason == "token invalid"
 
 
 def demo_env(service_env: dict) -> dict:

@@ -1,6 +1,10 @@
 """The token vault against the sandbox: one refresh for many processes, reauth, Xero-side removal."""
 
+import hashlib
 import multiprocessing as mp
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -25,6 +29,7 @@ from oauth_testlib import (
 from sqlalchemy import text
 
 from oauth_service import migrations
+from oauth_service.crypto import DecryptionError, TokenCipher
 from oauth_service.db import make_engine
 from oauth_service.settings import Settings, generate_key
 from oauth_service.vault import (
@@ -379,3 +384,69 @@ def test_a_reconnect_locks_rows_in_the_order_a_refresh_does(make_browser, tenant
         holder.close()
         thread.join(timeout=30)
     assert outcome == [sorted([first, second])]
+
+
+def _encrypted_values(engine) -> list[str]:
+    with engine.connect() as conn:
+        tokens = conn.execute(text("SELECT access_token, refresh_token FROM app.xero_connections")).all()
+        verifiers = conn.execute(text("SELECT code_verifier FROM app.oauth_states")).scalars().all()
+    return [v for row in tokens for v in row if v] + list(verifiers)
+
+
+def test_the_reencrypt_command_moves_every_value_to_the_newest_key(create_database):
+    """`python -m oauth_service reencrypt` as an operator runs it, on a real database: afterwards every
+    token and pending PKCE verifier decrypts with the newest key alone, and the old key is useless."""
+    url = create_database("reencrypt")
+    migrations.upgrade(url)
+    engine = make_engine(url, pool_size=1)
+    old, new = generate_key(), generate_key()
+    settings = Settings(database_url=url, token_encryption_keys=(old,), auth_jwt_secret="x" * 40)
+    tokens = TokenSet("access-" + uuid.uuid4().hex, "refresh-" + uuid.uuid4().hex, time.time() + 1800)
+    verifier = "verifier-" + uuid.uuid4().hex
+    try:
+        vault = TokenVault(settings, engine)
+        with engine.begin() as conn:
+            vault.store_authorization(
+                conn, user_id=str(uuid.uuid4()), tokens=tokens, tenants=[{"tenantId": "a"}, {"tenantId": "b"}]
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO app.oauth_states (state_hash, user_id, code_verifier, expires_at) "
+                    "VALUES (:h, :u, :v, now() + interval '10 minutes')"
+                ),
+                {
+                    "h": hashlib.sha256(b"state").hexdigest(),
+                    "u": str(uuid.uuid4()),
+                    "v": vault.cipher.encrypt(verifier),
+                },
+            )
+        expected = sorted([tokens.access_token, tokens.refresh_token] * 2 + [verifier])
+        clean = {k: v for k, v in os.environ.items() if k not in ("APP_DATABASE_URL", "DEMO_MODE")}
+
+        def reencrypt(keys: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [sys.executable, "-m", "oauth_service", "reencrypt"],
+                env={**clean, "DATABASE_URL": url, "TOKEN_ENCRYPTION_KEY": keys},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+
+        # a key list that lost the old key: refused, nothing rewritten
+        lost = reencrypt(generate_key())
+        assert lost.returncode == 2 and "cannot be decrypted" in lost.stderr
+        assert sorted(TokenCipher([old]).decrypt(v) for v in _encrypted_values(engine)) == expected
+
+        done = reencrypt(f"{new},{old}")
+        assert done.returncode == 0, done.stderr
+        assert "re-encrypted 5 value(s) under the newest key" in done.stdout
+        values = _encrypted_values(engine)
+        assert sorted(TokenCipher([new]).decrypt(v) for v in values) == expected
+        for value in values:
+            with pytest.raises(DecryptionError):
+                TokenCipher([old]).decrypt(value)
+        again = reencrypt(f"{new},{old}")
+        assert again.returncode == 0 and "re-encrypted 0 value(s)" in again.stdout
+        assert audit_rows(engine, "tokens_reencrypted")[-1].metadata["values_rewritten"] == 0
+    finally:
+        engine.dispose()
