@@ -47,8 +47,8 @@ ERROR_500 = (
 class DroppedResponse(Response):
     """Sends the status line and headers, part of the body, then aborts the connection."""
 
-    def __init__(self, body: bytes, headers: dict[str, str], keep: int) -> None:
-        super().__init__(body, 200, headers=headers, media_type=JSON)
+    def __init__(self, answer: Response, keep: int) -> None:
+        super().__init__(answer.body, answer.status_code, media_type=answer.media_type)
         self.keep = keep
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -157,7 +157,7 @@ def _respond(
 ) -> Response:
     tenant_id = t.info.tenant_id
     try:
-        resp = _answer(sb, t, request, endpoint, parts, fault)
+        resp = _damaged(_answer(sb, t, request, endpoint, parts, fault), fault)
     except Exception:  # a sandbox bug must still look like Xero's 500, and be visible in the log
         log.exception("sandbox error answering %s", request.url)
         resp = problem(500, ERROR_500)
@@ -223,18 +223,23 @@ def _answer(
         return PlainTextResponse("The resource you're looking for cannot be found", 404)
     if not wants_json(request, sb):
         return Response(serialise.to_xml(body), 200, media_type=XML)
-    raw = serialise.dumps(body)
-    if fault is not None and fault.kind == "drop":
-        return DroppedResponse(raw, {}, keep=len(raw) // 3)
-    if fault is not None and fault.kind == "truncate":
-        return Response(raw[: max(1, len(raw) // 2)], 200, media_type=JSON)
-    if fault is not None and fault.kind == "malformed":
-        return Response(
-            b"<html><head><title>502 Bad Gateway</title></head><body>Bad Gateway</body></html>",
-            200,
-            media_type=JSON,
-        )
-    return Response(raw, 200, media_type=JSON)
+    return Response(serialise.dumps(body), 200, media_type=JSON)
+
+
+BAD_GATEWAY = b"<html><head><title>502 Bad Gateway</title></head><body>Bad Gateway</body></html>"
+
+
+def _damaged(answer: Response, fault: Fault | None) -> Response:
+    """Transport faults hit whatever the answer is (JSON, XML, plain text), so a picked one always fires."""
+    kind = fault.kind if fault is not None else None
+    if kind == "drop":
+        return DroppedResponse(answer, keep=len(answer.body) // 3)
+    if kind == "truncate":
+        cut = answer.body[: max(1, len(answer.body) // 2)]
+        return Response(cut, answer.status_code, media_type=answer.media_type)
+    if kind == "malformed":  # a proxy's HTML error page, served as if it were the API's answer
+        return Response(BAD_GATEWAY, 200, media_type=answer.media_type)
+    return answer
 
 
 def _fault_response(f: Fault) -> Response:

@@ -13,6 +13,7 @@ DELETE /__sandbox/faults   POST /__sandbox/faults/rates    {"error_rate": 0.1, .
 GET    /__sandbox/consent  POST /__sandbox/consent         {"user_id": .., "tenants": [..], "error": ..}
 POST   /__sandbox/tokens/expire                            every access token expires now
 GET    /__sandbox/identity                                 connections, token counts
+POST   /__sandbox/identity/revoke                          {"user_id": ..} the user removes the app's access
 GET    /__sandbox/webhooks POST /__sandbox/webhooks        {"url": .., "key": ..}
 POST   /__sandbox/webhooks/intent-to-receive               {"url": .., "key": ..}
 """
@@ -165,6 +166,10 @@ def routes(sb: Sandbox) -> list[Route]:
     async def identity(request: Request) -> Response:
         return JSONResponse(sb.identity.snapshot())
 
+    async def revoke(request: Request) -> Response:
+        body = await _json(request)
+        return JSONResponse({"revoked": sb.identity.revoke_authorisations(body.get("user_id"))})
+
     async def webhooks(request: Request) -> Response:
         if request.method == "POST":
             body = await _json(request)
@@ -199,6 +204,7 @@ def routes(sb: Sandbox) -> list[Route]:
         Route(f"{p}/consent", consent, methods=["GET", "POST"]),
         Route(f"{p}/tokens/expire", expire_tokens, methods=["POST"]),
         Route(f"{p}/identity", identity, methods=["GET"]),
+        Route(f"{p}/identity/revoke", revoke, methods=["POST"]),
         Route(f"{p}/webhooks", webhooks, methods=["GET", "POST"]),
         Route(f"{p}/webhooks/intent-to-receive", itr, methods=["POST"]),
     ]

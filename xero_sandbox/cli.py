@@ -1,6 +1,6 @@
 """``xero-elt sandbox``: run the local Xero, or drive a running one through its admin API.
 
-xero-elt sandbox --port 8765 --tenants 2 --invoices 50 --seed 42 [--no-rate-limits]
+xero-elt sandbox --port 8765 --tenants 2 --invoices 50 --seed 42 [--no-rate-limits] [--per-minute off]
 xero-elt sandbox tenants  --url http://127.0.0.1:8765
 xero-elt sandbox truth    --url ... --tenant ID [--resource Invoices] [--jsonl]
 xero-elt sandbox mutate   --url ... --tenant ID ACTION [key=value ...]   (e.g. pay_invoice invoice_id=...)
@@ -9,6 +9,8 @@ xero-elt sandbox stats    --url ... [--reset]
 xero-elt sandbox fault    --url ... KIND [--endpoint Invoices] [--page 3] [--times 1] [--tenant ID]
 xero-elt sandbox faults   --url ... [--clear]
 xero-elt sandbox offline  --url ... --tenant ID [--back]
+xero-elt sandbox disconnect --url ... --tenant ID      (the organisation removes the app: connections gone)
+xero-elt sandbox revoke   --url ... [--user ID]        (the user revokes the app: tokens and connections gone)
 """
 
 from __future__ import annotations
@@ -25,8 +27,34 @@ from urllib.request import Request, urlopen
 
 from .config import DEFAULT_ANCHOR, FaultConfig, LimitConfig, SandboxConfig
 
-SUBCOMMANDS = ("serve", "tenants", "truth", "mutate", "clock", "stats", "fault", "faults", "offline")
+SUBCOMMANDS = (
+    "serve",
+    "tenants",
+    "truth",
+    "mutate",
+    "clock",
+    "stats",
+    "fault",
+    "faults",
+    "offline",
+    "disconnect",
+    "revoke",
+)
 DEFAULT_URL = "http://127.0.0.1:8765"
+TIER_DEFAULT = -1  # --per-day not given: 5,000 (1,000 with --starter)
+
+
+def limit(raw: str) -> int | None:
+    """A limit's value: a positive number, or ``off`` to switch that one limit off."""
+    if raw.lower() == "off":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'off', got {raw!r}")
+    return value
 
 
 def _serve_parser() -> argparse.ArgumentParser:
@@ -53,10 +81,11 @@ def _serve_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-rate-limits", action="store_true", help="switch every rate limit off")
     p.add_argument("--starter", action="store_true", help="Starter tier: 1,000 calls per tenant per day")
-    p.add_argument("--per-minute", type=int, default=60)
-    p.add_argument("--per-day", type=int, default=None)
-    p.add_argument("--concurrent", type=int, default=5)
-    p.add_argument("--app-per-minute", type=int, default=10_000)
+    # Each limit: a number, or "off" to switch just that one off.
+    p.add_argument("--per-minute", type=limit, default=60, help="calls per tenant per minute (or off)")
+    p.add_argument("--per-day", type=limit, default=TIER_DEFAULT, help="calls per tenant per day (or off)")
+    p.add_argument("--concurrent", type=limit, default=5, help="calls in flight per tenant (or off)")
+    p.add_argument("--app-per-minute", type=limit, default=10_000, help="calls per app per minute (or off)")
     p.add_argument("--client-id", default="sandbox-client-id")
     p.add_argument("--client-secret", default="sandbox-client-secret")
     p.add_argument(
@@ -79,7 +108,10 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--webhook-key", default=None)
     p.add_argument("--error-rate", type=float, default=0.0, help="random 500/503 rate on API calls")
     p.add_argument("--slow-rate", type=float, default=0.0)
-    p.add_argument("--drop-rate", type=float, default=0.0)
+    p.add_argument("--slow-seconds", type=float, default=2.0, help="latency a slow fault adds")
+    p.add_argument("--drop-rate", type=float, default=0.0, help="connection dropped mid-body")
+    p.add_argument("--truncate-rate", type=float, default=0.0, help="body cut short")
+    p.add_argument("--malformed-rate", type=float, default=0.0, help="an HTML error page, not the answer")
     p.add_argument("--latency-ms", type=float, default=0.0)
     p.add_argument("--fault-seed", type=int, default=0)
     p.add_argument(
@@ -106,7 +138,7 @@ def config_from_args(a: argparse.Namespace) -> SandboxConfig:
         clock_start = datetime.now(UTC)
     elif a.clock_start:
         clock_start = datetime.fromisoformat(a.clock_start.replace("Z", "+00:00"))
-    per_day = a.per_day if a.per_day is not None else (1000 if a.starter else 5000)
+    per_day = (1000 if a.starter else 5000) if a.per_day == TIER_DEFAULT else a.per_day
     limits = LimitConfig(
         concurrent=a.concurrent, per_minute=a.per_minute, per_day=per_day, app_per_minute=a.app_per_minute
     )
@@ -125,7 +157,10 @@ def config_from_args(a: argparse.Namespace) -> SandboxConfig:
         faults=FaultConfig(
             error_rate=a.error_rate,
             slow_rate=a.slow_rate,
+            slow_seconds=a.slow_seconds,
             drop_rate=a.drop_rate,
+            truncate_rate=a.truncate_rate,
+            malformed_rate=a.malformed_rate,
             latency_ms=a.latency_ms,
             seed=a.fault_seed,
         ),
@@ -142,10 +177,15 @@ def config_from_args(a: argparse.Namespace) -> SandboxConfig:
 
 
 def serve(argv: list[str]) -> int:
-    a = _serve_parser().parse_args(argv)
+    parser = _serve_parser()
+    a = parser.parse_args(argv)
     from .server import SandboxServer
 
-    server = SandboxServer(config_from_args(a), host=a.host, port=a.port, log_level=a.log_level)
+    try:
+        config = config_from_args(a)
+    except ValueError as e:  # e.g. a redirect URI Xero would not accept
+        parser.error(str(e))
+    server = SandboxServer(config, host=a.host, port=a.port, log_level=a.log_level)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -202,8 +242,10 @@ def admin(argv: list[str]) -> int:
     cmd, rest = argv[0], argv[1:]
     p = argparse.ArgumentParser(prog=f"xero-elt sandbox {cmd}")
     p.add_argument("--url", default=DEFAULT_URL, help="the running sandbox")
-    if cmd in ("truth", "mutate", "offline"):
+    if cmd in ("truth", "mutate", "offline", "disconnect"):
         p.add_argument("--tenant", required=True)
+    if cmd == "revoke":
+        p.add_argument("--user", help="only this user's authorisations (default: every user's)")
     if cmd == "truth":
         p.add_argument("--resource", default="Invoices")
         p.add_argument("--jsonl", action="store_true")
@@ -256,6 +298,10 @@ def admin(argv: list[str]) -> int:
         out = _call(a.url, "POST", "faults", body)
     elif cmd == "faults":
         out = _call(a.url, "DELETE" if a.clear else "GET", "faults")
+    elif cmd == "disconnect":
+        out = _call(a.url, "POST", f"tenants/{a.tenant}/disconnect", {})
+    elif cmd == "revoke":
+        out = _call(a.url, "POST", "identity/revoke", {"user_id": a.user} if a.user else {})
     else:  # offline
         out = _call(a.url, "POST", f"tenants/{a.tenant}/offline", {"offline": not a.back})
     if isinstance(out, str):

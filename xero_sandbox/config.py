@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 # Fixed anchor so generated data never depends on when the sandbox was started.
 DEFAULT_ANCHOR = datetime(2026, 1, 1, tzinfo=UTC)
@@ -40,6 +41,21 @@ GRANULAR_READ_SCOPE = (
     "offline_access accounting.invoices.read accounting.payments.read accounting.contacts.read "
     "accounting.settings.read"
 )
+
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def registrable_redirect_uri(uri: str) -> bool:
+    """What Xero lets an app register as a redirect URI: https, or plain http on localhost/loopback only."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return False
+    host = parts.hostname or ""
+    if parts.scheme == "https":
+        return bool(host)
+    return parts.scheme == "http" and host in LOOPBACK_HOSTS
 
 
 @dataclass
@@ -98,7 +114,8 @@ class SandboxConfig:
     contacts_per_tenant: int | None = None
     client_id: str = "sandbox-client-id"
     client_secret: str = "sandbox-client-secret"  # noqa: S105 (public sandbox value)
-    # None = any http(s)://127.0.0.1|localhost|[::1] redirect URI is accepted.
+    # The app's registered redirect URIs (https, or http on loopback, as Xero requires); None = any
+    # http(s)://127.0.0.1|localhost|[::1] redirect URI is accepted.
     redirect_uris: list[str] | None = None
     # Extra OAuth clients {client_id: client_secret}.
     extra_clients: dict[str, str] = field(default_factory=dict)
@@ -142,6 +159,11 @@ class SandboxConfig:
     provider_name: str = "Xero Sandbox"
     # Xero answers the Accounting API in XML unless ``Accept`` asks for JSON; True relaxes that.
     json_by_default: bool = False
+
+    def __post_init__(self) -> None:
+        for uri in self.redirect_uris or ():
+            if not registrable_redirect_uri(uri):
+                raise ValueError(f"redirect URI {uri!r}: Xero requires https (plain http only on localhost)")
 
     def effective_limits(self) -> LimitConfig:
         return self.limits if self.rate_limits else LimitConfig.off()

@@ -23,10 +23,8 @@ from urllib.parse import urlencode, urlsplit
 import jwt
 
 from .clock import SandboxClock
-from .config import ALL_SCOPES, BROAD_SCOPES, SandboxConfig, UserConfig
+from .config import ALL_SCOPES, BROAD_SCOPES, LOOPBACK_HOSTS, SandboxConfig, UserConfig
 from .data import deterministic_uuid
-
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 # Which scopes open which accounting endpoint (the broad legacy scope or a granular one, write implies read).
 ENDPOINT_SCOPES = {
@@ -112,8 +110,7 @@ class AuthCode:
     code: str
     grant: Grant
     redirect_uri: str
-    challenge: str | None
-    challenge_method: str | None
+    challenge: str | None  # S256 of the code verifier
     expires_ms: int
     used: bool = False
 
@@ -232,8 +229,8 @@ class IdentityStore:
             return back({"error": "invalid_scope"})
         method = params.get("code_challenge_method")
         challenge = params.get("code_challenge")
-        if challenge and (method or "plain") not in ("S256", "plain"):
-            return back({"error": "invalid_request", "error_description": "code_challenge_method"})
+        if challenge and method != "S256":  # Xero supports S256 only: no "plain" (RFC 7636's default)
+            return back({"error": "invalid_request", "error_description": "code_challenge_method: S256 only"})
         with self.lock:
             error = params.get("sandbox_error") or ("access_denied" if params.get("sandbox_deny") else None)
             error = error or self.consent.error
@@ -261,7 +258,6 @@ class IdentityStore:
                 grant,
                 redirect_uri,
                 challenge,
-                method or ("plain" if challenge else None),
                 now + self.cfg.auth_code_lifetime * 1000,
             )
         return back({"code": code, "scope": " ".join(scopes)})
@@ -314,12 +310,7 @@ class IdentityStore:
         if code.challenge:
             if not verifier:
                 raise OAuthError("invalid_grant", description="code_verifier required")
-            if code.challenge_method == "S256":
-                calc = (
-                    base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-                )
-            else:
-                calc = verifier
+            calc = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
             if not hmac.compare_digest(calc, code.challenge):
                 raise OAuthError("invalid_grant", description="code_verifier mismatch")
         elif not secret:
@@ -489,6 +480,16 @@ class IdentityStore:
                 del self.connections[cid]
             return len(ids)
 
+    def revoke_authorisations(self, user_id: str | None = None) -> int:
+        """Admin: the user (or every user) removes the app's access from Xero's side: each authorisation is
+        revoked, so its refresh and access tokens stop working and its connections go."""
+        with self.lock:
+            grants = {id(x.grant): x.grant for x in (*self.refresh.values(), *self.access.values())}
+            hit = [g for g in grants.values() if not g.revoked and user_id in (None, g.user_id)]
+            for grant in hit:
+                self._revoke_grant(grant)
+            return len(hit)
+
     def expire_access_tokens(self) -> int:
         with self.lock:
             now = self.clock.now_ms()
@@ -518,7 +519,7 @@ class IdentityStore:
             "scopes_supported": list(self.scopes_supported()),
             "response_types_supported": ["code"],
             "grant_types_supported": ["authorization_code", "refresh_token"],
-            "code_challenge_methods_supported": ["plain", "S256"],
+            "code_challenge_methods_supported": ["S256"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "subject_types_supported": ["public"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"]

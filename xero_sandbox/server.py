@@ -210,6 +210,9 @@ class SandboxServer:
     def disconnect_tenant(self, tenant_id: str) -> int:
         return self.sandbox.identity.drop_tenant_connections(tenant_id)
 
+    def revoke_authorisations(self, user_id: str | None = None) -> int:
+        return self.sandbox.identity.revoke_authorisations(user_id)
+
     def set_consent(
         self, user_id: str | None = None, tenants: list[str] | None = None, error: str | None = None
     ) -> None:

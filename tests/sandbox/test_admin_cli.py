@@ -185,3 +185,76 @@ def test_cli_builds_the_config_from_flags() -> None:
     assert (cfg.client_id, cfg.client_secret, cfg.webhook_key) == ("cid", "sec", "k")
     off = config_from_args(_serve_parser().parse_args(["--no-rate-limits"]))
     assert off.effective_limits().per_minute is None and off.effective_limits().concurrent is None
+
+
+def test_cli_switches_limits_off_one_by_one_and_sets_every_fault_rate() -> None:
+    from xero_sandbox.cli import _serve_parser, config_from_args
+
+    def cfg(*argv: str):
+        return config_from_args(_serve_parser().parse_args(list(argv)))
+
+    default = cfg().limits
+    assert (default.per_minute, default.per_day, cfg("--starter").limits.per_day) == (60, 5000, 1000)
+    only_day_off = cfg("--per-day", "off").limits
+    assert only_day_off.per_day is None and (only_day_off.per_minute, only_day_off.concurrent) == (60, 5)
+    limits = cfg("--per-minute", "off", "--concurrent", "OFF", "--app-per-minute", "50", "--starter").limits
+    assert (limits.per_minute, limits.concurrent) == (None, None)
+    assert (limits.app_per_minute, limits.per_day) == (50, 1000)
+    faults = cfg(
+        "--truncate-rate", "0.2", "--malformed-rate", "0.1", "--drop-rate", "0.05",
+        "--slow-rate", "0.3", "--slow-seconds", "0.5", "--error-rate", "0.01",
+    ).faults
+    assert (faults.truncate_rate, faults.malformed_rate, faults.drop_rate) == (0.2, 0.1, 0.05)
+    assert (faults.slow_rate, faults.slow_seconds, faults.error_rate) == (0.3, 0.5, 0.01)
+    for bad in ("0", "-3", "lots"):
+        with pytest.raises(SystemExit):
+            _serve_parser().parse_args(["--per-minute", bad])
+
+
+def test_cli_refuses_a_redirect_uri_xero_would_not_register(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--port", "0", "--redirect-uri", "http://app.example/cb"])
+    assert exc.value.code == 2 and "https" in capsys.readouterr().err
+
+
+def test_cli_disconnect_and_revoke(cli_server, capsys) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    url = cli_server["url"]
+    t0, t1 = (t["tenantId"] for t in cli_server["tenants"])
+    redirect = "http://127.0.0.1:1/cb"
+    r = requests.get(
+        f"{url}/identity/connect/authorize",
+        params={"response_type": "code", "client_id": cli_server["clientId"], "redirect_uri": redirect,
+                "scope": "offline_access accounting.invoices.read"},
+        allow_redirects=False,
+        timeout=10,
+    )
+    code = parse_qs(urlsplit(r.headers["Location"]).query)["code"][0]
+    auth = (cli_server["clientId"], "sandbox-client-secret")
+    tok = requests.post(
+        f"{url}/connect/token",
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": redirect},
+        auth=auth,
+        timeout=10,
+    ).json()
+    bearer = {"Authorization": f"Bearer {tok['access_token']}"}
+
+    def connections() -> list[str]:
+        return [c["tenantId"] for c in requests.get(f"{url}/connections", headers=bearer, timeout=10).json()]
+
+    assert sorted(connections()) == sorted([t0, t1])
+    assert run(capsys, "disconnect", "--url", url, "--tenant", t0) == {"tenantId": t0, "removed": 1}
+    assert connections() == [t1]
+    r = requests.get(f"{url}/api.xro/2.0/Invoices", headers={**bearer, "xero-tenant-id": t0}, timeout=10)
+    assert r.status_code == 403
+    assert run(capsys, "revoke", "--url", url, "--user", "nobody") == {"revoked": 0}
+    assert run(capsys, "revoke", "--url", url) == {"revoked": 1}
+    assert requests.get(f"{url}/connections", headers=bearer, timeout=10).status_code == 401
+    refreshed = requests.post(
+        f"{url}/connect/token",
+        data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
+        auth=auth,
+        timeout=10,
+    )
+    assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"

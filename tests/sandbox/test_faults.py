@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import requests
@@ -149,3 +150,44 @@ def test_fault_admin_api(xero_sandbox_server) -> None:
     assert page(s, sb, 1).status_code == 503
     requests.post(f"{base}/rates", json={}, timeout=10)
     assert page(s, sb, 1).status_code == 200
+
+
+@pytest.mark.parametrize(("accept", "end"), [("application/json", "}"), ("text/xml", "</Response>")])
+def test_body_faults_fire_on_json_xml_and_error_answers_alike(xero_sandbox_server, accept, end) -> None:
+    """A drop, truncate or malformed fault that is picked always fires, whatever the answer: so the count of
+    faults fired is what clients saw."""
+    sb = xero_sandbox_server
+    s = session(sb)
+    s.headers["Accept"] = accept
+    whole = page(s, sb, 1)
+    assert whole.status_code == 200 and whole.text.endswith(end)
+    sb.add_fault("truncate", endpoint="Invoices")
+    cut = page(s, sb, 1)
+    assert cut.status_code == 200 and not cut.text.endswith(end)
+    assert cut.headers["content-type"] == whole.headers["content-type"]
+    assert 0 < len(cut.content) <= len(whole.content) // 2 + 1
+    sb.add_fault("malformed", endpoint="Invoices")
+    html = page(s, sb, 1)
+    assert html.status_code == 200 and html.text.startswith("<html>")
+    assert html.headers["content-type"] == whole.headers["content-type"]
+    sb.add_fault("drop", endpoint="Invoices")
+    with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)):
+        page(s, sb, 1).content  # noqa: B018
+    sb.add_fault("truncate", endpoint="Invoices")  # an error answer is cut short too
+    missing = s.get(f"{sb.api_url}/Invoices/00000000-0000-4000-8000-000000000000", timeout=30)
+    assert missing.status_code == 404 and len(missing.text) < len("The resource you're looking for")
+    assert sb.stats()["faultsFired"] == {"truncate": 2, "malformed": 1, "drop": 1}
+    assert page(s, sb, 1).text.endswith(end)
+
+
+def test_a_slow_fault_delays_the_answer_and_the_sandbox_records_it(xero_sandbox_factory) -> None:
+    sb = xero_sandbox_factory(tenants=1, invoices_per_tenant=5, faults=FaultConfig(latency_ms=20))
+    s = session(sb)
+    sb.add_fault("slow", endpoint="Invoices", seconds=0.3)
+    started = time.monotonic()
+    assert page(s, sb, 1).status_code == 200
+    assert time.monotonic() - started >= 0.3  # a lower bound only: never flaky
+    assert page(s, sb, 1).status_code == 200  # the configured latency alone
+    (row,) = [r for r in sb.stats()["endpoints"] if r["endpoint"] == "Invoices"]
+    assert row["injectedDelayMs"] == 300 + 20 + 20
+    assert sb.stats()["faultsFired"] == {"slow": 1}

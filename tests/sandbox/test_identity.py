@@ -110,9 +110,28 @@ def test_authorize_validates_client_redirect_scope_and_type(xero_sandbox_server)
 
 
 def test_configured_redirect_uris_are_enforced(xero_sandbox_factory) -> None:
-    sb = xero_sandbox_factory(redirect_uris=["http://localhost:9999/cb"])
+    sb = xero_sandbox_factory(redirect_uris=["http://localhost:9999/cb", "https://app.example/xero/callback"])
     assert authorize(sb).status_code == 400
     assert authorize(sb, redirect_uri="http://localhost:9999/cb").status_code == 302
+    r = requests.get(
+        sb.authorize_url,
+        params={"response_type": "code", "client_id": sb.config.client_id, "scope": SCOPE,
+                "redirect_uri": "https://app.example/xero/callback"},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert r.status_code == 302 and r.headers["Location"].startswith("https://app.example/xero/callback?code=")
+
+
+@pytest.mark.parametrize(
+    "uri", ["http://app.example/cb", "http://10.0.0.5/cb", "ftp://localhost/cb", "https:///cb", "not a uri"]
+)
+def test_redirect_uris_xero_would_not_register_are_refused(uri) -> None:
+    """Xero requires https redirect URIs, except plain http on localhost / loopback."""
+    with pytest.raises(ValueError, match="https"):
+        SandboxConfig(redirect_uris=[uri])
+    for ok in ("https://app.example/cb", "http://localhost:8/cb", "http://127.0.0.1/cb", "http://[::1]:9/cb"):
+        assert SandboxConfig(redirect_uris=[ok]).redirect_uris == [ok]
 
 
 def test_code_exchange_rules(xero_sandbox_server) -> None:
@@ -171,6 +190,16 @@ def test_pkce_s256_is_checked(xero_sandbox_server) -> None:
     code = redirect_query(authorize(sb, code_challenge=challenge, code_challenge_method="S256"))["code"]
     r = token(sb, grant_type="authorization_code", code=code, redirect_uri=REDIRECT, code_verifier=verifier)
     assert r.status_code == 200 and r.json()["access_token"]
+
+
+@pytest.mark.parametrize("method", ["plain", None])
+def test_pkce_plain_is_refused_as_xero_supports_s256_only(xero_sandbox_server, method) -> None:
+    sb = xero_sandbox_server
+    params = {"code_challenge": "v" * 50} | ({"code_challenge_method": method} if method else {})
+    q = redirect_query(authorize(sb, **params))  # no method given means "plain" (RFC 7636)
+    assert q["error"] == "invalid_request" and "S256" in q["error_description"] and "code" not in q
+    discovery = requests.get(f"{sb.url}/.well-known/openid-configuration", timeout=10).json()
+    assert discovery["code_challenge_methods_supported"] == ["S256"]
 
 
 def _pkce_pair() -> tuple[str, str]:
@@ -399,6 +428,17 @@ def test_broad_scopes_are_invalid_for_a_new_app(xero_sandbox_server) -> None:
     tid = sb.tenants[0].tenant_id
     for path in ("Invoices", "CreditNotes", "Payments", "Contacts", "Accounts", "Organisation"):
         assert api_status(sb, tok["access_token"], tid, path).status_code == 200, path
+
+
+def test_a_refresh_asking_for_scopes_not_granted_is_invalid_scope(xero_sandbox_server) -> None:
+    sb = xero_sandbox_server
+    tok = exchange(sb)
+    form = {"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]}
+    r = token(sb, **form, scope="accounting.invoices.read accounting.journals.read")  # journals: not granted
+    assert r.status_code == 400 and r.json() == {"error": "invalid_scope"}
+    assert r.headers["Cache-Control"] == "no-store"
+    again = token(sb, **form)  # the refused call consumed nothing: the refresh token still works
+    assert again.status_code == 200 and again.json()["scope"] == tok["scope"]
 
 
 def test_scopes_gate_endpoints_and_refresh_tokens(xero_sandbox_factory) -> None:

@@ -76,15 +76,38 @@ def test_starter_tier_day_limit_1000(xero_sandbox_factory) -> None:
     assert r.status_code == 200 and r.headers["X-DayLimit-Remaining"] == "999"
 
 
-def test_default_day_limit_is_5000(xero_sandbox_factory) -> None:
-    sb = xero_sandbox_factory(tenants=1, invoices_per_tenant=1)
+def test_default_day_limit_5000_then_a_day_429(xero_sandbox_factory) -> None:
+    """Past Xero's default 5,000 calls a day (every limit at its default): 4,999 calls go through the ASGI app
+    in-process, 60 a sandbox minute, then the 5,000th and 5,001st over HTTP."""
+    sb = xero_sandbox_factory(tenants=1, invoices_per_tenant=1, access_token_lifetime=86400)
     c = Client(sb)
-    for _ in range(4):
-        for _ in range(60):
-            assert c.get().status_code == 200
-        sb.advance_clock(60)
+    headers = {**c.s.headers, "xero-tenant-id": sb.tenants[0].tenant_id, "Accept": "application/json"}
+
+    async def calls() -> dict[str, str]:
+        got: dict[str, str] = {}
+        for n in range(4999):
+            if n and n % 60 == 0:
+                sb.advance_clock(60)  # a new minute: the minute limit never bites
+            status, got, _ = await asgi_get(sb, "/api.xro/2.0/Organisation", headers)
+            assert status == 200, (n, got)
+        return got
+
+    last = asyncio.run(calls())
+    assert last["x-daylimit-remaining"] == "1" and last["x-minlimit-remaining"] == str(60 - 4999 % 60)
+    sb.advance_clock(60)
     r = c.get()
-    assert r.headers["X-DayLimit-Remaining"] == str(5000 - 241)
+    assert r.status_code == 200 and r.headers["X-DayLimit-Remaining"] == "0"
+    r = c.get()
+    assert r.status_code == 429 and r.headers["X-Rate-Limit-Problem"] == "day"
+    assert r.json()["Detail"] == "Rate limit exceeded: day"
+    assert r.headers["X-DayLimit-Remaining"] == "0"
+    assert r.headers["X-MinLimit-Remaining"] == "59" and r.headers["X-AppMinLimit-Remaining"] == "9999"
+    # The first call leaves the rolling 24 hours 84 sandbox minutes (plus some wall seconds) after it.
+    assert 86400 - 84 * 60 - 30 <= int(r.headers["Retry-After"]) <= 86400 - 84 * 60
+    sb.advance_clock(int(r.headers["Retry-After"]))
+    r = Client(sb).get()  # (a new access token: the old one has expired by now)
+    # the first sandbox minute's 60 calls have left the window; this call took one of their places
+    assert r.status_code == 200 and r.headers["X-DayLimit-Remaining"] == "59"
 
 
 def test_app_minute_limit_across_tenants(xero_sandbox_factory) -> None:
@@ -200,17 +223,36 @@ def test_accelerated_clock_makes_a_minute_short(xero_sandbox_factory) -> None:
     assert r.status_code == 200
 
 
-def test_retry_after_in_sandbox_seconds_when_asked(xero_sandbox_factory) -> None:
+class StoppedWall:
+    """Stands in for the sandbox clock's wall clock, so sandbox time moves only when a test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_retry_after_in_sandbox_or_wall_seconds_exactly(xero_sandbox_factory, monkeypatch) -> None:
+    wall = StoppedWall()
+    monkeypatch.setattr("xero_sandbox.clock.time", wall)
     sb = xero_sandbox_factory(
         tenants=1,
         invoices_per_tenant=5,
-        clock_speed=120,
+        clock_speed=10,
         limits=LimitConfig(per_minute=1, retry_after_wall_clock=False),
     )
     c = Client(sb)
     assert c.get().status_code == 200
+    wall.now += 1.5  # 15 sandbox seconds at 10x
     r = c.get()
-    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 1
+    # The minute's only call frees its place 60 - 15 = 45 sandbox seconds from now...
+    assert r.status_code == 429 and r.headers["Retry-After"] == "45"
+    # ...which is 4.5 wall seconds at this speed: Retry-After is whole seconds, rounded up (the default).
+    sb.sandbox.limiter.limits.retry_after_wall_clock = True
+    assert c.get().headers["Retry-After"] == "5"
+    wall.now += 4.5
+    assert c.get().status_code == 200
 
 
 def test_limits_switched_off(xero_sandbox_factory) -> None:
