@@ -5,11 +5,14 @@ flow, pages every invoice and prints pages/s, invoices/s, bytes and the sandbox'
 
     .venv/bin/python bench/sandbox_scale.py [--invoices 1000000] [--page-size 1000] [--max-pages N]
 
-Figures (2 shared cores, other test suites running alongside, 2026-11-25):
-    paged 1,000,000 invoices in 1,001 pages over HTTP in 101-119 s: 8.4-9.9 pages/s, 8,400-9,900 invoices/s
-    bytes served: 1,833,976,887 (1.71 GiB, ~1,834 B/invoice)
-    ground truth over 1,000,000 invoices: count 969,842, total 4313953606.30 (12-21 s)
-    sandbox RSS: 51 MB after start; 69-83 MB while paging; peak 102 MB including truth and the payment index
+Figures (2 shared cores, other test suites running alongside, two runs):
+    paged 1,000,000 invoices in 1,001 pages over HTTP in 100-117 s: 8.5-10.0 pages/s, 8,500-10,000 invoices/s
+    bytes served: 1,758,144,279 (1.64 GiB, ~1,758 B/invoice)
+    ground truth over 1,000,000 invoices: count 969,842, total 4291549358.70 (14-16 s)
+    incremental after 100 changes: 101 invoices in one call (7-16 ms); Payments page 1 in 1.0-1.3 s
+    Contacts page 1 with exact Balances (first use scans the invoices): 3.5-4.3 s
+    sandbox RSS: 53 MB after start; 81-88 MB while paging; peak 106-114 MB including truth, the payment
+    index and the contacts' balances (limit 300 MB)
 """
 
 from __future__ import annotations
@@ -26,6 +29,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import psutil
 import requests
+
+from xero_sandbox.config import GRANULAR_READ_SCOPE
+
+
+def ok(r: requests.Response, what: str) -> dict:
+    """The JSON of a 200 answer; anything else stops the benchmark with what the sandbox said."""
+    if r.status_code != 200:
+        raise SystemExit(f"{what}: HTTP {r.status_code} {r.reason}: {r.text[:300]}")
+    return r.json()
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -84,16 +96,21 @@ def main() -> int:
                 "response_type": "code",
                 "client_id": info["clientId"],
                 "redirect_uri": "http://127.0.0.1/cb",
-                "scope": "offline_access accounting.invoices.read",
+                "scope": GRANULAR_READ_SCOPE,  # invoices, payments, contacts, settings
                 "state": "bench",
             },
         )
-        code = parse_qs(urlsplit(r.headers["Location"]).query)["code"][0]
-        tok = s.post(
-            f"{base}/connect/token",
-            data={"grant_type": "authorization_code", "code": code, "redirect_uri": "http://127.0.0.1/cb"},
-            auth=(info["clientId"], "sandbox-client-secret"),
-        ).json()
+        query = parse_qs(urlsplit(r.headers.get("Location", "")).query)
+        if "code" not in query:
+            raise SystemExit(f"authorize: HTTP {r.status_code}, no code: {r.headers.get('Location')}")
+        tok = ok(
+            s.post(
+                f"{base}/connect/token",
+                data={"grant_type": "authorization_code", "code": query["code"][0], "redirect_uri": "http://127.0.0.1/cb"},
+                auth=(info["clientId"], "sandbox-client-secret"),
+            ),
+            "token",
+        )
         s.headers.update(
             {
                 "Authorization": f"Bearer {tok['access_token']}",
@@ -108,9 +125,8 @@ def main() -> int:
         page = 1
         while True:
             r = s.get(f"{base}/api.xro/2.0/Invoices", params={"page": page, "pageSize": args.page_size})
-            r.raise_for_status()
+            batch = ok(r, f"Invoices page {page}")["Invoices"]
             nbytes += len(r.content)
-            batch = r.json()["Invoices"]
             if batch:
                 max_updated = max(max_updated, batch[-1]["UpdatedDateUTCString"])
             pages += 1
@@ -128,20 +144,36 @@ def main() -> int:
         wall = time.perf_counter() - t0
         stop.set()
         truth_t0 = time.perf_counter()
-        truth = s.get(f"{base}/__sandbox/tenants/{tenant}/truth", params={"resource": "Invoices"}).json()
+        truth = ok(
+            s.get(f"{base}/__sandbox/tenants/{tenant}/truth", params={"resource": "Invoices"}), "truth"
+        )
         truth_wall = time.perf_counter() - truth_t0
         # Incremental: 100 changes, then If-Modified-Since from the newest record seen.
-        s.post(f"{base}/__sandbox/tenants/{tenant}/mutations", json={"action": "random", "count": 100})
+        ok(
+            s.post(f"{base}/__sandbox/tenants/{tenant}/mutations", json={"action": "random", "count": 100}),
+            "mutations",
+        )
         inc_t0 = time.perf_counter()
-        inc = s.get(
-            f"{base}/api.xro/2.0/Invoices",
-            params={"page": 1, "pageSize": args.page_size},
-            headers={"If-Modified-Since": max_updated.rstrip("Z")},
-        ).json()
+        inc = ok(
+            s.get(
+                f"{base}/api.xro/2.0/Invoices",
+                params={"page": 1, "pageSize": args.page_size},
+                headers={"If-Modified-Since": max_updated.rstrip("Z")},
+            ),
+            "incremental Invoices",
+        )
         inc_wall = time.perf_counter() - inc_t0
         pay_t0 = time.perf_counter()
-        pay = s.get(f"{base}/api.xro/2.0/Payments", params={"page": 1, "pageSize": args.page_size}).json()
+        pay = ok(
+            s.get(f"{base}/api.xro/2.0/Payments", params={"page": 1, "pageSize": args.page_size}), "Payments"
+        )
         pay_wall = time.perf_counter() - pay_t0
+        con_t0 = time.perf_counter()
+        contacts = ok(
+            s.get(f"{base}/api.xro/2.0/Contacts", params={"page": 1, "pageSize": args.page_size}), "Contacts"
+        )["Contacts"]
+        con_wall = time.perf_counter() - con_t0
+        ar_outstanding = sum(c["Balances"]["AccountsReceivable"]["Outstanding"] for c in contacts)
         peak = peak_rss_mb(proc.pid)
         print(f"invoices per tenant: {args.invoices:,}; page size {args.page_size}")
         print(
@@ -156,6 +188,10 @@ def main() -> int:
             f"incremental after 100 changes: {inc['pagination']['itemCount']} invoices in one call "
             f"({inc_wall * 1000:.0f} ms); Payments page 1 of {pay['pagination']['pageCount']} "
             f"(first use builds the payment index) in {pay_wall:.1f} s"
+        )
+        print(
+            f"Contacts page 1 ({len(contacts)} contacts, AR outstanding {ar_outstanding:,.2f}) in "
+            f"{con_wall:.1f} s (first use scans the invoices for the contacts' Balances)"
         )
         print(
             f"sandbox RSS: {rss_start:.0f} MB after start; peak {peak:.0f} MB "

@@ -1,9 +1,10 @@
 """Faults on demand: random (seeded) and scripted ("page 3 of Invoices fails once").
 
 Kinds: ``500``, ``501``, ``503`` (organisation offline, plain text, as Xero sends it), ``429`` (a limit hit
-without the quota being spent), ``slow`` (added wall-clock latency), ``drop`` (connection closed after the
-headers), ``truncate`` (body cut short), ``malformed`` (an HTML error page instead of JSON), ``401``
-(token rejected), ``403`` (connection revoked).
+without the quota being spent), ``slow`` (added wall-clock latency, recorded in the stats), ``drop``
+(connection closed part-way through the body), ``truncate`` (body cut short), ``malformed`` (an HTML error
+page instead of the answer), ``401`` (token rejected), ``403`` (connection revoked). The three body faults hit
+whatever the answer is (JSON, XML, an error), so a fault counted as fired is one a client saw.
 """
 
 from __future__ import annotations
