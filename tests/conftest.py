@@ -15,8 +15,13 @@ import pytest
 from psycopg import sql
 
 from orchestration.settings import TELEMETRY_OFF, DatabaseUrl, local_dir
+from tests import secret_watch
 
 pytest_plugins = ["xero_sandbox.pytest_plugin"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    secret_watch.start()  # from the first test on: see tests/test_zz_no_token_in_clear.py
 
 for _key, _value in TELEMETRY_OFF.items():
     os.environ.setdefault(_key, _value)

@@ -8,13 +8,17 @@ import sys
 import uuid
 from pathlib import Path
 
+from tests import secret_watch
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(args, env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True,
+    done = subprocess.run(args, env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
+    secret_watch.record(done.stdout + done.stderr)
+    return done
 
 
 def test_db_upgrade_current_and_downgrade(create_database, tmp_path):

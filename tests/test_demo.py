@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests import secret_watch
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
 # Nothing of the test process's own configuration may leak into the demo.
@@ -19,6 +21,7 @@ def run_demo(env: dict[str, str]) -> str:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN)}
     done = subprocess.run([str(BIN / "xero-elt"), "demo"], env={**clean, **env}, cwd=REPO,
                           capture_output=True, text=True, timeout=600)
+    secret_watch.record(done.stdout + done.stderr)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 

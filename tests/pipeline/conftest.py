@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from oauth_service.settings import Settings, generate_key
 from orchestration.demo import connect_organisations, user_jwt
 from orchestration.net import free_loopback_port
 from orchestration.settings import DatabaseUrl, prepare_environment
+from tests import secret_watch
 from xero_sandbox import SandboxConfig, SandboxServer
 
 USER_ID = "3f0a2b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b"
@@ -90,6 +92,7 @@ def platform_factory(create_database: Callable[[str], str], tmp_path_factory
         mp.setenv("DAGSTER_POSTGRES_URL", create_database("dagster"))
         prepare_environment()
         instance = dg.DagsterInstance.get()
+        stack.append(lambda: _watch_event_logs(os.environ["DAGSTER_POSTGRES_URL"]))
         stack.append(instance.dispose)
         return Platform(database_url, sandbox, service.url, instance)
 
@@ -101,6 +104,13 @@ def platform_factory(create_database: Callable[[str], str], tmp_path_factory
             item()
         else:
             item.__exit__(None, None, None)
+
+
+def _watch_event_logs(dagster_url: str) -> None:
+    """The runs' event logs (every line a run logged, as the UI shows it) go to the whole-run
+    check that no token appears in clear."""
+    with psycopg.connect(dagster_url.replace("+psycopg2", "")) as conn:
+        secret_watch.record("\n".join(row[0] for row in conn.execute("SELECT event FROM event_logs")))
 
 
 def _drop_role(database_url: str, name: str) -> None:

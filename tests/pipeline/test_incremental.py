@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestration.sync import sync_tenants
+from tests import secret_watch
 from tests.pipeline.test_end_to_end import (
     assert_invoices_match_truth,
     raw_versions,
@@ -33,6 +34,8 @@ def sync_at_once(platform) -> None:
     procs = [subprocess.Popen([cli, "sync", "--tenant", t], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for t in platform.tenant_ids]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for output in outputs:
+        secret_watch.record(output)
     for proc, output, tenant_id in zip(procs, outputs, platform.tenant_ids, strict=True):
         assert proc.returncode == 0, output[-3000:]
         assert f"{tenant_id}: run" in output and " ok;" in output
