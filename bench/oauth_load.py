@@ -73,6 +73,7 @@ def main() -> int:
     args = ap.parse_args()
     users, rounds = min(args.users, 200), min(args.rounds, 20)  # bounded
 
+    from oauth_service.db import create_app_login
     from oauth_service.migrations import upgrade
     from oauth_service.server import ServiceServer
     from oauth_service.settings import Settings, generate_key
@@ -83,8 +84,10 @@ def main() -> int:
     with psycopg.connect(maintenance, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db_name)))
     database_url = with_database(maintenance, db_name)
+    app_role = f"xero_elt_bench_{uuid.uuid4().hex[:8]}"
     try:
         upgrade(database_url)
+        app_database_url = create_app_login(database_url, app_role)  # the service's own login
         jwt_secret = secrets.token_urlsafe(48)
         config = SandboxConfig(
             seed=7,
@@ -101,6 +104,7 @@ def main() -> int:
             settings = Settings.from_env(
                 {
                     "DATABASE_URL": database_url,
+                    "APP_DATABASE_URL": app_database_url,
                     "XERO_CLIENT_ID": CLIENT_ID,
                     "XERO_CLIENT_SECRET": CLIENT_SECRET,
                     "XERO_REDIRECT_URI": f"http://127.0.0.1:{port}/xero/auth/callback",
@@ -190,6 +194,7 @@ def main() -> int:
     finally:
         with psycopg.connect(maintenance, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db_name)))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(app_role)))
 
 
 if __name__ == "__main__":

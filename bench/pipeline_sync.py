@@ -27,6 +27,7 @@ import dagster as dg
 import psycopg
 from psycopg import sql
 
+from oauth_service.db import create_app_login
 from oauth_service.migrations import upgrade
 from oauth_service.server import ServiceServer
 from oauth_service.settings import Settings, generate_key
@@ -55,13 +56,15 @@ def main() -> int:
     with psycopg.connect(server.url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     db = server.with_database(name)
+    app_role = f"xero_elt_bench_{uuid.uuid4().hex[:8]}"
     try:
         upgrade(db.url)
+        app_database_url = create_app_login(db.url, app_role)  # the service's and vault's own login
         cfg = SandboxConfig(seed=args.seed, tenants=1, invoices_per_tenant=args.invoices)
         with SandboxServer(cfg, host="127.0.0.1", port=0) as sandbox, tempfile.TemporaryDirectory() as home:
             port = free_loopback_port()
             os.environ.update({
-                **sandbox.env(), **db.dbt_env(), "DATABASE_URL": db.url,
+                **sandbox.env(), **db.dbt_env(), "DATABASE_URL": db.url, "APP_DATABASE_URL": app_database_url,
                 "XERO_REDIRECT_URI": f"http://127.0.0.1:{port}/xero/auth/callback",
                 "AUTH_JWT_SECRET": JWT_SECRET, "TOKEN_ENCRYPTION_KEY": generate_key(),
                 "APP_RETURN_URL": "http://localhost:3000/x", "APP_ORIGIN": "http://localhost:3000",
@@ -85,6 +88,7 @@ def main() -> int:
     finally:
         with psycopg.connect(server.url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(app_role)))
     print(f"peak RSS of this process (sandbox + service + pipeline): "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     return 0

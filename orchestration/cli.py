@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the OAuth service")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--host", default="0.0.0.0")  # noqa: S104 - a container's service listens on all
+    p.add_argument("--host", default=None, help="default: all interfaces; loopback in DEMO_MODE")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("db", help="app-schema migrations; stop the embedded PostgreSQL")
