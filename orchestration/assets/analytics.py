@@ -39,9 +39,12 @@ def analytics_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
     # dbt runs as a subprocess of whichever process runs this step: give it the pipeline's database.
     os.environ.update(dbt_connection_env())
     args = ["build", "--vars", json.dumps({"tenant_id": tenant_id})]
+    # The lock is held while dbt runs, not across yields: a generator suspended at a yield (its
+    # consumer failed) would keep the tenant locked until garbage collection.
     with tenant_lock(tenant_id):
         invocation = dbt.cli(args, context=context, raise_on_error=False)
-        yield from invocation.stream()
+        events = list(invocation.stream())
+    yield from events
     if not invocation.is_successful():
         raise build_failure(tenant_id, invocation.get_artifact("run_results.json"))
     # The tenant's analytics are now as fresh as its raw data: that is what "last sync" means

@@ -60,13 +60,14 @@ def xero_raw_assets(
     tenant_id = checked_tenant_id(context.partition_key)
     vault = token_vault.get()
     try:
+        # Held while dlt runs, not across yields (see analytics_models).
         with tenant_lock(tenant_id):
-            yield from dlt.run(
+            results = list(dlt.run(
                 context=context,
                 dlt_source=xero_pipeline.source(tenant_id, vault, full_refresh=config.full_refresh),
                 dlt_pipeline=xero_pipeline.pipeline(tenant_id),
                 dagster_dlt_translator=XeroDltTranslator(),
-            )
+            ))
     except Exception as exc:
         permanent = permanent_cause(exc)
         if permanent is None:
@@ -76,6 +77,7 @@ def xero_raw_assets(
             metadata={"tenant_id": tenant_id, "reason": type(permanent).__name__},
             allow_retries=False,
         ) from exc
+    yield from results
 
 
 def permanent_cause(exc: BaseException) -> BaseException | None:
