@@ -74,3 +74,26 @@ def test_lambda_refuses_without_a_dedicated_login_or_in_demo_mode(lambda_env, mo
     with pytest.raises(SettingsError, match="never on Lambda"):
         lambda_handler.handler(api_gateway_event("GET", "/healthz"), None)
     assert lambda_handler._adapter is None
+
+
+def test_the_lambda_template_routes_every_route_the_service_serves(lambda_env):
+    """deploy/lambda/template.yaml (API Gateway) must route exactly what the app serves."""
+    from pathlib import Path
+
+    import yaml
+    from fastapi.routing import APIRoute
+    from starlette.routing import Route
+
+    template = yaml.safe_load((Path(__file__).parents[2] / "deploy" / "lambda" / "template.yaml").read_text())
+    function = template["Resources"]["OAuthFunction"]["Properties"]
+    routed = {(e["Properties"]["Method"], e["Properties"]["Path"]) for e in function["Events"].values()
+              if e["Properties"]["Method"] != "OPTIONS"}
+    app = lambda_handler._get_adapter().app
+    served = {(method, route.path) for route in app.routes if isinstance(route, APIRoute | Route)
+              for method in (route.methods or ()) if method not in ("HEAD", "OPTIONS")}
+    assert routed == served
+    assert template["Resources"]["OAuthFunction"]["Metadata"]["Dockerfile"] == "deploy/lambda/Dockerfile"
+    # Secrets are resolved from Secrets Manager at deploy time, never written in the template.
+    variables = function["Environment"]["Variables"]
+    for secret in ("TOKEN_ENCRYPTION_KEY", "XERO_CLIENT_SECRET", "XERO_WEBHOOK_KEY", "AUTH_JWT_SECRET"):
+        assert "{{resolve:secretsmanager:" in variables[secret]["Fn::Sub"]
