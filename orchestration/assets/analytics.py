@@ -46,21 +46,28 @@ def analytics_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
         events = list(invocation.stream())
     yield from events
     if not invocation.is_successful():
-        raise build_failure(tenant_id, invocation.get_artifact("run_results.json"))
+        raise build_failure(tenant_id, invocation)
     # The tenant's analytics are now as fresh as its raw data: that is what "last sync" means
     # to the web app.
     token_vault.get().mark_synced(tenant_id)
 
 
-def build_failure(tenant_id: str, run_results: dict) -> Exception:
-    """Failed data tests are a fact about the tenant's data: retrying in a minute cannot change
-    them, so they fail the run for good, naming the tests. Anything else (a lost connection, a lock)
-    may be transient and goes to the job's retry policy."""
-    failed = {r["unique_id"]: r.get("message") for r in run_results.get("results", [])
-              if r["status"] in ("fail", "error")}
-    tests = sorted(uid for uid in failed if uid.startswith("test."))
-    if tests and len(tests) == len(failed):
-        return dg.Failure(description=f"tenant {tenant_id}: dbt tests failed: {', '.join(tests)}",
-                          metadata={"tenant_id": tenant_id, "failed_tests": tests}, allow_retries=False)
-    return RuntimeError(f"tenant {tenant_id}: dbt build failed: "
-                        + "; ".join(f"{uid}: {msg}" for uid, msg in sorted(failed.items())))
+def build_failure(tenant_id: str, invocation) -> Exception:
+    """Data tests that ran and failed are a fact about the tenant's data: retrying in a minute
+    cannot change them, so they fail the run for good, naming the tests. Anything else (a model or
+    a test's own query that errored, a lost connection, dbt dying) may be transient and goes to the
+    job's retry policy."""
+    try:
+        results = invocation.get_artifact("run_results.json").get("results", [])
+    except FileNotFoundError:  # dbt died before writing it
+        return RuntimeError(f"tenant {tenant_id}: dbt build failed: {invocation.get_error()}")
+    problems = {r["unique_id"]: (r["status"], r.get("message")) for r in results
+                if r["status"] in ("fail", "error")}
+    failed_tests = sorted(uid for uid, (status, _) in problems.items()
+                          if status == "fail" and uid.startswith("test."))
+    if failed_tests and len(failed_tests) == len(problems):
+        return dg.Failure(description=f"tenant {tenant_id}: dbt tests failed: {', '.join(failed_tests)}",
+                          metadata={"tenant_id": tenant_id, "failed_tests": failed_tests},
+                          allow_retries=False)
+    details = "; ".join(f"{uid} {status}: {msg}" for uid, (status, msg) in sorted(problems.items()))
+    return RuntimeError(f"tenant {tenant_id}: dbt build failed: {details}")

@@ -279,6 +279,7 @@ def test_a_webhook_from_xero_starts_that_tenants_sync(platform):
 
 def test_a_second_sync_of_the_same_tenant_waits_its_turn(platform, monkeypatch):
     import threading
+    import time
 
     from orchestration.tenant_lock import tenant_lock
 
@@ -298,12 +299,26 @@ def test_a_second_sync_of_the_same_tenant_waits_its_turn(platform, monkeypatch):
             held.set()
             release.wait(60)
 
+    waited = threading.Event()
+
+    def release_once_the_sync_waits() -> None:
+        deadline = time.monotonic() + 120
+        while not waited.is_set() and time.monotonic() < deadline:
+            with psycopg.connect(platform.database_url) as conn:
+                if conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                                ).fetchone()[0]:
+                    waited.set()
+            release.wait(0.1)
+        release.set()
+
     holder = threading.Thread(target=hold)
     holder.start()
     held.wait(30)
-    threading.Timer(2, release.set).start()
+    releaser = threading.Thread(target=release_once_the_sync_waits, daemon=True)
+    releaser.start()
     [after] = sync_tenants([tenant_id], instance=platform.instance)
     holder.join()
+    assert waited.is_set(), "the second sync never waited for the lock"
     assert after.success, after.error
 
 
