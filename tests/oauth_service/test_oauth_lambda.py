@@ -95,5 +95,12 @@ def test_the_lambda_template_routes_every_route_the_service_serves(lambda_env):
     assert template["Resources"]["OAuthFunction"]["Metadata"]["Dockerfile"] == "deploy/lambda/Dockerfile"
     # Secrets are resolved from Secrets Manager at deploy time, never written in the template.
     variables = function["Environment"]["Variables"]
-    for secret in ("TOKEN_ENCRYPTION_KEY", "XERO_CLIENT_SECRET", "XERO_WEBHOOK_KEY", "AUTH_JWT_SECRET"):
+    for secret in ("TOKEN_ENCRYPTION_KEY", "XERO_CLIENT_SECRET", "XERO_WEBHOOK_KEY"):
         assert "{{resolve:secretsmanager:" in variables[secret]["Fn::Sub"]
+    # Exactly one way to check the web app's JWTs: the JWKS URL when given, else the HS256 secret.
+    use_jwks, no_secret, secret = variables["AUTH_JWT_SECRET"]["Fn::If"]
+    assert (use_jwks, no_secret) == ("UseJwks", {"Ref": "AWS::NoValue"})
+    assert "{{resolve:secretsmanager:" in secret["Fn::Sub"]
+    no_value = {"Ref": "AWS::NoValue"}
+    assert variables["AUTH_JWKS_URL"]["Fn::If"] == ["UseJwks", {"Ref": "AuthJwksUrl"}, no_value]
+    assert template["Conditions"]["UseJwks"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "AuthJwksUrl"}, ""]}]}
