@@ -30,8 +30,10 @@ RUN pip install --no-cache-dir -e . \
 USER app
 EXPOSE 8080
 # Configuration comes from the environment (secrets manager), never from the image:
-#   OAuth service: DATABASE_URL, APP_DATABASE_URL, TOKEN_ENCRYPTION_KEY, XERO_*, AUTH_*, APP_*.
-#   Dagster side:  DATABASE_URL, TOKEN_ENCRYPTION_KEY, XERO_CLIENT_ID/SECRET, XERO_*_URL and
+#   OAuth service: APP_DATABASE_URL (its own login, owner of nothing; DATABASE_URL may be the same
+#                  URL: the service never needs the owner's), TOKEN_ENCRYPTION_KEY, XERO_*, AUTH_*, APP_*.
+#   Dagster side:  DATABASE_URL (owner of raw_xero/analytics), APP_DATABASE_URL (the token vault's
+#                  login), TOKEN_ENCRYPTION_KEY, XERO_CLIENT_ID/SECRET, XERO_*_URL and
 #                  DAGSTER_POSTGRES_URL=postgresql+psycopg2://user:pass@host/dagster (psycopg2 named:
 #                  dagster-postgres needs it). dbt's connection is derived from DATABASE_URL.
 # The same image runs the Dagster side with another command:
