@@ -301,16 +301,41 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         log.info("callback failed: %s%s", code, f" ({detail})" if detail else "")
         return RedirectResponse(_with_query(settings.app_return_url, error=code), status_code=302)
 
-    def abandon(request: Request, tokens: TokenSet, code: str, *, user_id: str, detail: str | None = None):
-        """A failure after the code exchange: the new tokens will never be stored, so revoke them at Xero
-        (best effort; Xero then drops this authorisation's connections) before failing as usual."""
-        try:
-            xero.revoke(tokens.refresh_token)
-            revoked = True
-        except XeroError as exc:
-            log.warning("could not revoke the abandoned authorisation at Xero: %s", exc)
-            revoked = False
-        return fail(request, code, user_id=user_id, detail=detail, revoked=revoked)
+    def abandon(
+        request: Request,
+        tokens: TokenSet,
+        code: str,
+        *,
+        user_id: str,
+        tenants: list[dict[str, Any]] | None,
+        detail: str | None = None,
+    ):
+        """A failure after the code exchange: the new tokens will never be stored. Revoking them makes
+        Xero drop every connection of this authorisation; but on a reconnect Xero has moved the tenant's
+        existing connection onto it, and revoking would cut off a tenant whose row stays `active`. So
+        revoke only when we know none of `tenants` (this authorisation's connections; None when
+        /connections failed) is a connection we use. Otherwise keep it: the unused refresh token expires
+        at Xero. Either way the audit row says what was done (`revoked`, else `not_revoked`)."""
+        outcome: dict[str, Any] = {"revoked": False}
+        if tenants is None:
+            outcome["not_revoked"] = "connections_unknown"
+        else:
+            try:
+                in_use = vault.tenants_in_use(tenants)
+            except Exception as exc:  # noqa: BLE001 - e.g. the database that just failed: we cannot tell
+                log.warning("could not check the abandoned authorisation's tenants: %s", type(exc).__name__)
+                outcome["not_revoked"] = "tenants_unknown"
+            else:
+                if in_use:
+                    outcome.update(not_revoked="tenants_in_use", tenants_in_use=in_use)
+                else:
+                    try:
+                        xero.revoke(tokens.refresh_token)
+                        outcome["revoked"] = True
+                    except XeroError as exc:
+                        log.warning("could not revoke the abandoned authorisation at Xero: %s", exc)
+                        outcome.update(not_revoked="revoke_failed", revoke_error=str(exc))
+        return fail(request, code, user_id=user_id, detail=detail, **outcome)
 
     @app.get(
         CALLBACK_PATH,
@@ -393,13 +418,15 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         try:
             tenants = xero.connections(tokens.access_token)
         except XeroError as exc:
-            return abandon(request, tokens, "connections_failed", user_id=user_id, detail=str(exc))
+            return abandon(
+                request, tokens, "connections_failed", user_id=user_id, tenants=None, detail=str(exc)
+            )
         event_id = unverified_claims(tokens.access_token).get("authentication_event_id")
         if event_id and any(t.get("authEventId") == event_id for t in tenants):
             tenants = [t for t in tenants if t.get("authEventId") == event_id]
         tenants = [t for t in tenants if fitting_id(t.get("tenantId"), 255)]
         if not tenants:
-            return abandon(request, tokens, "no_tenants", user_id=user_id)
+            return abandon(request, tokens, "no_tenants", user_id=user_id, tenants=tenants)
         try:
             with engine.begin() as conn:
                 stored = vault.store_authorization(
@@ -408,7 +435,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         except Exception as exc:  # noqa: BLE001 - e.g. the database: the user gets a clear error, not a 500
             # The exception's text may quote statement parameters (encrypted tokens): only its type is kept.
             log.error("storing the connections of user %s failed: %s", user_id, type(exc).__name__)
-            return abandon(request, tokens, "store_failed", user_id=user_id, detail=type(exc).__name__)
+            return abandon(
+                request, tokens, "store_failed", user_id=user_id, tenants=tenants, detail=type(exc).__name__
+            )
         log.info("user %s connected %d Xero tenant(s)", user_id, len(stored))
         response = RedirectResponse(
             _with_query(settings.app_return_url, connected=len(stored)), status_code=302

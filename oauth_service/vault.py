@@ -396,6 +396,31 @@ class TokenVault:
             ).one_or_none()
         return None if r is None else TenantInfo(r.tenant_id, r.tenant_name, str(r.user_id), r.status)
 
+    def tenants_in_use(self, connections: Sequence[dict[str, Any]]) -> list[str]:
+        """The tenants among `connections` (as Xero's /connections lists them) whose Xero connection an
+        active row of ours uses: the same connection id, or one side's id unknown (then we cannot tell
+        them apart, so count it as in use). Another Xero user's connection to the same tenant is a
+        different connection, not in use."""
+        wanted: dict[str, str | None] = {}  # tenant id → Xero connection id (None when unusable)
+        for c in connections:
+            if tid := fitting_id(c.get("tenantId"), 255):
+                wanted[tid] = fitting_id(c.get("id"), 64)
+        if not wanted:
+            return []
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT tenant_id, xero_connection_id FROM app.xero_connections "
+                    "WHERE status = 'active' AND tenant_id = ANY(:ts)"
+                ),
+                {"ts": list(wanted)},
+            ).all()
+        return sorted(
+            r.tenant_id
+            for r in rows
+            if r.xero_connection_id is None or wanted[r.tenant_id] in (None, r.xero_connection_id)
+        )
+
     def mark_synced(self, tenant_id: str, when: datetime | None = None) -> None:
         """Record a finished sync of `tenant_id` (`last_sync`)."""
         with self.engine.begin() as conn:

@@ -3,6 +3,8 @@
 import hashlib
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import jwt
@@ -14,13 +16,18 @@ from oauth_testlib import (
     JWT_SECRET,
     SECOND_XERO_USER,
     SEEN_TOKENS,
+    Browser,
     api_get,
     audit_rows,
+    expire_in_db,
+    free_port,
     stored_tokens,
     user_jwt,
     xero_connection_ids,
 )
 from sqlalchemy import text
+
+from oauth_service.server import ServiceServer
 
 
 def rows_for_user(engine, user_id: str) -> list:
@@ -441,19 +448,16 @@ def test_binding_cookie_over_plain_http_loopback_is_lax(browser):
     assert {"httponly", "samesite=lax", "path=/"} <= attributes and "secure" not in attributes
 
 
-def test_a_failure_to_store_the_connections_is_audited_and_the_new_grant_revoked(
-    make_browser, sandbox, tenant_ids, engine
-):
-    """After the code exchange the database refuses the connection rows: the browser still gets
-    APP_RETURN_URL?error=store_failed (not a 500), the failure is audited, and the tokens nobody will
-    keep are revoked at Xero (which drops the authorisation's connection)."""
-    user = make_browser()
+@contextmanager
+def database_refuses_rows_of(engine, user_id: str) -> Iterator[None]:
+    """While inside: the owner's temporary trigger refuses to insert or update this user's connection
+    rows (the database failing to store them), other users' rows untouched."""
     guard = f"refuse_{uuid.uuid4().hex[:8]}"
-    with engine.begin() as conn:  # the owner adds a trigger that refuses this user's rows only
+    with engine.begin() as conn:
         conn.execute(
             text(
                 f"CREATE FUNCTION app.{guard}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                f"IF NEW.user_id = '{user.user_id}' THEN RAISE EXCEPTION 'refused by the test'; END IF; "
+                f"IF NEW.user_id = '{user_id}' THEN RAISE EXCEPTION 'refused by the test'; END IF; "
                 "RETURN NEW; END $$"
             )
         )
@@ -464,6 +468,22 @@ def test_a_failure_to_store_the_connections_is_audited_and_the_new_grant_revoked
             )
         )
     try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP TRIGGER {guard} ON app.xero_connections"))
+            conn.execute(text(f"DROP FUNCTION app.{guard}()"))
+
+
+def test_a_failure_to_store_the_connections_is_audited_and_the_new_grant_revoked(
+    make_browser, sandbox, tenant_ids, engine
+):
+    """After the code exchange the database refuses the connection rows: the browser still gets
+    APP_RETURN_URL?error=store_failed (not a 500), the failure is audited, and the tokens nobody will
+    keep are revoked at Xero (which drops the authorisation's connection: a first connection, and of
+    another Xero user than any we hold, so no connection of ours)."""
+    user = make_browser()
+    with database_refuses_rows_of(engine, user.user_id):
         before = xero_connection_ids(sandbox)
         init = user.initiate()
         url = user.authorize(
@@ -472,12 +492,72 @@ def test_a_failure_to_store_the_connections_is_audited_and_the_new_grant_revoked
         made = xero_connection_ids(sandbox) - before
         assert len(made) == 1  # Xero made the connection when the user consented
         assert user.callback(url) == {"error": ["store_failed"]}
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text(f"DROP TRIGGER {guard} ON app.xero_connections"))
-            conn.execute(text(f"DROP FUNCTION app.{guard}()"))
     assert rows_for_user(engine, user.user_id) == []
     [failed] = _failed(engine, user.user_id, "store_failed")
     assert failed.outcome == "failure" and failed.metadata["revoked"] is True
     assert "refused by the test" not in str(failed.metadata)  # the exception's type only, never its text
     assert made.isdisjoint(xero_connection_ids(sandbox))  # revoked: Xero dropped the connection
+
+
+def _still_works(sandbox, engine, vault, tenant: str, connection_id: str) -> None:
+    """The tenant's stored grant still reads the API, before and after a refresh, and Xero still
+    lists its connection."""
+    assert connection_id in xero_connection_ids(sandbox)
+    token = vault.access_token_for(tenant)
+    SEEN_TOKENS.add(token)
+    assert api_get(sandbox, token, tenant).status_code == 200
+    expire_in_db(engine, tenant)
+    refreshed = vault.access_token_for(tenant)
+    SEEN_TOKENS.add(refreshed)
+    assert refreshed != token and api_get(sandbox, refreshed, tenant).status_code == 200
+    row = row_of_tenant(engine, tenant)
+    assert row.status == "active" and row.xero_connection_id == connection_id
+
+
+def row_of_tenant(engine, tenant_id: str):
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT * FROM app.xero_connections WHERE tenant_id = :t"), {"t": tenant_id}
+        ).one()
+
+
+def test_a_failed_reconnect_leaves_the_working_connection_alone(
+    make_browser, sandbox, tenant_ids, engine, vault
+):
+    """On a reconnect Xero moves the tenant's existing connection onto the new authorisation. When
+    storing it then fails, revoking that authorisation would delete the connection our `active` row
+    still uses: it is kept, and the audit row says why."""
+    tenant = tenant_ids[4]
+    user = make_browser()
+    assert user.connect([tenant]) == {"connected": ["1"]}
+    row = row_of_tenant(engine, tenant)
+    with database_refuses_rows_of(engine, user.user_id):
+        assert user.connect([tenant]) == {"error": ["store_failed"]}
+    assert row_of_tenant(engine, tenant).grant_id == row.grant_id  # nothing stored
+    _still_works(sandbox, engine, vault, tenant, row.xero_connection_id)
+    [failed] = _failed(engine, user.user_id, "store_failed")
+    assert failed.metadata["revoked"] is False
+    assert failed.metadata["not_revoked"] == "tenants_in_use"
+    assert failed.metadata["tenants_in_use"] == [tenant]
+
+
+def test_a_reconnect_whose_connections_cannot_be_read_revokes_nothing(
+    make_browser, settings, sandbox, tenant_ids, engine, vault
+):
+    """/connections fails after the code exchange: which connections the new authorisation holds is
+    unknown, so it is not revoked (it may hold the tenant's working connection); audited as such."""
+    tenant = tenant_ids[4]
+    user = make_browser()
+    assert user.connect([tenant]) == {"connected": ["1"]}
+    row = row_of_tenant(engine, tenant)
+    nowhere = f"http://127.0.0.1:{free_port()}/connections"  # nothing listens there: connection refused
+    broken = settings.replace(xero_redirect_uri=None, xero_connections_url=nowhere)
+    with ServiceServer(broken, port=free_port()) as srv:
+        same_user = Browser(srv, user.user_id)
+        try:
+            assert same_user.connect([tenant]) == {"error": ["connections_failed"]}
+        finally:
+            same_user.close()
+    _still_works(sandbox, engine, vault, tenant, row.xero_connection_id)
+    [failed] = _failed(engine, user.user_id, "connections_failed")
+    assert failed.metadata["revoked"] is False and failed.metadata["not_revoked"] == "connections_unknown"
