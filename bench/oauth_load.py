@@ -9,13 +9,13 @@ Only the service's two requests are timed. Everything runs on 127.0.0.1 and stop
 Without --database-url (or TEST_DATABASE_URL/DATABASE_URL) it uses the embedded PostgreSQL under
 .local/. A scratch database is created and dropped.
 
-Recorded figures (2026-11-25, 2 CPUs shared with other work, PostgreSQL 15 on loopback, service on the
-SET ROLE xero_elt_app engine, 50 users x 3 flows = 300 service requests, 0 errors; two runs):
+Recorded figures (2026-11-25, 2 CPUs, PostgreSQL 15 on loopback, the service on its own
+least-privilege login (APP_DATABASE_URL), 50 users x 3 flows = 300 service requests, 0 errors):
 
-    service requests/s   65.6 / 70.4   (flows/s 32.8 / 35.2)
-    initiate  p95        532 / 560 ms
-    callback  p95       1042 / 931 ms  (code exchange + GET /connections + upsert, all 50 at once)
-    all       p95       1003 / 911 ms
+    service requests/s   97.9          (flows/s 48.9)
+    initiate  p95        307 ms
+    callback  p95        575 ms        (code exchange + GET /connections + upsert, all 50 at once)
+    all       p95        541 ms
 """
 
 import argparse

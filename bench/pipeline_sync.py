@@ -5,12 +5,14 @@ Prints: first (full) sync wall time and invoices/s, API calls and bytes fetched,
 
     .venv/bin/python bench/pipeline_sync.py --invoices 20000
 
-Figures (2026-11-25, 2 cores shared with other work, CI's PostgreSQL 15, 20,000 invoices):
-    full: 21.4 s end to end, 20,000 records fetched in 21 API calls (~935/s), 19,418 in analytics.invoices
-    incremental (no change): 7.7 s, 1 record re-read (the If-Modified-Since overlap) in 1 API call
-    peak RSS of the whole process (sandbox + service + pipeline): 436 MB
-    dlt phases for the 20,000 (separately): extract 5.0 s, normalize 4.2 s, load 1.6 s with
-    insert_values (1.0 s with csv/COPY: not worth the switch; extract and normalize dominate).
+Figures (2026-11-25, 2 cores, CI's PostgreSQL 15, 20,000 invoices; all five resources):
+    full: 22.5 s end to end, 40,550 records (invoices, contacts, payments, credit notes, accounts)
+      in 44 API calls (~1,800 records/s), 19,418 in analytics.invoices
+    incremental (no change): 6.6-6.9 s, 22 records re-read (each resource's If-Modified-Since
+      overlap) in 5 API calls
+    peak RSS of the whole process (sandbox + service + pipeline): 565-568 MB
+    dlt phases for the 20,000 invoices (separately, earlier): extract 5.0 s, normalize 4.2 s, load
+    1.6 s with insert_values (1.0 s with csv/COPY: not worth the switch; extract and normalize dominate).
 """
 
 from __future__ import annotations
