@@ -14,6 +14,7 @@ token vault, and through `TokenVault(...).engine` the orchestration's audit writ
   runs `SET ROLE xero_elt_app`, so that ordinary statements run with the application role's privileges
   (defence in depth only: the session could `RESET ROLE`). When the role is missing or cannot be
   assumed the connection is refused outside DEMO_MODE, rather than silently keep the owner's rights.
+  (Migration 0003 lets the login that applied the migrations assume it, e.g. a CREATEROLE owner.)
   Outside DEMO_MODE one warning per process says to set APP_DATABASE_URL.
 
 Migrations (`oauth_service.migrations`) always use `make_engine(DATABASE_URL)`: the owner.

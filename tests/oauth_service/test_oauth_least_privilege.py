@@ -13,10 +13,12 @@ import hmac
 import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
@@ -33,9 +35,10 @@ from oauth_testlib import (
     expire_in_db,
     free_port,
 )
+from psycopg import sql
 from sqlalchemy import text
 
-from oauth_service import db
+from oauth_service import db, migrations
 from oauth_service.__main__ import main as cli
 from oauth_service.app import create_app
 from oauth_service.audit import record_audit
@@ -203,6 +206,58 @@ def test_without_app_database_url_the_vaults_engine_sets_the_app_role(settings, 
     with caplog.at_level(logging.WARNING, logger="oauth_service.db"):
         db.app_engine(settings.replace(demo_mode=True), pool_size=1).dispose()
     assert not [r for r in caplog.records if "APP_DATABASE_URL" in r.getMessage()]
+
+
+def test_a_createrole_owner_that_is_no_superuser_may_use_the_vaults_fallback(
+    postgres_server, migrated_database_url, service_env
+):
+    """The RDS master user's case: a CREATEROLE login that is no superuser owns the database and
+    applies the migrations; xero_elt_app already exists in the cluster (roles are cluster-wide). The
+    pipeline's vault (no APP_DATABASE_URL) then connects with DATABASE_URL and SET ROLE xero_elt_app,
+    which migration 0003 makes possible."""
+    owner = f"xero_elt_test_owner_{uuid.uuid4().hex[:8]}"
+    database = f"xero_elt_test_owned_{uuid.uuid4().hex[:8]}"
+    password = secrets.token_urlsafe(24)
+    SEEN_SECRETS.add(password)
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN CREATEROLE NOSUPERUSER PASSWORD {}").format(
+                sql.Identifier(owner), sql.Literal(db.scram_sha256_verifier(password))
+            )
+        )
+        if conn.info.server_version >= 160000:
+            # What PostgreSQL 16+ gives the creator of a role (createrole_self_grant unset): ADMIN, no SET.
+            conn.execute(
+                sql.SQL("GRANT xero_elt_app TO {} WITH ADMIN TRUE, INHERIT FALSE, SET FALSE").format(
+                    sql.Identifier(owner)
+                )
+            )
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(owner))
+        )
+    server = urlsplit(postgres_server.url)
+    netloc = f"{owner}:{password}@{server.netloc.rpartition('@')[2]}"
+    owner_url = urlunsplit(("postgresql", netloc, f"/{database}", server.query, ""))
+    env = {k: v for k, v in service_env.items() if k != "APP_DATABASE_URL"} | {"DATABASE_URL": owner_url}
+    vault_settings = Settings.from_env(env, for_service=False)
+    try:
+        migrations.upgrade(owner_url, "0002_narrow_app_role")
+        eng = db.app_engine(vault_settings, pool_size=1)
+        try:  # without 0003 the role cannot be assumed
+            with pytest.raises(SettingsError, match="cannot be assumed"):
+                eng.connect()
+        finally:
+            eng.dispose()
+        migrations.upgrade(owner_url)
+        with TokenVault(vault_settings, actor="tests-createrole-owner") as vault:
+            with vault.engine.connect() as conn:
+                users = conn.execute(text("SELECT current_user, session_user")).one()
+            assert users == ("xero_elt_app", owner)
+            assert vault.active_tenants() == []
+    finally:
+        with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+        drop_role(postgres_server.url, owner)
 
 
 def test_app_database_url_naming_the_owner_is_refused(settings, migrated_database_url):

@@ -131,7 +131,7 @@ def test_0002_narrows_the_application_role_and_its_downgrade_restores_it(create_
         migrations.upgrade(url, "0001_app_schema")
         broad = app_role_may()
         assert all(broad.values()), broad
-        migrations.upgrade(url)
+        migrations.upgrade(url, "0002_narrow_app_role")
         assert migrations.current(url) == "0002_narrow_app_role"
         assert app_role_may() == {
             "delete connections": False,
