@@ -8,7 +8,8 @@ token vault, and through `TokenVault(...).engine` the orchestration's audit writ
   states only; INSERT on the audit log, and SELECT on its `id`, `action` and `record_id` only: see
   migration 0002) and owner of nothing. A connection is refused when the login
   is a superuser or may act as the owner of `app.audit_log` (it could then disable its triggers).
-  Create one with `python -m oauth_service create-app-login NAME` (`create_app_login`).
+  Create one with `python -m oauth_service create-app-login NAME` (`create_app_login`); `drop_app_login`
+  ends its sessions and drops it.
 - unset (allowed for the pipeline's vault and in DEMO_MODE; the HTTP service refuses to start without
   it, see `Settings.rule_problems`): `DATABASE_URL` (the schema owner) is used, and every new connection
   runs `SET ROLE xero_elt_app`, so that ordinary statements run with the application role's privileges
@@ -221,3 +222,22 @@ def create_app_login(database_url: str, name: str) -> str:
         f":{parts.port}" if parts.port else ""
     )
     return urlunsplit(("postgresql", netloc, parts.path, parts.query, parts.fragment))
+
+
+def drop_app_login(database_url: str, name: str) -> None:
+    """Drop login role `name` (e.g. one made by `create_app_login`) if it exists, ending its sessions
+    first so that none keeps running as a role that no longer exists. `database_url` is the owner's."""
+    import psycopg
+    from psycopg import sql
+
+    from oauth_service.settings import SettingsError
+
+    if name == APP_ROLE:
+        raise SettingsError(f"{APP_ROLE} is the application role, not a login: it is never dropped here")
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        # The timeout (ms) waits for each session to have ended, not just been signalled.
+        conn.execute(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE usename = %s", (name,)
+        )
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+    log.info("dropped login role %s", name)

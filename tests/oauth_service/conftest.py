@@ -18,12 +18,11 @@ from oauth_testlib import (
     SEEN_SECRETS,
     Browser,
     LogSink,
-    drop_role,
     free_port,
     service_env_for,
 )
 
-from oauth_service.db import create_app_login, make_engine
+from oauth_service.db import create_app_login, drop_app_login, make_engine
 from oauth_service.settings import Settings
 from oauth_service.vault import TokenVault
 
@@ -84,7 +83,7 @@ def app_database_url(migrated_database_url) -> Iterator[str]:
     url = create_app_login(migrated_database_url, name)
     SEEN_SECRETS.add(psycopg.conninfo.conninfo_to_dict(url)["password"])
     yield url
-    drop_role(migrated_database_url, name)
+    drop_app_login(migrated_database_url, name)
 
 
 @pytest.fixture(scope="session")

@@ -159,16 +159,6 @@ class Browser:
         self.http.close()
 
 
-def drop_role(database_url: str, name: str) -> None:
-    """Drop a login made by create_app_login, ending its sessions first."""
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,))
-        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
-
-
 def stored_tokens(engine, cipher, tenant_id: str) -> tuple[str | None, str | None]:
     with engine.connect() as conn:
         row = conn.execute(

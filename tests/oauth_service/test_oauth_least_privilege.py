@@ -31,7 +31,6 @@ from oauth_testlib import (
     Browser,
     api_get,
     audit_rows,
-    drop_role,
     expire_in_db,
     free_port,
 )
@@ -257,7 +256,7 @@ def test_a_createrole_owner_that_is_no_superuser_may_use_the_vaults_fallback(
     finally:
         with psycopg.connect(postgres_server.url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
-        drop_role(postgres_server.url, owner)
+        db.drop_app_login(postgres_server.url, owner)
 
 
 def test_app_database_url_naming_the_owner_is_refused(settings, migrated_database_url):
@@ -287,7 +286,25 @@ def test_create_app_login_command(migrated_database_url, monkeypatch, capsys):
         assert cli(["create-app-login", "Robert'); DROP TABLE x;--"]) == 2
         assert capsys.readouterr().out == ""
     finally:
-        drop_role(migrated_database_url, name)
+        db.drop_app_login(migrated_database_url, name)
+
+
+def test_drop_app_login_ends_its_sessions_and_drops_it(migrated_database_url):
+    name = f"xero_elt_test_{uuid.uuid4().hex[:10]}"
+    url = db.create_app_login(migrated_database_url, name)
+    SEEN_SECRETS.add(psycopg.conninfo.conninfo_to_dict(url)["password"])
+    session = psycopg.connect(url, autocommit=True)
+    try:
+        db.drop_app_login(migrated_database_url, name)
+        with pytest.raises(psycopg.OperationalError):
+            session.execute("SELECT 1")  # terminated
+    finally:
+        session.close()
+    with psycopg.connect(migrated_database_url) as conn:
+        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is None
+    db.drop_app_login(migrated_database_url, name)  # already gone: nothing to do
+    with pytest.raises(SettingsError, match="never dropped"):
+        db.drop_app_login(migrated_database_url, db.APP_ROLE)
 
 
 def _sign(body: bytes) -> str:
