@@ -43,13 +43,15 @@ DEFAULT_SCOPES: tuple[str, ...] = (
     "accounting.settings.read",
 )
 
-XERO_URL_NAMES = (
-    "XERO_AUTHORIZE_URL",
-    "XERO_TOKEN_URL",
-    "XERO_REVOCATION_URL",
-    "XERO_CONNECTIONS_URL",
-    "XERO_API_URL",
-)
+# The Xero endpoints, the one list of them: variable name → default. Each variable's Settings field is
+# its name in lower case (XERO_TOKEN_URL → xero_token_url).
+XERO_URL_DEFAULTS: dict[str, str] = {
+    "XERO_AUTHORIZE_URL": XERO_AUTHORIZE_URL,
+    "XERO_TOKEN_URL": XERO_TOKEN_URL,
+    "XERO_REVOCATION_URL": XERO_REVOCATION_URL,
+    "XERO_CONNECTIONS_URL": XERO_CONNECTIONS_URL,
+    "XERO_API_URL": XERO_API_URL,
+}
 
 DEMO_CLIENT_ID = "sandbox-client-id"
 DEMO_CLIENT_SECRET = "sandbox-client-secret"  # noqa: S105 - the sandbox's public demo credentials
@@ -217,19 +219,13 @@ class Settings:
             elif "offline_access" not in scopes:
                 problems.append("XERO_SCOPES must include offline_access (no refresh token without it)")
 
-        urls: dict[str, str] = {}
-        for name, default in (
-            ("XERO_AUTHORIZE_URL", XERO_AUTHORIZE_URL),
-            ("XERO_TOKEN_URL", XERO_TOKEN_URL),
-            ("XERO_REVOCATION_URL", XERO_REVOCATION_URL),
-            ("XERO_CONNECTIONS_URL", XERO_CONNECTIONS_URL),
-            ("XERO_API_URL", XERO_API_URL),
-        ):
+        urls: dict[str, str] = {}  # Settings field → value
+        for name, default in XERO_URL_DEFAULTS.items():
             value = (get(name) or default).rstrip("/")
             problem = _url_problem(value, allow_loopback_http=True)
             if problem:
                 problems.append(f"{name} {problem}")
-            urls[name] = value
+            urls[name.lower()] = value
 
         # -- caller authentication
         jwt_secret = get("AUTH_JWT_SECRET")
@@ -316,11 +312,7 @@ class Settings:
             xero_client_secret=client_secret or "",
             xero_redirect_uri=redirect_uri,
             xero_scopes=scopes,
-            xero_authorize_url=urls["XERO_AUTHORIZE_URL"],
-            xero_token_url=urls["XERO_TOKEN_URL"],
-            xero_revocation_url=urls["XERO_REVOCATION_URL"],
-            xero_connections_url=urls["XERO_CONNECTIONS_URL"],
-            xero_api_url=urls["XERO_API_URL"],
+            **urls,
             auth_jwt_secret=jwt_secret,
             auth_jwks_url=jwks_url,
             auth_jwt_audience=audience,
@@ -346,20 +338,14 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     @property
-    def xero_urls(self) -> tuple[str, ...]:
-        """The five Xero URLs, in the order of XERO_URL_NAMES."""
-        return (
-            self.xero_authorize_url,
-            self.xero_token_url,
-            self.xero_revocation_url,
-            self.xero_connections_url,
-            self.xero_api_url,
-        )
+    def xero_urls(self) -> dict[str, str]:
+        """The five Xero URLs by variable name (XERO_URL_DEFAULTS)."""
+        return {name: getattr(self, name.lower()) for name in XERO_URL_DEFAULTS}
 
     @property
     def xero_is_loopback(self) -> bool:
         """True when every Xero URL points at this machine (the sandbox): plain http is then allowed."""
-        return all(is_loopback_url(u) for u in self.xero_urls)
+        return all(is_loopback_url(u) for u in self.xero_urls.values())
 
     def rule_problems(self, *, for_service: bool) -> list[str]:
         """What is wrong across settings (each value's own format is checked by `from_env`). Only the
@@ -371,7 +357,7 @@ class Settings:
             problems.append(AUTH_REQUIRED)
         if self.demo_mode and not self.xero_is_loopback:
             # Demo mode's public defaults (JWT secret, client credentials) must never meet real Xero.
-            names = [n for n, u in zip(XERO_URL_NAMES, self.xero_urls, strict=True) if not is_loopback_url(u)]
+            names = [n for n, u in self.xero_urls.items() if not is_loopback_url(u)]
             problems.append(
                 "DEMO_MODE=1 serves only against the local sandbox: every XERO_*_URL must be loopback; "
                 f"{', '.join(names)} point elsewhere (unset DEMO_MODE to use real Xero)"
@@ -391,7 +377,7 @@ class Settings:
         problems = self.rule_problems(for_service=True)
         if not self.token_encryption_keys:
             problems.append("TOKEN_ENCRYPTION_KEY is required")
-        for name, url in zip(XERO_URL_NAMES, self.xero_urls, strict=True):
+        for name, url in self.xero_urls.items():
             problem = _url_problem(url, allow_loopback_http=True)
             if problem:
                 problems.append(f"{name} {problem}")

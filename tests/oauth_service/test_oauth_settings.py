@@ -5,7 +5,7 @@ import pytest
 from oauth_service.settings import (
     DEFAULT_SCOPES,
     DEMO_JWT_SECRET,
-    XERO_URL_NAMES,
+    XERO_URL_DEFAULTS,
     Settings,
     SettingsError,
     generate_key,
@@ -121,6 +121,23 @@ def test_loopback_xero_urls_allow_plain_http_and_custom_scopes():
     assert not mixed.xero_is_loopback
 
 
+@pytest.mark.parametrize("name", XERO_URL_DEFAULTS)
+def test_each_xero_url_variable_sets_its_own_setting_and_is_named_when_wrong(name):
+    url = f"https://xero.example.test/{name.lower()}"
+    s = Settings.from_env(full_env(**{name: url}))
+    assert getattr(s, name.lower()) == url
+    assert s.xero_urls == {**XERO_URL_DEFAULTS, name: url}
+    others = [n for n in XERO_URL_DEFAULTS if n != name]
+    # demo mode with this one URL off the sandbox: it, and only it, is named
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env(full_env(DEMO_MODE="1", **{**SANDBOX_URLS, name: url}))
+    assert f"{name} point elsewhere" in str(err.value) and not any(n in str(err.value) for n in others)
+    # settings built by hand with this one URL on plain http elsewhere: named too
+    with pytest.raises(SettingsError) as err:
+        s.replace(**{name.lower(): "http://xero.example.test"}).check_service_configured()
+    assert f"{name} must use https" in str(err.value) and not any(n in str(err.value) for n in others)
+
+
 def test_demo_mode_is_explicit_and_loud(caplog):
     with caplog.at_level("WARNING", logger="oauth_service.settings"):
         s = Settings.from_env(
@@ -180,7 +197,7 @@ def test_demo_mode_is_refused_against_real_xero():
     """Demo mode's JWT secret and client credentials are public: it serves only the local sandbox."""
     with pytest.raises(SettingsError, match="DEMO_MODE=1 serves only against the local sandbox") as err:
         Settings.from_env({"DATABASE_URL": "postgresql://u@localhost/db", "DEMO_MODE": "1"})
-    assert all(name in str(err.value) for name in XERO_URL_NAMES)
+    assert all(name in str(err.value) for name in XERO_URL_DEFAULTS)
     # one real URL among the sandbox's is enough to refuse, and is named
     real_token_url = {**SANDBOX_URLS, "XERO_TOKEN_URL": "https://identity.xero.com/connect/token"}
     with pytest.raises(SettingsError) as err:
