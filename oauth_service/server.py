@@ -5,7 +5,6 @@ In DEMO_MODE both listen on loopback only: the demo's JWT secret is public.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import threading
@@ -14,23 +13,17 @@ import time
 import uvicorn
 
 from oauth_service.app import create_app
-from oauth_service.settings import Settings, SettingsError
+from oauth_service.settings import Settings, SettingsError, is_loopback_host
 
 log = logging.getLogger("oauth_service.server")
 
 
 def _check_host(settings: Settings, host: str) -> None:
-    if not settings.demo_mode or host == "localhost":
-        return
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
-    except ValueError:
-        pass
-    raise SettingsError(
-        f"DEMO_MODE=1 listens on loopback only (127.0.0.1, ::1 or localhost), not {host!r}: its JWT secret "
-        "and client credentials are public"
-    )
+    if settings.demo_mode and not is_loopback_host(host):
+        raise SettingsError(
+            f"DEMO_MODE=1 listens on loopback only (127.0.0.1, ::1 or localhost), not {host!r}: its JWT "
+            "secret and client credentials are public"
+        )
 
 
 def _bind(host: str, port: int) -> socket.socket:

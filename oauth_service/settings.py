@@ -79,14 +79,21 @@ class SettingsError(ValueError):
     """One or more missing or malformed settings; the message names every variable at fault."""
 
 
-def is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost" or host.endswith(".localhost"):
+def is_loopback_host(host: str) -> bool:
+    """THE loopback test (demo confinement, plain http to the sandbox): `localhost` or a loopback IP
+    (127.0.0.0/8, ::1), any case, IPv6 with or without brackets. Not names under `.localhost`: where
+    they resolve is up to the machine's resolver, possibly a DNS server."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_loopback_url(url: str) -> bool:
+    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 def _check_fernet_key(key: str) -> str | None:

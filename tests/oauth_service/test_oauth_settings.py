@@ -9,6 +9,7 @@ from oauth_service.settings import (
     Settings,
     SettingsError,
     generate_key,
+    is_loopback_host,
 )
 
 KEY = generate_key()
@@ -136,6 +137,41 @@ def test_each_xero_url_variable_sets_its_own_setting_and_is_named_when_wrong(nam
     with pytest.raises(SettingsError) as err:
         s.replace(**{name.lower(): "http://xero.example.test"}).check_service_configured()
     assert f"{name} must use https" in str(err.value) and not any(n in str(err.value) for n in others)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("localhost", True),
+        ("LocalHost", True),
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("sandbox.localhost", False),  # up to the resolver, possibly DNS
+        ("localhost.example.com", False),
+        ("0.0.0.0", False),  # noqa: S104 - every interface
+        ("::", False),
+        ("10.0.0.1", False),
+        ("example.com", False),
+    ],
+)
+def test_one_loopback_rule_for_the_sandbox_urls_and_the_demo_listener(host, loopback):
+    """Demo mode is confined by one rule: the Xero URLs it may use and the addresses it may listen on."""
+    from oauth_service.server import _check_host
+
+    assert is_loopback_host(host) is loopback
+    in_url = f"[{host.strip('[]')}]" if ":" in host else host
+    demo_env = full_env(DEMO_MODE="1", **{name: f"http://{in_url}:8999/x" for name in XERO_URL_DEFAULTS})
+    if loopback:
+        demo = Settings.from_env(demo_env)
+        _check_host(demo, host)
+    else:
+        with pytest.raises(SettingsError, match="must use https"):
+            Settings.from_env(demo_env)
+        demo = Settings.from_env(full_env(DEMO_MODE="1", **SANDBOX_URLS))
+        with pytest.raises(SettingsError, match="DEMO_MODE=1 listens on loopback only"):
+            _check_host(demo, host)
 
 
 def test_demo_mode_is_explicit_and_loud(caplog):
