@@ -73,7 +73,7 @@ def main() -> int:
     args = ap.parse_args()
     users, rounds = min(args.users, 200), min(args.rounds, 20)  # bounded
 
-    from oauth_service.db import create_app_login
+    from oauth_service.db import create_app_login, drop_app_login
     from oauth_service.migrations import upgrade
     from oauth_service.server import ServiceServer
     from oauth_service.settings import Settings, generate_key
@@ -192,9 +192,9 @@ def main() -> int:
                 )
         return 1 if errors else 0
     finally:
+        drop_app_login(maintenance, app_role)
         with psycopg.connect(maintenance, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db_name)))
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(app_role)))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import dagster as dg
 import psycopg
 from psycopg import sql
 
-from oauth_service.db import create_app_login
+from oauth_service.db import create_app_login, drop_app_login
 from oauth_service.migrations import upgrade
 from oauth_service.server import ServiceServer
 from oauth_service.settings import Settings, generate_key
@@ -88,9 +88,9 @@ def main() -> int:
                           f"({fetched / wall:.0f}/s) in {calls} API calls; "
                           f"analytics.invoices now {result.invoices}")
     finally:
+        drop_app_login(server.url, app_role)
         with psycopg.connect(server.url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(app_role)))
     print(f"peak RSS of this process (sandbox + service + pipeline): "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     return 0

@@ -12,13 +12,16 @@ from pathlib import Path
 from xero_sandbox import SandboxServer
 
 # The tests' browser stand-in (httpx) logs the callback URL it follows, code included, as a browser's
-# history holds it: that is the user's browser, not the product.
+# history holds it: that is the user's browser, not the product (which talks to Xero through
+# requests/urllib3, whose records are all kept).
 _BROWSER_LOGGERS = ("httpx", "httpcore")
 
 
-class _Sink(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.INFO)
+class LogSink(logging.Handler):
+    """Keeps every record's text (exceptions included) to be searched for secrets."""
+
+    def __init__(self, level: int = logging.INFO) -> None:
+        super().__init__(level=level)
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -33,7 +36,7 @@ class _Sink(logging.Handler):
         self.lines.append(line)
 
 
-SINK = _Sink()
+SINK = LogSink()
 _SANDBOXES: list[SandboxServer] = []
 
 

@@ -11,6 +11,7 @@ import jwt
 from sqlalchemy import text
 
 from oauth_service.settings import generate_key
+from tests.secret_watch import LogSink
 
 CLIENT_ID = "sandbox-client-id"
 CLIENT_SECRET = "sandbox-client-secret"
@@ -43,30 +44,7 @@ _LOGGERS = (
 )
 
 
-_CLIENT_SIDE_LOGGERS = ("httpx", "httpcore")
-
-
-class LogSink(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith(_CLIENT_SIDE_LOGGERS) and "/xero/auth/callback?" in record.getMessage():
-            # The tests' browser stand-in (httpx) logs the redirect URL it follows, code and all, as a
-            # browser's history would hold it. That is the user's browser, not the service: the service
-            # talks to Xero through requests/urllib3, whose records are all kept and checked.
-            return
-        try:
-            line = f"{record.name} {record.levelname} {record.getMessage()}"
-            if record.exc_info:
-                line += "\n" + logging.Formatter().formatException(record.exc_info)
-        except Exception as exc:  # noqa: BLE001 - never break logging
-            line = f"{record.name} unformattable record: {exc}"
-        self.lines.append(line)
-
-
-LOG_SINK = LogSink()
+LOG_SINK = LogSink(logging.DEBUG)  # the service's own loggers at DEBUG (see conftest)
 
 
 def free_port() -> int:

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 import dagster as dg
 import psycopg
 import pytest
-from psycopg import sql
 
-from oauth_service.db import create_app_login
+from oauth_service.db import create_app_login, drop_app_login
 from oauth_service.migrations import upgrade
 from oauth_service.server import ServiceServer
 from oauth_service.settings import Settings, generate_key
@@ -117,6 +116,4 @@ def _drop_role(database_url: str, name: str) -> None:
     from orchestration.resources import _vault
 
     _vault.cache_clear()  # its pooled connections use the role
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,))
-        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+    drop_app_login(database_url, name)
