@@ -26,6 +26,14 @@ def test_every_asset_is_partitioned_by_tenant():
         assert pdef.name == TENANT_PARTITIONS_NAME
 
 
+def test_every_asset_says_how_fresh_the_daily_sync_keeps_it():
+    from orchestration.freshness import DAILY_SYNC_FRESHNESS
+
+    graph = asset_graph()
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).freshness_policy == DAILY_SYNC_FRESHNESS, key
+
+
 def test_every_xero_endpoint_is_a_raw_asset_feeding_its_staging_model():
     from xero_source import ENDPOINTS
 

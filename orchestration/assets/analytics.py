@@ -9,6 +9,7 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
 
 from orchestration.dbt_project import ensure_manifest, xero_dbt_project
+from orchestration.freshness import DAILY_SYNC_FRESHNESS
 from orchestration.partitions import checked_tenant_id, tenant_partitions
 from orchestration.resources import TokenVaultResource
 from orchestration.settings import dbt_connection_env
@@ -20,6 +21,10 @@ ANALYTICS_GROUP = "analytics"
 class XeroDbtTranslator(DagsterDbtTranslator):
     def get_group_name(self, dbt_resource_props) -> str | None:
         return ANALYTICS_GROUP
+
+    def get_asset_spec(self, manifest, unique_id, project) -> dg.AssetSpec:
+        return super().get_asset_spec(manifest, unique_id, project).replace_attributes(
+            freshness_policy=DAILY_SYNC_FRESHNESS)
 
 
 @dbt_assets(

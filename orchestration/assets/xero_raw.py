@@ -9,6 +9,7 @@ from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 
 from oauth_service.vault import ReauthRequired, TenantNotConnected
+from orchestration.freshness import DAILY_SYNC_FRESHNESS
 from orchestration.partitions import checked_tenant_id, tenant_partitions
 from orchestration.resources import TokenVaultResource, XeroPipelineResource
 from orchestration.settings import RAW_SCHEMA
@@ -27,6 +28,7 @@ class XeroDltTranslator(DagsterDltTranslator):
             key=dg.AssetKey([RAW_SCHEMA, data.resource.name]),
             deps=[],  # Xero itself is not an asset here
             group_name=RAW_GROUP,
+            freshness_policy=DAILY_SYNC_FRESHNESS,
             description=f"Xero {data.resource.name}, one row per fetched record version, per tenant.",
         )
 
