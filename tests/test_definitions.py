@@ -77,3 +77,27 @@ def test_partition_keys_must_be_tenant_uuids():
             assert "not a Xero tenant id" in str(exc)
         else:
             raise AssertionError(f"{bad!r} accepted")
+
+
+def test_the_manifest_names_the_database_this_process_builds(tmp_path, monkeypatch):
+    """The UI shows each dbt asset's storage from the manifest: parsed for the database in use."""
+    import json
+    import shutil
+
+    from dagster_dbt import DbtProject
+
+    from orchestration.dbt_project import ensure_manifest
+    from orchestration.settings import DBT_PROJECT_DIR
+
+    copy = tmp_path / "dbt_project"
+    shutil.copytree(DBT_PROJECT_DIR, copy, ignore=shutil.ignore_patterns("target", "logs"))
+    project = DbtProject(project_dir=copy, profiles_dir=copy)
+
+    def storage_of_invoices() -> str:
+        manifest = json.loads(ensure_manifest(project).read_text())
+        return manifest["nodes"]["model.xero_elt.invoices"]["relation_name"]
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql://etl@db.internal:5432/coaching_prod")
+    assert storage_of_invoices() == '"coaching_prod"."analytics"."invoices"'
+    monkeypatch.setenv("DATABASE_URL", "postgresql://etl@db.internal:5432/coaching_staging")
+    assert storage_of_invoices() == '"coaching_staging"."analytics"."invoices"'
