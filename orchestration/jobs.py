@@ -18,3 +18,8 @@ tenant_sync_job = dg.define_asset_job(
     ),
     tags={"product": "xero-elt"},
 )
+
+
+def sync_ops_config(full_refresh: bool) -> dict:
+    """The job's op config: whether the raw step re-reads everything (see XeroSyncConfig)."""
+    return {"xero_raw": {"config": {"full_refresh": full_refresh}}}

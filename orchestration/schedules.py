@@ -8,7 +8,7 @@ data egress once a week, against seven incremental reads.
 
 import dagster as dg
 
-from orchestration.jobs import tenant_sync_job
+from orchestration.jobs import sync_ops_config, tenant_sync_job
 from orchestration.partitions import add_tenant_partitions
 from orchestration.resources import TokenVaultResource
 
@@ -31,6 +31,6 @@ def daily_tenant_sync(context: dg.ScheduleEvaluationContext, token_vault: TokenV
         yield dg.RunRequest(
             run_key=f"{tenant_id}:{when:%Y-%m-%d}",
             partition_key=tenant_id,
-            run_config={"ops": {"xero_raw": {"config": {"full_refresh": full_refresh}}}},
+            run_config={"ops": sync_ops_config(full_refresh)},
             tags={"xero/full_refresh": str(full_refresh).lower()},
         )

@@ -14,7 +14,7 @@ from decimal import Decimal
 import dagster as dg
 import psycopg
 
-from orchestration.jobs import SYNC_JOB_NAME
+from orchestration.jobs import SYNC_JOB_NAME, sync_ops_config
 from orchestration.partitions import add_tenant_partitions, checked_tenant_id
 from orchestration.run_audit import audit_run
 from orchestration.settings import ANALYTICS_SCHEMA, RAW_SCHEMA
@@ -87,7 +87,7 @@ def sync_tenants(
             instance=instance,
             raise_on_error=False,
             run_config={
-                "ops": {"xero_raw": {"config": {"full_refresh": full_refresh}}},
+                "ops": sync_ops_config(full_refresh),
                 # The run's full log is on the instance (the UI); the terminal gets the summary.
                 "loggers": {"console": {"config": {"log_level": log_level}}},
             },
