@@ -101,3 +101,18 @@ def test_the_manifest_names_the_database_this_process_builds(tmp_path, monkeypat
     assert storage_of_invoices() == '"coaching_prod"."analytics"."invoices"'
     monkeypatch.setenv("DATABASE_URL", "postgresql://etl@db.internal:5432/coaching_staging")
     assert storage_of_invoices() == '"coaching_staging"."analytics"."invoices"'
+
+
+def test_loading_the_definitions_writes_nothing_to_the_shared_dlt_folder(tmp_path):
+    """Processes load the definitions at the same moment (webserver and daemon, two `xero-elt
+    sync`): a shared folder created at import raced (FileExistsError from dlt)."""
+    import os
+    import subprocess
+    import sys
+
+    shared = tmp_path / "dlt"
+    done = subprocess.run([sys.executable, "-c", "import orchestration.definitions"],
+                          env={**os.environ, "DLT_DATA_DIR": str(shared)}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (shared / "pipelines" / "xero_template").exists()

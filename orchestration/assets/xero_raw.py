@@ -1,6 +1,7 @@
 """Raw Xero records per tenant, loaded by dlt into `raw_xero` (one asset per Xero endpoint)."""
 
 
+import tempfile
 from collections.abc import Iterator
 
 import dagster as dg
@@ -40,9 +41,12 @@ class XeroSyncConfig(dg.Config):
 
 
 # The decorator needs a source and pipeline to derive the asset specs; each run builds the real,
-# per-tenant ones (see XeroPipelineResource).
+# per-tenant ones (see XeroPipelineResource). dlt creates a pipeline's working folder when it is
+# built, and processes that import these definitions at the same moment (webserver and daemon, two
+# `xero-elt sync`) raced on a shared one: the template gets a folder of this process's own.
+_template_dir = tempfile.TemporaryDirectory(prefix="xero-elt-dlt-template-")
 _template_pipeline = dlt_lib.pipeline(pipeline_name="xero_template", destination="postgres",
-                                  dataset_name=RAW_SCHEMA)
+                                      dataset_name=RAW_SCHEMA, pipelines_dir=_template_dir.name)
 
 
 @dlt_assets(
