@@ -6,6 +6,10 @@
     python -m oauth_service serve --port 8080     run the HTTP service
     python -m oauth_service create-app-login NAME  a dedicated LOGIN role (member of xero_elt_app, owns
                                                   nothing); prints the APP_DATABASE_URL to use
+    python -m oauth_service create-analyst-login NAME
+                                                  a read-only LOGIN role (member of xero_elt_analyst:
+                                                  SELECT on schema analytics only, owns nothing); prints
+                                                  the ANALYST_DATABASE_URL to give the analyst
 
 Key rotation: put a new key first in TOKEN_ENCRYPTION_KEY (keep the old ones after it), deploy,
 run `reencrypt`, then drop the old keys.
@@ -36,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
         help="create a LOGIN role (random password, member of xero_elt_app) and print its APP_DATABASE_URL",
     )
     login.add_argument("name", help="the new role's name, e.g. xero_elt_service")
+    analyst = sub.add_parser(
+        "create-analyst-login",
+        help="create a read-only LOGIN role (random password, member of xero_elt_analyst) and print its "
+        "ANALYST_DATABASE_URL",
+    )
+    analyst.add_argument("name", help="the new role's name, e.g. xero_elt_analyst_jane")
     serve = sub.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", help="default: all interfaces (a container), loopback in DEMO_MODE")
     serve.add_argument("--port", type=int, default=8080)
@@ -81,6 +91,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"APP_DATABASE_URL={app_url}")
             print(
                 "Keep it in the service's and the pipeline's secret store; it is not shown again.",
+                file=sys.stderr,
+            )
+        elif args.command == "create-analyst-login":
+            from oauth_service.db import create_analyst_login
+
+            url = os.environ.get("DATABASE_URL")
+            if not url:
+                raise SettingsError("DATABASE_URL is required (the app schema's owner, as for migrations)")
+            analyst_url = create_analyst_login(url, args.name)
+            print(f"ANALYST_DATABASE_URL={analyst_url}")
+            print(
+                "Give it to the analyst through a secret store or password manager; it is not shown again.",
                 file=sys.stderr,
             )
         elif args.command == "serve":

@@ -18,6 +18,11 @@ token vault, and through `TokenVault(...).engine` the orchestration's audit writ
   (Migration 0003 lets the login that applied the migrations assume it, e.g. a CREATEROLE owner.)
   Outside DEMO_MODE one warning per process says to set APP_DATABASE_URL.
 
+Read-only logins for people: `python -m oauth_service create-analyst-login NAME` (`create_analyst_login`)
+makes a login in `xero_elt_analyst`, which may only SELECT the tables and views of schema `analytics`
+(migration 0004); `create_login(url, name, member_of=...)` is the general form, and `drop_app_login`
+drops any of these logins.
+
 Migrations (`oauth_service.migrations`) always use `make_engine(DATABASE_URL)`: the owner.
 """
 
@@ -40,6 +45,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("oauth_service.db")
 
 APP_ROLE = "xero_elt_app"
+# Read-only group roles (migration 0004): SELECT on schema `analytics`; USAGE on it only (dbt grants
+# SELECT on analytics.kpi_monthly).
+ANALYST_ROLE = "xero_elt_analyst"
+KPI_READER_ROLE = "xero_elt_kpi_reader"
 _LEAST_PRIVILEGE_WARNED = False
 _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -187,11 +196,33 @@ def create_app_login(database_url: str, name: str) -> str:
     `database_url` is the owner's (DATABASE_URL): it needs CREATEROLE (or superuser) and the migrations
     must have created `xero_elt_app`. The password is only in the returned URL: never logged.
     """
+    return create_login(database_url, name, member_of=APP_ROLE)
+
+
+def create_analyst_login(database_url: str, name: str) -> str:
+    """Create LOGIN role `name` with a random password, member of `xero_elt_analyst` (SELECT on schema
+    `analytics` only: migration 0004), owning nothing, and return the URL that uses it (printed as
+    ANALYST_DATABASE_URL by `python -m oauth_service create-analyst-login NAME`). As `create_app_login`."""
+    return create_login(database_url, name, member_of=ANALYST_ROLE)
+
+
+def create_login(database_url: str, name: str, *, member_of: str = APP_ROLE) -> str:
+    """Create LOGIN role `name` with a random password, member of the group role `member_of` (one of
+    `APP_ROLE`, `ANALYST_ROLE`, `KPI_READER_ROLE`: the migrations create them) and of nothing else,
+    owning nothing, and return the postgresql:// URL that uses it (same host, port and database as
+    `database_url`).
+
+    `database_url` is the owner's (DATABASE_URL): it needs CREATEROLE (or superuser). The password is
+    sent to PostgreSQL only as a SCRAM-SHA-256 verifier and is only in the returned URL: never logged.
+    """
     import psycopg
     from psycopg import sql
 
     from oauth_service.settings import SettingsError
 
+    groups = (APP_ROLE, ANALYST_ROLE, KPI_READER_ROLE)  # read here: tests may patch APP_ROLE
+    if member_of not in groups:
+        raise SettingsError(f"a login may only be made a member of one of {', '.join(groups)}")
     if not _ROLE_NAME.match(name):
         raise SettingsError(
             f"role name {name!r} must be lowercase letters, digits and underscores (at most 63), "
@@ -199,9 +230,9 @@ def create_app_login(database_url: str, name: str) -> str:
         )
     password = secrets.token_urlsafe(32)
     with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,)).fetchone() is None:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (member_of,)).fetchone() is None:
             raise SettingsError(
-                f"role {APP_ROLE} does not exist: apply the migrations first (xero-elt db upgrade)"
+                f"role {member_of} does not exist: apply the migrations first (xero-elt db upgrade)"
             )
         if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is not None:
             raise SettingsError(f"role {name!r} already exists; choose another name (or drop it first)")
@@ -210,10 +241,10 @@ def create_app_login(database_url: str, name: str) -> str:
                 "CREATE ROLE {} LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS "
                 "PASSWORD {} IN ROLE {}"
             ).format(
-                sql.Identifier(name), sql.Literal(scram_sha256_verifier(password)), sql.Identifier(APP_ROLE)
+                sql.Identifier(name), sql.Literal(scram_sha256_verifier(password)), sql.Identifier(member_of)
             )
         )
-    log.info("created login role %s (member of %s)", name, APP_ROLE)
+    log.info("created login role %s (member of %s)", name, member_of)
     parts = urlsplit(libpq_url(database_url))
     host = parts.hostname or ""
     if ":" in host:
@@ -225,8 +256,9 @@ def create_app_login(database_url: str, name: str) -> str:
 
 
 def drop_app_login(database_url: str, name: str) -> None:
-    """Drop login role `name` (e.g. one made by `create_app_login`) if it exists, ending its sessions
-    first so that none keeps running as a role that no longer exists. `database_url` is the owner's."""
+    """Drop login role `name` (one made by `create_app_login`, `create_analyst_login` or `create_login`)
+    if it exists, ending its sessions first so that none keeps running as a role that no longer exists.
+    The group roles are refused. `database_url` is the owner's."""
     import psycopg
     from psycopg import sql
 
@@ -234,6 +266,8 @@ def drop_app_login(database_url: str, name: str) -> None:
 
     if name == APP_ROLE:
         raise SettingsError(f"{APP_ROLE} is the application role, not a login: it is never dropped here")
+    if name in (ANALYST_ROLE, KPI_READER_ROLE):
+        raise SettingsError(f"{name} is a group role, not a login: it is never dropped here")
     with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
         # The timeout (ms) waits for each session to have ended, not just been signalled.
         conn.execute(

@@ -55,13 +55,14 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
     db = prepare_environment()
     upgrade(db.url)
-    results = sync_tenants(args.tenant or None, full_refresh=args.full_refresh)
+    results = sync_tenants(args.tenant or None, full_refresh=args.full_refresh,
+                           progress=lambda line: print(line, flush=True))
     if not results:
         print("no active tenants: connect a Xero organisation first")
     for r in results:
         state = "ok" if r.success else f"FAILED: {r.error}"
         print(f"{r.tenant_id}: run {r.run_id} {state}; fetched {r.fetched}; "
-              f"analytics.invoices {r.invoices} (total {r.invoices_total})")
+              f"analytics.invoices {r.invoices} (amount {r.invoices_total})")
     return 0 if all(r.success for r in results) else 1
 
 

@@ -18,8 +18,9 @@ from dagster_dbt import DbtProject
 from orchestration.settings import DBT_PROJECT_DIR, TELEMETRY_OFF, SettingsError, dbt_connection_env
 
 xero_dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
-# The venv's dbt, whether or not the venv's bin/ is on PATH.
-DBT_EXECUTABLE = str(Path(sys.executable).with_name("dbt"))
+# The venv's dbt, whether or not the venv's bin/ is on PATH, through `xero-elt-dbt` so that it dies
+# with the run worker that started it (orchestration/dbt_child.py).
+DBT_EXECUTABLE = str(Path(sys.executable).with_name("xero-elt-dbt"))
 
 
 def _newest_source_mtime(project_dir: Path) -> float:

@@ -4,20 +4,23 @@ import dagster as dg
 
 from orchestration.assets.analytics import analytics_models
 from orchestration.assets.xero_raw import xero_raw_assets
-from orchestration.jobs import tenant_sync_job
+from orchestration.jobs import analytics_job, tenant_sync_job
 from orchestration.resources import build_resources
 from orchestration.schedules import daily_tenant_sync
 from orchestration.sensors import (
+    analytics_after_extracts,
     audit_failed_runs,
     audit_successful_runs,
     new_tenant_sensor,
+    recover_crashed_runs,
     xero_webhook_sensor,
 )
 
 defs = dg.Definitions(
     assets=[xero_raw_assets, analytics_models],
-    jobs=[tenant_sync_job],
+    jobs=[tenant_sync_job, analytics_job],
     schedules=[daily_tenant_sync],
-    sensors=[new_tenant_sensor, xero_webhook_sensor, audit_successful_runs, audit_failed_runs],
+    sensors=[new_tenant_sensor, xero_webhook_sensor, analytics_after_extracts, recover_crashed_runs,
+             audit_successful_runs, audit_failed_runs],
     resources=build_resources(),
 )

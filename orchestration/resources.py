@@ -73,9 +73,12 @@ class XeroPipelineResource(dg.ConfigurableResource):
 
 
 def build_resources() -> dict[str, object]:
+    from orchestration.run_health import RunLivenessResource
+
     return {
         "dlt": DagsterDltResource(),
         "dbt": DbtCliResource(project_dir=xero_dbt_project, dbt_executable=DBT_EXECUTABLE),
         "token_vault": TokenVaultResource(),
         "xero_pipeline": XeroPipelineResource(),
+        "run_liveness": RunLivenessResource(),
     }

@@ -1,14 +1,20 @@
-"""Sensors: tenants follow app.xero_connections; Xero webhooks start a tenant's sync; every
-finished run is audited."""
+"""Sensors: tenants follow app.xero_connections; Xero webhooks start a tenant's sync; the
+analytics build follows the extracts; crashed runs are reaped; every finished run is audited."""
 
+import os
 
 import dagster as dg
 
 from oauth_service.events import mark_webhook_events_processed, pending_webhook_events
-from orchestration.jobs import tenant_sync_job
+from orchestration.extract_ledger import pending_loads
+from orchestration.jobs import ANALYTICS_JOB_NAME, SYNC_JOBS, analytics_job, tenant_sync_job
 from orchestration.partitions import add_tenant_partitions
 from orchestration.resources import TokenVaultResource
 from orchestration.run_audit import audit_run
+from orchestration.run_health import reap_dead_runs
+
+UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+              dg.DagsterRunStatus.STARTED]
 
 
 @dg.sensor(
@@ -53,9 +59,39 @@ def xero_webhook_sensor(context: dg.SensorEvaluationContext, token_vault: TokenV
     mark_webhook_events_processed(vault.engine, [e.id for e in events])
 
 
+@dg.sensor(
+    job=analytics_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Builds the analytics (one dbt build, every tenant) when extracts left loads to process.",
+)
+def analytics_after_extracts(context: dg.SensorEvaluationContext):
+    count, newest = pending_loads(os.environ["DATABASE_URL"])
+    if not count:
+        yield dg.SkipReason("no raw load waiting for the analytics build")
+        return
+    if context.instance.get_runs(dg.RunsFilter(job_name=ANALYTICS_JOB_NAME, statuses=UNFINISHED), limit=1):
+        yield dg.SkipReason(f"{count} load(s) waiting; an analytics build is already queued or running")
+        return
+    # One build per newest load: the build takes every pending load, whatever arrived since.
+    yield dg.RunRequest(run_key=f"analytics:{newest}", tags={"xero-elt/pending_loads": str(count)})
+
+
+@dg.sensor(
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Marks failed (and audits) sync runs whose worker died, so nothing waits for them.",
+)
+def recover_crashed_runs(context: dg.SensorEvaluationContext):
+    reaped = reap_dead_runs(context.instance, SYNC_JOBS, reaper="the recover_crashed_runs sensor")
+    for run in reaped:
+        context.log.warning(f"run {run.run_id} ({run.job_name}, tenant {run.tenant_id}): {run.reason}")
+    return dg.SkipReason(f"{len(reaped)} crashed run(s) marked failed" if reaped else "no crashed run")
+
+
 @dg.run_status_sensor(
     run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=[tenant_sync_job],
+    monitored_jobs=[tenant_sync_job, analytics_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def audit_successful_runs(context: dg.RunStatusSensorContext):
@@ -63,7 +99,7 @@ def audit_successful_runs(context: dg.RunStatusSensorContext):
 
 
 @dg.run_failure_sensor(
-    monitored_jobs=[tenant_sync_job],
+    monitored_jobs=[tenant_sync_job, analytics_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def audit_failed_runs(context: dg.RunFailureSensorContext):

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import dlt
@@ -17,18 +18,22 @@ from xero_source.settings import SourceSettings
 log = logging.getLogger(__name__)
 
 DECIMAL = {"data_type": "decimal", "precision": 19, "scale": 6}
+# Xero's CurrencyRate carries up to 10 decimal places: keep every one, base-currency figures depend on it.
+RATE = {"data_type": "decimal", "precision": 28, "scale": 10}
 
 
 def _columns(amounts: tuple[str, ...] = (), text: tuple[str, ...] = (), timestamps: tuple[str, ...] = (),
-             json: tuple[str, ...] = (), flags: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+             json: tuple[str, ...] = (), flags: tuple[str, ...] = (),
+             integers: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
     """Column hints (normalised names). Money is numeric, never float. Every column the dbt staging
     models read is declared, because Xero leaves empty fields out and dlt only creates a column
     once a record carries it."""
-    cols: dict[str, dict[str, Any]] = {c: dict(DECIMAL) for c in amounts}
+    cols: dict[str, dict[str, Any]] = {c: dict(RATE if c == "currency_rate" else DECIMAL) for c in amounts}
     cols.update({c: {"data_type": "text"} for c in text})
     cols.update({c: {"data_type": "timestamp"} for c in timestamps})
     cols.update({c: {"data_type": "json"} for c in json})
     cols.update({c: {"data_type": "bool"} for c in flags})
+    cols.update({c: {"data_type": "bigint"} for c in integers})
     return cols
 
 
@@ -39,6 +44,8 @@ class Endpoint:
     path: str  # e.g. "Invoices"
     id_field: str  # e.g. "InvoiceID"
     paged: bool = True
+    collection: str = ""  # the response's list, when not named like the path ("Organisations")
+    versioned: bool = True  # records carry UpdatedDateUTC: one raw row per version, If-Modified-Since
     params: dict[str, Any] = field(default_factory=dict)
     columns: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -87,9 +94,34 @@ ENDPOINTS: dict[str, Endpoint] = {
             text=("code", "name", "status", "type", "class", "tax_type", "currency_code"),
         ),
     ),
+    # The organisation itself (base currency, time zone, financial year end): one record, no
+    # UpdatedDateUTC and no If-Modified-Since, so one call per run keeps its latest state.
+    "organisation": Endpoint(
+        "Organisation", "OrganisationID", paged=False, collection="Organisations", versioned=False,
+        columns=_columns(
+            text=("name", "legal_name", "base_currency", "country_code", "timezone", "organisation_status",
+                  "short_code"),
+            integers=("financial_year_end_day", "financial_year_end_month"),
+        ),
+    ),
 }
 
 DEFAULT_RESOURCES: tuple[str, ...] = tuple(ENDPOINTS)
+
+
+def _json_numbers(value: Any) -> Any:
+    """Nested objects (line items, allocations) are stored as JSON as sent: their numbers must stay
+    JSON numbers, and dlt writes a Decimal as a string. A float that reads back as the same decimal
+    is the same JSON number; the rare one that would not (over 15 significant digits) stays a string
+    rather than be rounded."""
+    if isinstance(value, Decimal):
+        as_float = float(value)
+        return as_float if Decimal(repr(as_float)) == value else str(value)
+    if isinstance(value, dict):
+        return {k: _json_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_numbers(v) for v in value]
+    return value
 
 
 def _normalise_record(record: dict[str, Any], tenant_id: str) -> dict[str, Any]:
@@ -99,6 +131,8 @@ def _normalise_record(record: dict[str, Any], tenant_id: str) -> dict[str, Any]:
         if isinstance(value, str) and value.startswith("/Date("):
             parsed = parse_net_date(value)
             out[key] = parsed if parsed is not None else value
+        elif isinstance(value, dict | list):
+            out[key] = _json_numbers(value)
         else:
             out[key] = value
     return out
@@ -107,18 +141,21 @@ def _normalise_record(record: dict[str, Any], tenant_id: str) -> dict[str, Any]:
 def _make_resource(name: str, endpoint: Endpoint, client: XeroClient, settings: SourceSettings,
                    full_refresh: bool) -> DltResource:
     columns = {**endpoint.columns, "tenant_id": {"data_type": "text", "nullable": False}}
+    # A record version is keyed by (tenant, id, UpdatedDateUTC); an unversioned record by (tenant, id).
+    key = ("tenant_id", endpoint.id_field, "UpdatedDateUTC") if endpoint.versioned else (
+        "tenant_id", endpoint.id_field)
 
     @dlt.resource(
         name=name,
         write_disposition={"disposition": "merge", "strategy": "upsert"},
-        primary_key=("tenant_id", endpoint.id_field, "UpdatedDateUTC"),
+        primary_key=key,
         columns=columns,
     )
     def fetch() -> Iterator[list[dict[str, Any]]]:
         state = dlt.current.resource_state()
         previous = state.get("modified_since")
         since = None
-        if previous and not full_refresh:
+        if previous and not full_refresh and endpoint.versioned:
             since = datetime.fromisoformat(previous) - timedelta(
                 seconds=settings.modified_since_overlap_seconds)
         # A full refresh re-reads everything, so its cursor is what it read (a bad mark heals).
@@ -128,7 +165,8 @@ def _make_resource(name: str, endpoint: Endpoint, client: XeroClient, settings: 
         shifted = False
         params = {**endpoint.params, "order": "UpdatedDateUTC ASC"} if endpoint.paged else endpoint.params
         pages = (client.paged(endpoint.path, endpoint.path, since, params) if endpoint.paged
-                 else iter([client.get(endpoint.path, params, since).get(endpoint.path, [])]))
+                 else iter([client.get(endpoint.path, params, since).get(endpoint.collection or endpoint.path,
+                                                                          [])]))
         for records in pages:
             rows = []
             for record in records:

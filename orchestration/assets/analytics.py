@@ -1,19 +1,27 @@
-"""dbt models (staging, canonical invoices, metrics) as partitioned assets, one tenant per run."""
+"""dbt models (staging, canonical invoices, metrics) as assets: one set-based build for every tenant.
 
+The models are incremental on the dlt loads that no successful build processed yet
+(dbt_project/macros/load_batches.sql), so one `dbt build` brings every tenant whose raw data
+changed up to date, at a cost that grows with the rows that changed. No tenant variable is passed:
+dbt's partial parse stays valid from run to run. The assets are not partitioned: they follow every
+tenant partition of the raw assets, and the analytics job runs after extracts (the CLI after its
+tenants, the daemon's `analytics_after_extracts` sensor after any).
+"""
 
-import json
 import os
 from collections.abc import Iterator
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
 
+from oauth_service.vault import TenantNotConnected
 from orchestration.dbt_project import ensure_manifest, xero_dbt_project
+from orchestration.extract_ledger import database_now, publish_extracts
 from orchestration.freshness import DAILY_SYNC_FRESHNESS
-from orchestration.partitions import checked_tenant_id, tenant_partitions
+from orchestration.locks import LockWaitTimeout, analytics_lock
 from orchestration.resources import TokenVaultResource
+from orchestration.run_health import RunLivenessResource
 from orchestration.settings import dbt_connection_env
-from orchestration.tenant_lock import tenant_lock
 
 ANALYTICS_GROUP = "analytics"
 
@@ -27,52 +35,64 @@ class XeroDbtTranslator(DagsterDbtTranslator):
             freshness_policy=DAILY_SYNC_FRESHNESS)
 
 
+class AnalyticsBuildConfig(dg.Config):
+    full_refresh: bool = False
+    """Rebuild every model from all raw data (after a model change), instead of from pending loads."""
+
+
 @dbt_assets(
     manifest=ensure_manifest(),
     project=xero_dbt_project,
-    partitions_def=tenant_partitions,
     dagster_dbt_translator=XeroDbtTranslator(
         settings=DagsterDbtTranslatorSettings(enable_asset_checks=True, enable_source_tests_as_checks=True)
     ),
-    # Models are tenant-incremental, but a model's first build and schema changes are whole-table
-    # DDL: one dbt step at a time across runs (pool limit 1 in dagster.yaml).
-    pool="dbt",
 )
-def analytics_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
-                     token_vault: TokenVaultResource) -> Iterator:
-    tenant_id = checked_tenant_id(context.partition_key)
+def analytics_models(context: dg.AssetExecutionContext, config: AnalyticsBuildConfig, dbt: DbtCliResource,
+                     token_vault: TokenVaultResource, run_liveness: RunLivenessResource) -> Iterator:
     # dbt runs as a subprocess of whichever process runs this step: give it the pipeline's database.
     os.environ.update(dbt_connection_env())
-    args = ["build", "--vars", json.dumps({"tenant_id": tenant_id})]
-    # The lock is held while dbt runs, not across yields: a generator suspended at a yield (its
-    # consumer failed) would keep the tenant locked until garbage collection.
-    with tenant_lock(tenant_id):
-        invocation = dbt.cli(args, context=context, raise_on_error=False)
-        events = list(invocation.stream())
+    database_url = os.environ["DATABASE_URL"]
+    args = ["build", *(["--full-refresh"] if config.full_refresh else [])]
+    try:
+        # One build at a time; held while dbt runs, not across yields (a generator suspended at a
+        # yield, its consumer gone, would keep it until garbage collection).
+        with analytics_lock(holder=f"xero-elt run {context.run.run_id} analytics", database_url=database_url,
+                            announce=context.log.warning):
+            built_from = database_now(database_url)
+            invocation = dbt.cli(args, context=context, raise_on_error=False)
+            events = list(invocation.stream())
+    except LockWaitTimeout as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
     yield from events
     if not invocation.is_successful():
-        raise build_failure(tenant_id, invocation)
-    # The tenant's analytics are now as fresh as its raw data: that is what "last sync" means
-    # to the web app.
-    token_vault.get().mark_synced(tenant_id)
+        raise build_failure(invocation)
+    # Every tenant whose extract finished before this build started is now as fresh as its raw
+    # data: that is what "last sync" means to the web app.
+    vault = token_vault.get()
+    published = publish_extracts(database_url, built_from)
+    for tenant_id in published:
+        try:
+            vault.mark_synced(tenant_id)
+        except TenantNotConnected:
+            context.log.info(f"tenant {tenant_id} was disconnected since its extract; last_sync not set")
+    context.log.info(f"analytics published for {len(published)} tenant(s): {', '.join(published)}")
 
 
-def build_failure(tenant_id: str, invocation) -> Exception:
-    """Data tests that ran and failed are a fact about the tenant's data: retrying in a minute
-    cannot change them, so they fail the run for good, naming the tests. Anything else (a model or
-    a test's own query that errored, a lost connection, dbt dying) may be transient and goes to the
-    job's retry policy."""
+def build_failure(invocation) -> Exception:
+    """Data tests that ran and failed are a fact about the data: retrying in a minute cannot change
+    them, so they fail the run for good, naming the tests. Anything else (a model or a test's own
+    query that errored, a lost connection, dbt dying) may be transient and goes to the job's retry
+    policy."""
     try:
         results = invocation.get_artifact("run_results.json").get("results", [])
     except FileNotFoundError:  # dbt died before writing it
-        return RuntimeError(f"tenant {tenant_id}: dbt build failed: {invocation.get_error()}")
+        return RuntimeError(f"dbt build failed: {invocation.get_error()}")
     problems = {r["unique_id"]: (r["status"], r.get("message")) for r in results
                 if r["status"] in ("fail", "error")}
     failed_tests = sorted(uid for uid, (status, _) in problems.items()
                           if status == "fail" and uid.startswith("test."))
     if failed_tests and len(failed_tests) == len(problems):
-        return dg.Failure(description=f"tenant {tenant_id}: dbt tests failed: {', '.join(failed_tests)}",
-                          metadata={"tenant_id": tenant_id, "failed_tests": failed_tests},
-                          allow_retries=False)
+        return dg.Failure(description=f"dbt tests failed: {', '.join(failed_tests)}",
+                          metadata={"failed_tests": failed_tests}, allow_retries=False)
     details = "; ".join(f"{uid} {status}: {msg}" for uid, (status, msg) in sorted(problems.items()))
-    return RuntimeError(f"tenant {tenant_id}: dbt build failed: {details}")
+    return RuntimeError(f"dbt build failed: {details}")

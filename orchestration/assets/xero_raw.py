@@ -1,6 +1,7 @@
 """Raw Xero records per tenant, loaded by dlt into `raw_xero` (one asset per Xero endpoint)."""
 
 
+import os
 import tempfile
 from collections.abc import Iterator
 
@@ -10,15 +11,17 @@ from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 
 from oauth_service.vault import ReauthRequired, TenantNotConnected
+from orchestration.extract_ledger import record_extract
 from orchestration.freshness import DAILY_SYNC_FRESHNESS
+from orchestration.locks import LockWaitTimeout, tenant_lock
 from orchestration.partitions import checked_tenant_id, tenant_partitions
 from orchestration.resources import TokenVaultResource, XeroPipelineResource
+from orchestration.run_health import RunLivenessResource
 from orchestration.settings import RAW_SCHEMA
-from orchestration.tenant_lock import TenantBusy, tenant_lock
 from xero_source import DailyLimitExceeded, xero_source
 
 RAW_GROUP = "xero_raw"
-PERMANENT_ERRORS = (ReauthRequired, TenantNotConnected, DailyLimitExceeded, TenantBusy)
+PERMANENT_ERRORS = (ReauthRequired, TenantNotConnected, DailyLimitExceeded, LockWaitTimeout)
 TEMPLATE_TENANT = "00000000-0000-0000-0000-000000000000"
 
 
@@ -62,18 +65,22 @@ def xero_raw_assets(
     dlt: DagsterDltResource,
     token_vault: TokenVaultResource,
     xero_pipeline: XeroPipelineResource,
+    run_liveness: RunLivenessResource,
 ) -> Iterator:
     tenant_id = checked_tenant_id(context.partition_key)
     vault = token_vault.get()
+    database_url = os.environ["DATABASE_URL"]
     try:
         # Held while dlt runs, not across yields (see analytics_models).
-        with tenant_lock(tenant_id):
+        with tenant_lock(tenant_id, holder=f"xero-elt run {context.run.run_id} extract",
+                         database_url=database_url, announce=context.log.warning):
             results = list(dlt.run(
                 context=context,
                 dlt_source=xero_pipeline.source(tenant_id, vault, full_refresh=config.full_refresh),
                 dlt_pipeline=xero_pipeline.pipeline(tenant_id),
                 dagster_dlt_translator=XeroDltTranslator(),
             ))
+            record_extract(database_url, tenant_id, context.run.run_id)
     except Exception as exc:
         permanent = permanent_cause(exc)
         if permanent is None:
@@ -89,7 +96,7 @@ def xero_raw_assets(
 def permanent_cause(exc: BaseException) -> BaseException | None:
     """The error in `exc`'s cause chain (dlt wraps what a resource raised) that no retry can fix
     today: the user must reconnect, the tenant is gone, the daily limit is spent, or another sync
-    of the tenant holds its lock."""
+    of the tenant held its lock for longer than this run may wait."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, PERMANENT_ERRORS):

@@ -1,31 +1,72 @@
--- One row per invoice: its latest fetched version, typed. Deleted invoices stay here (with
--- is_deleted) so downstream models can see deletes; the canonical `invoices` drops them.
+-- One row per invoice: its latest fetched version, typed, every status kept (DELETED included).
+-- Incremental: reads only the raw versions of the loads this run processes (see load_batches.sql).
 -- Xero's dates are midnight UTC: convert at UTC, not in the session's time zone.
-with latest as (
-    {{ latest_version(source('xero', 'invoices'), 'invoice_id') }}
+{{ config(
+    unique_key=['tenant_id', 'invoice_id'],
+    indexes=[
+      {'columns': ['tenant_id', 'invoice_id'], 'unique': True},
+      {'columns': ['_dlt_load_id']},
+    ],
+    post_hook=["create index if not exists stg_xero__invoices_quarantined_idx on {{ this }} (tenant_id)
+                where quarantine_reason is not null"],
+) }}
+
+with changed as (
+    {{ changed_rows(source('xero', 'invoices')) }}
+),
+
+latest as (
+    {{ latest_version('changed', 'invoice_id') }}
+),
+
+typed as (
+    select
+        tenant_id::varchar(255)                          as tenant_id,
+        invoice_id::text                                 as invoice_id,
+        invoice_number::text                             as invoice_number,
+        type::text                                       as invoice_type,
+        status::text                                     as status,
+        status = 'DELETED'                               as is_deleted,
+        {{ safe_uuid("contact ->> 'ContactID'") }}       as contact_id,
+        (contact ->> 'Name')::text                       as contact_name,
+        reference::text                                  as reference,
+        (date at time zone 'UTC')::date                  as invoice_date,
+        (due_date at time zone 'UTC')::date              as due_date,
+        (fully_paid_on_date at time zone 'UTC')::date    as paid_date,
+        currency_code::text                              as currency_code,
+        currency_rate::numeric                           as currency_rate,
+        sub_total::numeric                               as sub_total,
+        total_tax::numeric                               as total_tax,
+        total::numeric                                   as total,
+        coalesce(amount_due, 0)::numeric                 as amount_due,
+        coalesce(amount_paid, 0)::numeric                as amount_paid,
+        coalesce(amount_credited, 0)::numeric            as amount_credited,
+        line_items::jsonb                                as line_items,
+        (updated_date_utc at time zone 'UTC')::timestamp as xero_updated_date_utc,
+        _dlt_load_id::text                               as _dlt_load_id
+    from latest
 )
 
 select
-    tenant_id::varchar(255)                          as tenant_id,
-    invoice_id::uuid                                 as invoice_id,
-    invoice_number::text                             as invoice_number,
-    type::text                                       as invoice_type,
-    status::text                                     as status,
-    status = 'DELETED'                               as is_deleted,
-    (contact ->> 'ContactID')::uuid                  as contact_id,
-    (contact ->> 'Name')::text                       as contact_name,
-    reference::text                                  as reference,
-    (date at time zone 'UTC')::date                  as issue_date,
-    (due_date at time zone 'UTC')::date              as due_date,
-    currency_code::varchar(3)                        as currency_code,
-    coalesce(currency_rate, 1)::numeric(19, 6)       as currency_rate,
-    sub_total::numeric(18, 2)                        as subtotal,
-    total_tax::numeric(18, 2)                        as total_tax,
-    total::numeric(18, 2)                            as total,
-    coalesce(amount_due, 0)::numeric(18, 2)          as amount_due,
-    coalesce(amount_paid, 0)::numeric(18, 2)         as amount_paid,
-    coalesce(amount_credited, 0)::numeric(18, 2)     as amount_credited,
-    updated_date_utc::timestamptz                    as updated_at,
-    line_items::jsonb                                as line_items,
-    _dlt_load_id::text                               as _dlt_load_id
-from latest
+    typed.*,
+    nullif(concat_ws('; ',
+        {{ text_fit('invoice_id', 'xero_invoice_id', 255) }},
+        {{ text_fit('invoice_number', 'invoice_number', 100) }},
+        {{ text_fit('contact_name', 'client_name', 255) }},
+        {{ text_fit('status', 'status', 50) }},
+        {{ text_fit('currency_code', 'currency_code', 3) }},
+        {{ money_fit('total', 'amount') }},
+        {{ money_fit('total_tax', 'tax_amount') }},
+        {{ money_fit('sub_total', 'sub_total') }},
+        {{ money_fit('amount_due', 'amount_due') }},
+        {{ money_fit('amount_paid', 'amount_paid') }},
+        {{ money_fit('amount_credited', 'amount_credited') }}
+    ), '') as quarantine_reason
+from typed
+{% if is_incremental() %}
+where not exists (
+    select 1 from {{ this }} as built
+    where built.tenant_id = typed.tenant_id and built.invoice_id = typed.invoice_id
+      and built.xero_updated_date_utc > typed.xero_updated_date_utc
+)
+{% endif %}

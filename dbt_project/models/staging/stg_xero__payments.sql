@@ -1,23 +1,48 @@
 -- One row per payment (latest fetched version), against an invoice or a credit note.
 -- Deleted payments stay, flagged: they no longer count towards what was collected.
-with latest as (
-    {{ latest_version(source('xero', 'payments'), 'payment_id') }}
+{{ config(
+    unique_key=['tenant_id', 'payment_id'],
+    indexes=[
+      {'columns': ['tenant_id', 'payment_id'], 'unique': True},
+      {'columns': ['tenant_id', 'invoice_id']},
+      {'columns': ['_dlt_load_id']},
+    ],
+) }}
+
+with changed as (
+    {{ changed_rows(source('xero', 'payments')) }}
+),
+
+latest as (
+    {{ latest_version('changed', 'payment_id') }}
+),
+
+typed as (
+    select
+        tenant_id::varchar(255)                          as tenant_id,
+        payment_id::uuid                                 as payment_id,
+        (invoice ->> 'InvoiceID')::text                  as invoice_id,
+        (credit_note ->> 'CreditNoteID')::text           as credit_note_id,
+        {{ safe_uuid("account ->> 'AccountID'") }}       as account_id,
+        payment_type::text                               as payment_type,
+        status::text                                     as status,
+        status = 'DELETED'                               as is_deleted,
+        (date at time zone 'UTC')::date                  as payment_date,
+        amount::numeric                                  as amount,
+        bank_amount::numeric                             as bank_amount,
+        currency_rate::numeric                           as currency_rate,
+        reference::text                                  as reference,
+        coalesce(is_reconciled, false)                   as is_reconciled,
+        (updated_date_utc at time zone 'UTC')::timestamp as xero_updated_date_utc,
+        _dlt_load_id::text                               as _dlt_load_id
+    from latest
 )
 
-select
-    tenant_id::varchar(255)                      as tenant_id,
-    payment_id::uuid                             as payment_id,
-    (invoice ->> 'InvoiceID')::uuid              as invoice_id,
-    (credit_note ->> 'CreditNoteID')::uuid       as credit_note_id,
-    (account ->> 'AccountID')::uuid              as account_id,
-    payment_type::text                           as payment_type,
-    status::text                                 as status,
-    status = 'DELETED'                           as is_deleted,
-    (date at time zone 'UTC')::date              as payment_date,
-    amount::numeric(18, 2)                       as amount,
-    bank_amount::numeric(18, 2)                  as bank_amount,
-    coalesce(currency_rate, 1)::numeric(19, 6)   as currency_rate,
-    reference::text                              as reference,
-    coalesce(is_reconciled, false)               as is_reconciled,
-    updated_date_utc::timestamptz                as updated_at
-from latest
+select * from typed
+{% if is_incremental() %}
+where not exists (
+    select 1 from {{ this }} as built
+    where built.tenant_id = typed.tenant_id and built.payment_id = typed.payment_id
+      and built.xero_updated_date_utc > typed.xero_updated_date_utc
+)
+{% endif %}

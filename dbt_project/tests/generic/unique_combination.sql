@@ -1,0 +1,7 @@
+{#- No two rows share these columns' values (e.g. a record id within its tenant). -#}
+{% test unique_combination(model, columns) %}
+select {{ columns | join(', ') }}, count(*) as n
+from {{ model }}
+group by {{ columns | join(', ') }}
+having count(*) > 1
+{% endtest %}
