@@ -19,7 +19,7 @@ _STEP_RETRIES = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPON
 
 tenant_sync_job = dg.define_asset_job(
     name=SYNC_JOB_NAME,
-    selection=dg.AssetSelection.groups("xero_raw"),
+    selection=dg.AssetSelection.groups("xero_raw").without_checks(),
     description="Extract one Xero tenant into raw_xero; the analytics build follows.",
     executor_def=dg.in_process_executor,
     op_retry_policy=_STEP_RETRIES,
