@@ -55,3 +55,18 @@ def audit_run(run: dg.DagsterRun, engine: Engine | None = None, detail: dict | N
             },
         )
     return True
+
+
+GENERIC_FAILURE = "This run has been marked as failed from outside the execution context."
+
+
+def failure_detail(instance: dg.DagsterInstance, run_id: str, message: str | None) -> dict:
+    """What the audit row says of a failed run. When the run was failed from outside (its process
+    died under the daemon's code server, which says so in an engine event), that event is the reason."""
+    if message and message.strip() != GENERIC_FAILURE:
+        return {"error": message[:500]}
+    crash = [e.message for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+             if e.message and "Run execution process" in e.message]
+    if crash:
+        return {"error": f"{crash[-1]} (its worker died)"[:500], "crashed": True}
+    return {"error": (message or "")[:500]}

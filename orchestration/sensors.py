@@ -10,7 +10,7 @@ from orchestration.extract_ledger import pending_loads
 from orchestration.jobs import ANALYTICS_JOB_NAME, SYNC_JOBS, analytics_job, tenant_sync_job
 from orchestration.partitions import add_tenant_partitions
 from orchestration.resources import TokenVaultResource
-from orchestration.run_audit import audit_run
+from orchestration.run_audit import audit_run, failure_detail
 from orchestration.run_health import reap_dead_runs
 
 UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
@@ -78,7 +78,7 @@ def analytics_after_extracts(context: dg.SensorEvaluationContext):
 
 
 @dg.sensor(
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Marks failed (and audits) sync runs whose worker died, so nothing waits for them.",
 )
@@ -103,5 +103,7 @@ def audit_successful_runs(context: dg.RunStatusSensorContext):
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def audit_failed_runs(context: dg.RunFailureSensorContext):
-    # Also sees runs whose process died: run monitoring marks them FAILURE.
-    audit_run(context.dagster_run, detail={"error": (context.failure_event.message or "")[:500]})
+    # Also sees runs whose process died: the code server, run monitoring or recover_crashed_runs
+    # marks them FAILURE.
+    audit_run(context.dagster_run,
+              detail=failure_detail(context.instance, context.dagster_run.run_id, context.failure_event.message))

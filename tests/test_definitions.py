@@ -2,70 +2,151 @@
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
+import yaml
 
 from orchestration.definitions import defs
-from orchestration.jobs import SYNC_JOB_NAME
+from orchestration.jobs import ANALYTICS_JOB_NAME, SYNC_JOB_NAME
 from orchestration.partitions import TENANT_PARTITIONS_NAME, checked_tenant_id, tenant_partitions
+from orchestration.settings import DAGSTER_YAML_TEMPLATE, DBT_PROJECT_DIR
 
 RAW_INVOICES = dg.AssetKey(["raw_xero", "invoices"])
+INVOICES = dg.AssetKey(["analytics", "invoices"])
+QUARANTINE = dg.AssetKey(["analytics", "invoices_quarantine"])
+STAGING_MODELS = ("stg_xero__invoices", "stg_xero__contacts", "stg_xero__payments", "stg_xero__credit_notes",
+                  "stg_xero__accounts", "stg_xero__organisation")
+DBT_ASSETS = {dg.AssetKey(["staging", m]) for m in STAGING_MODELS} | {INVOICES, QUARANTINE}
+# The OAuth service's table, a dbt source: shown in the graph, owned (and kept fresh) elsewhere.
+APP_CONNECTIONS = dg.AssetKey(["app", "xero_connections"])
 
 
 def asset_graph():
     return defs.resolve_asset_graph()
 
 
-def test_every_asset_is_partitioned_by_tenant():
+def raw_keys() -> set[dg.AssetKey]:
+    from xero_source import ENDPOINTS
+
+    return {dg.AssetKey(["raw_xero", name]) for name in ENDPOINTS}
+
+
+def test_raw_assets_are_partitioned_by_tenant_and_dbt_assets_are_not():
     graph = asset_graph()
-    keys = list(graph.get_all_asset_keys())
-    assert RAW_INVOICES in keys
-    assert dg.AssetKey(["invoices"]) in keys
-    for key in keys:
-        pdef = graph.get(key).partitions_def
-        assert isinstance(pdef, dg.DynamicPartitionsDefinition), key
-        assert pdef.name == TENANT_PARTITIONS_NAME
+    materializable = {k for k in graph.get_all_asset_keys() if graph.get(k).is_materializable}
+    assert materializable == raw_keys() | DBT_ASSETS
+    assert {k for k in graph.get_all_asset_keys() if not graph.get(k).is_materializable} == {APP_CONNECTIONS}
+    for key in raw_keys():
+        node = graph.get(key)
+        assert isinstance(node.partitions_def, dg.DynamicPartitionsDefinition), key
+        assert node.partitions_def.name == TENANT_PARTITIONS_NAME
+        assert node.group_name == "xero_raw", key
+    # One set-based build serves every tenant: the dbt assets follow every tenant partition.
+    for key in DBT_ASSETS:
+        node = graph.get(key)
+        assert node.partitions_def is None, key
+        assert node.group_name == "analytics", key
 
 
 def test_every_asset_says_how_fresh_the_daily_sync_keeps_it():
     from orchestration.freshness import DAILY_SYNC_FRESHNESS
 
     graph = asset_graph()
-    for key in graph.get_all_asset_keys():
+    for key in raw_keys() | DBT_ASSETS:
         assert graph.get(key).freshness_policy == DAILY_SYNC_FRESHNESS, key
 
 
 def test_every_xero_endpoint_is_a_raw_asset_feeding_its_staging_model():
     from xero_source import ENDPOINTS
 
+    assert "organisation" in ENDPOINTS
     graph = asset_graph()
-    raw_keys = {key for key in graph.get_all_asset_keys() if key.path[0] == "raw_xero"}
-    assert raw_keys == {dg.AssetKey(["raw_xero", name]) for name in ENDPOINTS}
+    assert {k for k in graph.get_all_asset_keys() if k.path[0] == "raw_xero"} == raw_keys()
     for name in ENDPOINTS:
-        staging = dg.AssetKey([f"stg_xero__{name}"])
+        staging = dg.AssetKey(["staging", f"stg_xero__{name}"])
         # The dbt source is the dlt asset itself (meta.dagster.asset_key), not a separate node.
-        assert graph.get(staging).parent_keys == {dg.AssetKey(["raw_xero", name])}
-    assert graph.get(dg.AssetKey(["invoices"])).parent_keys == {dg.AssetKey(["stg_xero__invoices"])}
+        assert graph.get(staging).parent_keys == {dg.AssetKey(["raw_xero", name])}, name
+    # The canonical invoices need the organisation (base currency) and the connection (its id).
+    assert graph.get(INVOICES).parent_keys == {dg.AssetKey(["staging", "stg_xero__invoices"]),
+                                               dg.AssetKey(["staging", "stg_xero__organisation"]),
+                                               APP_CONNECTIONS}
+    assert graph.get(QUARANTINE).parent_keys == {dg.AssetKey(["staging", "stg_xero__invoices"])}
 
 
-def test_sync_job_covers_raw_and_analytics_and_retries():
+def test_staging_and_marts_live_in_schemas_of_their_own():
+    from orchestration.dbt_project import ensure_manifest
+
+    nodes = json.loads(ensure_manifest().read_text())["nodes"]
+    schemas = {n["name"]: n["schema"] for n in nodes.values() if n["resource_type"] == "model"}
+    assert schemas == {**{m: "staging" for m in STAGING_MODELS}, "invoices": "analytics",
+                       "invoices_quarantine": "analytics"}
+
+
+def test_dbt_is_set_based_and_incremental_on_pending_loads():
+    project = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())
+    assert "tenant_id" not in (project.get("vars") or {}), "no per-tenant build any more"
+    assert any("claim_pending_loads" in hook for hook in project["on-run-start"])
+    assert any("finish_load_batch" in hook for hook in project["on-run-end"])
+
+
+def _selected_assets(job: dg.JobDefinition) -> set[dg.AssetKey]:
+    return set(job.asset_layer.selected_asset_keys)
+
+
+def test_the_extract_job_is_per_tenant_and_extracts_only():
     job = defs.resolve_job_def(SYNC_JOB_NAME)
     assert job.partitions_def == tenant_partitions
+    assert job.executor_def.name == "in_process"
     assert job.op_retry_policy is not None and job.op_retry_policy.max_retries >= 1
-    ops = {node.name for node in job.graph.nodes}
-    assert {"xero_raw", "analytics_models"} <= ops
+    assert _selected_assets(job) == raw_keys()
+    # No dbt in an extract run (not even dbt's source tests): the analytics build is a job of its own.
+    assert {node.name for node in job.graph.nodes} == {"xero_raw"}
+
+
+def test_the_analytics_job_builds_every_dbt_asset_at_once():
+    job = defs.resolve_job_def(ANALYTICS_JOB_NAME)
+    assert job.partitions_def is None
+    assert job.executor_def.name == "in_process"
+    assert job.op_retry_policy is not None and job.op_retry_policy.max_retries >= 1
+    assert _selected_assets(job) == DBT_ASSETS
+    assert {node.name for node in job.graph.nodes} == {"analytics_models"}
+    # The instance runs one analytics build at a time by this tag (deploy/dagster.yaml).
+    limits = yaml.safe_load(DAGSTER_YAML_TEMPLATE.read_text())["concurrency"]["runs"]
+    [limit] = [lim for lim in limits["tag_concurrency_limits"] if lim["key"] == "xero-elt/job"]
+    assert job.tags["xero-elt/job"] == limit["value"] and limit["limit"] == 1
+
+
+def test_every_step_holds_its_runs_liveness_lock():
+    for name in (SYNC_JOB_NAME, ANALYTICS_JOB_NAME):
+        for node in defs.resolve_job_def(name).graph.nodes:
+            assert "run_liveness" in node.definition.required_resource_keys, (name, node.name)
+
+
+def test_no_asset_or_op_uses_a_pool():
+    """A pool slot outlived a killed run; advisory locks (orchestration/locks.py) die with it."""
+    graph = asset_graph()
+    for key in graph.get_all_asset_keys():
+        assert not graph.get(key).pools, key
+    for name in (SYNC_JOB_NAME, ANALYTICS_JOB_NAME):
+        for node in defs.resolve_job_def(name).graph.nodes:
+            assert node.definition.pool is None, (name, node.name)
+    instance_config = yaml.safe_load(DAGSTER_YAML_TEMPLATE.read_text())
+    assert "pools" not in instance_config.get("concurrency", {})
+    assert "pools" not in instance_config
 
 
 def test_schedules_and_sensors_run_by_default():
     schedule = defs.resolve_schedule_def("daily_tenant_sync")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-    for name in ("new_tenant_sensor", "xero_webhook_sensor", "audit_successful_runs", "audit_failed_runs"):
-        assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
-
-
-def test_dbt_assets_share_one_pool():
-    graph = asset_graph()
-    node = graph.get(dg.AssetKey(["invoices"]))
-    assert node.pools == {"dbt"}
+    assert schedule.job_name == SYNC_JOB_NAME
+    sensors = ("new_tenant_sensor", "xero_webhook_sensor", "analytics_after_extracts", "recover_crashed_runs",
+               "audit_successful_runs", "audit_failed_runs")
+    assert {s.name for s in defs.sensors} == set(sensors)
+    for name in sensors:
+        assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING, name
+    assert defs.resolve_sensor_def("analytics_after_extracts").job_name == ANALYTICS_JOB_NAME
+    assert defs.resolve_sensor_def("new_tenant_sensor").job_name == SYNC_JOB_NAME
 
 
 def test_partition_keys_must_be_tenant_uuids():
@@ -81,26 +162,25 @@ def test_partition_keys_must_be_tenant_uuids():
 
 def test_the_manifest_names_the_database_this_process_builds(tmp_path, monkeypatch):
     """The UI shows each dbt asset's storage from the manifest: parsed for the database in use."""
-    import json
     import shutil
 
     from dagster_dbt import DbtProject
 
     from orchestration.dbt_project import ensure_manifest
-    from orchestration.settings import DBT_PROJECT_DIR
 
     copy = tmp_path / "dbt_project"
     shutil.copytree(DBT_PROJECT_DIR, copy, ignore=shutil.ignore_patterns("target", "logs"))
     project = DbtProject(project_dir=copy, profiles_dir=copy)
 
-    def storage_of_invoices() -> str:
+    def storage_of(model: str) -> str:
         manifest = json.loads(ensure_manifest(project).read_text())
-        return manifest["nodes"]["model.xero_elt.invoices"]["relation_name"]
+        return manifest["nodes"][f"model.xero_elt.{model}"]["relation_name"]
 
     monkeypatch.setenv("DATABASE_URL", "postgresql://etl@db.internal:5432/coaching_prod")
-    assert storage_of_invoices() == '"coaching_prod"."analytics"."invoices"'
+    assert storage_of("invoices") == '"coaching_prod"."analytics"."invoices"'
+    assert storage_of("stg_xero__invoices") == '"coaching_prod"."staging"."stg_xero__invoices"'
     monkeypatch.setenv("DATABASE_URL", "postgresql://etl@db.internal:5432/coaching_staging")
-    assert storage_of_invoices() == '"coaching_staging"."analytics"."invoices"'
+    assert storage_of("invoices") == '"coaching_staging"."analytics"."invoices"'
 
 
 def test_loading_the_definitions_writes_nothing_to_the_shared_dlt_folder(tmp_path):

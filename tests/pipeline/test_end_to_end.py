@@ -1,129 +1,52 @@
-"""The thin slice end to end, for two tenants: sandbox → OAuth → dlt → dbt → analytics.invoices,
-through Dagster, audited; idempotent on a second run."""
+"""The thin slice end to end, for two tenants: sandbox → OAuth → dlt (one extract run per tenant)
+→ one set-based dbt build (the analytics run) → staging and analytics.invoices, through Dagster,
+audited; idempotent and incremental on a second run."""
 
 from __future__ import annotations
 
-import json
-import subprocess
+import threading
+import time
 import uuid
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 import dagster as dg
 import psycopg
 import pytest
 
-from orchestration.dbt_project import DBT_EXECUTABLE
-from orchestration.settings import DBT_PROJECT_DIR
+from orchestration.extract_ledger import pending_loads
+from orchestration.jobs import ANALYTICS_JOB_NAME, SYNC_JOB_NAME
 from orchestration.sync import sync_tenants
+from tests.pipeline.truth import assert_invoices_equal_truth, base_currency
 
-
-def analytics_by_tenant(database_url: str) -> dict[str, tuple[int, Decimal, set[str]]]:
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute("SELECT tenant_id, invoice_id::text, total FROM analytics.invoices").fetchall()
-    out: dict[str, tuple[int, Decimal, set[str]]] = {}
-    for tenant, invoice_id, total in rows:
-        count, sum_, ids = out.get(tenant, (0, Decimal(0), set()))
-        ids.add(invoice_id)
-        out[tenant] = (count + 1, sum_ + total, ids)
-    return out
-
-
-def truth_by_tenant(platform) -> dict[str, tuple[int, Decimal, set[str]]]:
-    out = {}
-    for tenant_id in platform.tenant_ids:
-        truth = platform.sandbox.truth(tenant_id, "Invoices")
-        ids = {r["InvoiceID"] for r in platform.sandbox.truth_records(tenant_id, "Invoices")}
-        out[tenant_id] = (int(truth["count"]), Decimal(str(truth["total"])), ids)
-    return out
-
-
-def assert_invoices_match_truth(platform) -> None:
-    """analytics.invoices == the sandbox's ground truth; on a difference, say which invoices and
-    what raw holds of them (the clues an incremental-sync bug leaves)."""
-    got, want = analytics_by_tenant(platform.database_url), truth_by_tenant(platform)
-    if got == want:
-        return
-    clues = []
-    for tenant_id, (_, _, ids) in want.items():
-        have = got.get(tenant_id, (0, Decimal(0), set()))[2]
-        for invoice_id in sorted((ids - have) | (have - ids)):
-            sandbox = next((r for r in platform.sandbox.records(tenant_id, "Invoices", include_deleted=True)
-                            if r["InvoiceID"] == invoice_id), {})
-            with psycopg.connect(platform.database_url) as conn:
-                raw = conn.execute(
-                    "SELECT status, updated_date_utc, _dlt_load_id FROM raw_xero.invoices "
-                    "WHERE invoice_id = %s ORDER BY updated_date_utc", (invoice_id,)).fetchall()
-            clues.append(f"{tenant_id} {invoice_id}: sandbox {sandbox.get('Status')} "
-                         f"{sandbox.get('UpdatedDateUTC')}, raw {raw}")
-    raise AssertionError("analytics.invoices differs from the sandbox:\n" + "\n".join(clues))
-
-
-INVOICE_COLUMNS = ("invoice_number", "invoice_type", "status", "contact_id", "contact_name", "reference",
-                   "issue_date", "due_date", "currency_code", "currency_rate", "subtotal", "total_tax",
-                   "total", "amount_due", "amount_paid", "amount_credited", "total_base", "updated_at")
-
-
-def expected_invoice_row(record: dict) -> tuple:
-    """What analytics.invoices must hold for a Xero invoice record, column by column."""
-    def amount(key: str) -> Decimal:
-        return Decimal(str(record[key]))
-
-    rate = amount("CurrencyRate")
-    updated_ms = int(record["UpdatedDateUTC"][6:19])
-    return (
-        record["InvoiceNumber"], record["Type"], record["Status"], record["Contact"]["ContactID"],
-        record["Contact"]["Name"], record.get("Reference"),
-        record["DateString"][:10], record["DueDateString"][:10], record["CurrencyCode"], rate,
-        amount("SubTotal"), amount("TotalTax"), amount("Total"), amount("AmountDue"), amount("AmountPaid"),
-        amount("AmountCredited"), (amount("Total") / rate).quantize(Decimal("0.01"), ROUND_HALF_UP),
-        datetime.fromtimestamp(updated_ms / 1000, UTC),
-    )
-
-
-def assert_invoice_columns_match_truth(platform) -> None:
-    """Every column of every invoice equals Xero's record (dates as Xero's DateString: the
-    platform's sessions run in a time zone west of UTC, where a careless cast loses a day)."""
-    with psycopg.connect(platform.database_url) as conn:
-        for tenant_id in platform.tenant_ids:
-            rows = conn.execute(
-                f"SELECT invoice_id::text, {', '.join(INVOICE_COLUMNS)} FROM analytics.invoices "  # noqa: S608
-                "WHERE tenant_id = %s", (tenant_id,)).fetchall()
-            got = {r[0]: tuple(str(v) if isinstance(v, uuid.UUID) else v for v in r[1:]) for r in rows}
-            got = {k: v[:6] + (v[6].isoformat(), v[7].isoformat()) + v[8:] for k, v in got.items()}
-            want = {r["InvoiceID"]: expected_invoice_row(r)
-                    for r in platform.sandbox.truth_records(tenant_id, "Invoices")}
-            assert got.keys() == want.keys(), tenant_id
-            for invoice_id, expected in want.items():
-                diffs = {c: (g, w) for c, g, w in zip(INVOICE_COLUMNS, got[invoice_id], expected, strict=True)
-                         if g != w}
-                assert not diffs, f"tenant {tenant_id} invoice {invoice_id}: (ours, Xero's) {diffs}"
-
-
-# staging model, sandbox resource, its id field, the staging id column, amount column (or None)
+# staging model, sandbox resource, its id field, the staging id column, amount column (or None),
+# the column flagging records Xero no longer counts (or None)
 STAGED = [
-    ("stg_xero__contacts", "Contacts", "ContactID", "contact_id", None),
-    ("stg_xero__payments", "Payments", "PaymentID", "payment_id", "amount"),
-    ("stg_xero__credit_notes", "CreditNotes", "CreditNoteID", "credit_note_id", "total"),
-    ("stg_xero__accounts", "Accounts", "AccountID", "account_id", None),
+    ("stg_xero__contacts", "Contacts", "ContactID", "contact_id", None, None),
+    ("stg_xero__payments", "Payments", "PaymentID", "payment_id", "amount", "is_deleted"),
+    ("stg_xero__credit_notes", "CreditNotes", "CreditNoteID", "credit_note_id", "total", "is_deleted"),
+    ("stg_xero__accounts", "Accounts", "AccountID", "account_id", None, None),
 ]
 
 
 def staged_matches_truth(platform) -> None:
-    """Every staged resource holds exactly the sandbox's current records, per tenant."""
+    """Every staged resource holds exactly the sandbox's current records, per tenant, and each
+    tenant's organisation its base currency."""
     with psycopg.connect(platform.database_url) as conn:
-        for model, resource, id_field, id_column, amount in STAGED:
-            deleted = "is_deleted" if model in ("stg_xero__payments", "stg_xero__credit_notes") else "false"
+        for model, resource, id_field, id_column, amount, deleted in STAGED:
             for tenant_id in platform.tenant_ids:
                 rows = conn.execute(
-                    f"SELECT {id_column}::text, {amount or 0} FROM analytics.{model} "  # noqa: S608
-                    f"WHERE tenant_id = %s AND NOT {deleted}", (tenant_id,)).fetchall()
+                    f"SELECT {id_column}::text, {amount or 0} FROM staging.{model} "  # noqa: S608
+                    f"WHERE tenant_id = %s AND NOT {deleted or 'false'}", (tenant_id,)).fetchall()
                 truth = platform.sandbox.truth(tenant_id, resource)
                 ids = {r[id_field] for r in platform.sandbox.truth_records(tenant_id, resource)}
                 assert {r[0] for r in rows} == ids, (model, tenant_id)
                 assert len(rows) == int(truth["count"]), (model, tenant_id)
                 if amount:
                     assert sum(r[1] for r in rows) == Decimal(str(truth["total"])), (model, tenant_id)
+        organisations = dict(conn.execute(
+            "SELECT tenant_id, base_currency FROM staging.stg_xero__organisation").fetchall())
+    assert organisations == {t: base_currency(platform.sandbox, t) for t in platform.tenant_ids}
 
 
 def raw_versions(database_url: str) -> int:
@@ -131,11 +54,58 @@ def raw_versions(database_url: str) -> int:
         return conn.execute("SELECT count(*) FROM raw_xero.invoices").fetchone()[0]
 
 
-def audit_actions(database_url: str) -> list[tuple[str, str, str]]:
+def audit_rows(database_url: str) -> set[tuple]:
+    """(action, run id, run status, tenant, job) of every sync run audited."""
     with psycopg.connect(database_url) as conn:
-        return conn.execute(
-            "SELECT action, record_id, metadata->>'status' FROM app.audit_log "
-            "WHERE action LIKE 'sync_run_%' ORDER BY id").fetchall()
+        return set(conn.execute(
+            "SELECT action, record_id, metadata->>'status', tenant_id, metadata->>'job' FROM app.audit_log "
+            "WHERE action LIKE 'sync_run_%'").fetchall())
+
+
+def last_syncs(database_url: str) -> dict[str, datetime | None]:
+    with psycopg.connect(database_url) as conn:
+        return dict(conn.execute("SELECT tenant_id, last_sync FROM app.xero_connections").fetchall())
+
+
+def utc_now(database_url: str) -> datetime:
+    """The database's now, as the naive UTC timestamps of analytics.invoices."""
+    with psycopg.connect(database_url) as conn:
+        return conn.execute("SELECT (now() AT TIME ZONE 'UTC')::timestamp").fetchone()[0]
+
+
+def invoices_changed_since(database_url: str, since: datetime, tenant_id: str | None = None) -> set[str]:
+    """Xero ids of the invoices whose row was created or changed (updated_at) after `since`."""
+    with psycopg.connect(database_url) as conn:
+        return {r[0] for r in conn.execute(
+            "SELECT xero_invoice_id FROM analytics.invoices WHERE (updated_at > %s OR created_at > %s) "
+            "AND (%s::text IS NULL OR tenant_id = %s)", (since, since, tenant_id, tenant_id)).fetchall()}
+
+
+def invoice_row(database_url: str, tenant_id: str, invoice_id: str) -> dict | None:
+    with psycopg.connect(database_url) as conn:
+        cur = conn.execute("SELECT * FROM analytics.invoices WHERE tenant_id = %s AND xero_invoice_id = %s",
+                           (tenant_id, invoice_id))
+        row = cur.fetchone()
+        return dict(zip([c.name for c in cur.description], row, strict=True)) if row else None
+
+
+def quarantined(database_url: str) -> dict[str, str]:
+    with psycopg.connect(database_url) as conn:
+        return dict(conn.execute(
+            "SELECT xero_invoice_id, reason FROM analytics.invoices_quarantine").fetchall())
+
+
+def retried(instance: dg.DagsterInstance, run_id: str) -> list:
+    return [e for e in instance.all_logs(run_id) if e.dagster_event
+            and e.dagster_event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+
+
+def run_messages(instance: dg.DagsterInstance, run_id: str) -> str:
+    return "\n".join(e.user_message or "" for e in instance.all_logs(run_id))
+
+
+def analytics_runs(instance: dg.DagsterInstance) -> set[str]:
+    return {r.run_id for r in instance.get_runs(dg.RunsFilter(job_name=ANALYTICS_JOB_NAME))}
 
 
 @pytest.fixture(scope="module")
@@ -144,54 +114,72 @@ def platform(platform_factory):
 
 
 def test_two_tenants_land_exactly_once(platform):
-    first = sync_tenants(platform.tenant_ids, instance=platform.instance)
+    db, instance = platform.database_url, platform.instance
+    audited_before = audit_rows(db)
+    first = sync_tenants(platform.tenant_ids, instance=instance)
     assert [r.success for r in first] == [True, True], [r.error for r in first]
-    truth = truth_by_tenant(platform)
-    assert_invoices_match_truth(platform)
-    assert_invoice_columns_match_truth(platform)
-    assert all(r.invoices == truth[r.tenant_id][0] for r in first)
+    assert_invoices_equal_truth(platform)  # field by field, DELETED included
+    assert quarantined(db) == {}
     staged_matches_truth(platform)
+    for r in first:
+        records = list(platform.sandbox.records(r.tenant_id, "Invoices", include_deleted=True))
+        assert r.invoices == len(records)
+        assert r.invoices_total == sum(Decimal(str(rec["Total"])) for rec in records)
+        assert r.fetched["invoices"] == len(records) and r.fetched["organisation"] == 1
     # Raw keeps every record version, DELETED ones included: at least one row per invoice.
-    versions = raw_versions(platform.database_url)
-    assert versions >= sum(count for count, _, _ in truth.values())
-
-    second = sync_tenants(platform.tenant_ids, instance=platform.instance)
-    assert all(r.success for r in second)
-    assert_invoices_match_truth(platform)
-    assert raw_versions(platform.database_url) == versions, "a second run must load nothing twice"
-
+    versions = raw_versions(db)
+    assert versions >= sum(r.invoices for r in first)
+    # One build for both tenants, after both extracts; it processed every load.
+    [build] = {r.analytics_run_id for r in first}
+    assert build is not None and build not in {r.run_id for r in first}
+    assert pending_loads(db)[0] == 0
     # `last_sync` (what the web app shows) is set once the tenant's analytics are built.
-    synced = last_syncs(platform.database_url)
+    synced = last_syncs(db)
     assert all(synced[t] is not None for t in platform.tenant_ids), synced
 
-    runs = {r.run_id for r in first + second}
-    audited = audit_actions(platform.database_url)
-    assert {run_id for _, run_id, _ in audited} == runs
-    assert {action for action, _, _ in audited} == {"sync_run_succeeded"}
-    # Every run is visible on the Dagster instance as a partition run of the sync job.
+    built = utc_now(db)
+    second = sync_tenants(platform.tenant_ids, instance=instance)
+    assert all(r.success for r in second), [r.error for r in second]
+    assert_invoices_equal_truth(platform)
+    assert raw_versions(db) == versions, "a second run must load nothing twice"
+    # Nothing changed in Xero: the incremental build changed no invoice.
+    assert invoices_changed_since(db, built) == set()
+    assert pending_loads(db)[0] == 0
+    assert all(last_syncs(db)[t] > synced[t] for t in platform.tenant_ids)
+
+    # Every run is visible on the Dagster instance and audited once: each tenant's extract as a
+    # partition run of the extract job, each build as a run of the analytics job, of no tenant.
+    builds = {r.analytics_run_id for r in first + second}
+    assert len(builds) == 2
+    expected = {("sync_run_succeeded", r.run_id, "SUCCESS", r.tenant_id, SYNC_JOB_NAME)
+                for r in first + second}
+    expected |= {("sync_run_succeeded", run_id, "SUCCESS", None, ANALYTICS_JOB_NAME) for run_id in builds}
+    assert audit_rows(db) - audited_before == expected
     for r in first + second:
-        run = platform.instance.get_run_by_id(r.run_id)
-        assert run.tags["dagster/partition"] == r.tenant_id
+        run = instance.get_run_by_id(r.run_id)
+        assert run.job_name == SYNC_JOB_NAME and run.tags["dagster/partition"] == r.tenant_id
+    for run_id in builds:
+        run = instance.get_run_by_id(run_id)
+        assert run.job_name == ANALYTICS_JOB_NAME and "dagster/partition" not in run.tags
+        assert run.status == dg.DagsterRunStatus.SUCCESS
 
 
 def test_a_tenant_that_is_not_connected_fails_once_clearly_and_is_audited(platform):
-    import uuid
-
-    import dagster as dg
-
     from orchestration.run_audit import audit_run
     from orchestration.sensors import audit_failed_runs
 
     stranger = str(uuid.uuid4())
+    builds_before = analytics_runs(platform.instance)
     [result] = sync_tenants([stranger], instance=platform.instance)
     assert not result.success
     assert stranger in result.error and "not connected" in result.error
+    # No extract succeeded: no analytics build was started for nothing.
+    assert result.analytics_run_id is None
+    assert analytics_runs(platform.instance) == builds_before
     # A permanent failure is not retried (the job retries transient failures only).
-    retries = [e for e in platform.instance.all_logs(result.run_id) if e.dagster_event
-               and e.dagster_event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
-    assert retries == []
-    failed = [a for a in audit_actions(platform.database_url) if a[1] == result.run_id]
-    assert failed == [("sync_run_failed", result.run_id, "FAILURE")]
+    assert retried(platform.instance, result.run_id) == []
+    failed = {a for a in audit_rows(platform.database_url) if a[1] == result.run_id}
+    assert failed == {("sync_run_failed", result.run_id, "FAILURE", stranger, SYNC_JOB_NAME)}
 
     # The daemon's failure sensor sees the same run later: it is not recorded twice.
     run = platform.instance.get_run_by_id(result.run_id)
@@ -203,21 +191,22 @@ def test_a_tenant_that_is_not_connected_fails_once_clearly_and_is_audited(platfo
             if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.PIPELINE_FAILURE),
     ).for_run_failure()
     audit_failed_runs(context)
-    assert [a for a in audit_actions(platform.database_url) if a[1] == result.run_id] == failed
+    assert {a for a in audit_rows(platform.database_url) if a[1] == result.run_id} == failed
 
 
-def test_schedule_and_sensor_request_one_run_per_active_tenant(platform):
-    import dagster as dg
-
+def test_schedule_and_sensors_request_the_runs_the_daemon_needs(platform):
     from orchestration.definitions import defs
-    from orchestration.resources import TokenVaultResource
 
     with dg.instance_for_test() as instance:
-        _check_sensor_and_schedule(platform, instance, defs, TokenVaultResource)
+        _check_tenant_sensor_and_schedule(platform, instance, defs)
+    with dg.instance_for_test() as instance:
+        _check_analytics_after_extracts(platform, instance, defs)
+    with dg.instance_for_test() as instance:
+        _check_recover_crashed_runs(platform, instance, defs)
 
 
-def _check_sensor_and_schedule(platform, instance, defs, TokenVaultResource):
-    import dagster as dg
+def _check_tenant_sensor_and_schedule(platform, instance, defs):
+    from orchestration.resources import TokenVaultResource
 
     resources = {"token_vault": TokenVaultResource()}
     sensor = defs.resolve_sensor_def("new_tenant_sensor")
@@ -248,11 +237,77 @@ def _check_sensor_and_schedule(platform, instance, defs, TokenVaultResource):
     assert all(r.tags["xero/full_refresh"] == "true" for r in sunday)
 
 
+def _check_analytics_after_extracts(platform, instance, defs):
+    """The daemon's build follows the extracts: one analytics run while loads wait, none without."""
+    from dagster._core.test_utils import create_run_for_test
+
+    from orchestration.jobs import sync_ops_config
+
+    db = platform.database_url
+    sensor = defs.resolve_sensor_def("analytics_after_extracts")
+    assert sensor.job_name == ANALYTICS_JOB_NAME
+
+    def tick():
+        with dg.build_sensor_context(instance=instance) as context:
+            return sensor.evaluate_tick(context)
+
+    if pending_loads(db)[0]:  # run alone: the module's first sync has not happened
+        sync_tenants(platform.tenant_ids, instance=platform.instance)
+    assert pending_loads(db)[0] == 0
+    idle = tick()
+    assert idle.run_requests == [] and "no raw load waiting" in idle.skip_message
+
+    # A tenant's extract alone (as the schedule runs it) leaves its loads for the build.
+    extract = defs.resolve_job_def(SYNC_JOB_NAME).execute_in_process(
+        partition_key=platform.tenant_ids[0], instance=platform.instance,
+        run_config={"ops": sync_ops_config(False)})
+    assert extract.success
+    count, newest = pending_loads(db)
+    assert count >= 1
+    [request] = tick().run_requests
+    assert request.job_name in (None, ANALYTICS_JOB_NAME)
+    assert request.run_key == f"analytics:{newest}" and request.tags["xero-elt/pending_loads"] == str(count)
+
+    # While a build is under way, none is added (it takes every pending load, whatever arrived since).
+    running = create_run_for_test(instance, job_name=ANALYTICS_JOB_NAME, status=dg.DagsterRunStatus.STARTED)
+    busy = tick()
+    assert busy.run_requests == [] and "already queued or running" in busy.skip_message
+    instance.report_run_canceled(running)
+
+    build = defs.resolve_job_def(ANALYTICS_JOB_NAME).execute_in_process(instance=platform.instance)
+    assert build.success
+    assert pending_loads(db)[0] == 0
+    done = tick()
+    assert done.run_requests == [] and "no raw load waiting" in done.skip_message
+    assert_invoices_equal_truth(platform)
+
+
+def _check_recover_crashed_runs(platform, instance, defs):
+    """The daemon's reaper: a run whose worker died is marked failed; a live one is left alone."""
+    from dagster._core.test_utils import create_run_for_test
+
+    from orchestration.run_health import LIVENESS_TAG, hold_run_liveness
+
+    sensor = defs.resolve_sensor_def("recover_crashed_runs")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    with dg.build_sensor_context(instance=instance) as context:
+        assert "no crashed run" in sensor.evaluate_tick(context).skip_message
+
+    dead = create_run_for_test(
+        instance, job_name=SYNC_JOB_NAME, status=dg.DagsterRunStatus.STARTED,
+        tags={LIVENESS_TAG: "gone-host:1", "dagster/partition": platform.tenant_ids[0]})
+    live = create_run_for_test(instance, job_name=ANALYTICS_JOB_NAME, status=dg.DagsterRunStatus.STARTED)
+    with hold_run_liveness(instance, live.run_id, platform.database_url):
+        with dg.build_sensor_context(instance=instance) as context:
+            assert "1 crashed run(s) marked failed" in sensor.evaluate_tick(context).skip_message
+        assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert instance.get_run_by_id(live.run_id).status == dg.DagsterRunStatus.STARTED
+    instance.report_run_canceled(live)
+    [audited] = [a for a in audit_rows(platform.database_url) if a[1] == dead.run_id]
+    assert audited == ("sync_run_failed", dead.run_id, "FAILURE", platform.tenant_ids[0], SYNC_JOB_NAME)
+
+
 def test_a_webhook_from_xero_starts_that_tenants_sync(platform):
-    import time
-
-    import dagster as dg
-
     from orchestration.definitions import defs
     from orchestration.resources import TokenVaultResource
     from tests.pipeline.conftest import WEBHOOK_KEY
@@ -278,131 +333,189 @@ def test_a_webhook_from_xero_starts_that_tenants_sync(platform):
 
 
 def test_a_second_sync_of_the_same_tenant_waits_its_turn(platform, monkeypatch):
-    import threading
-    import time
+    from orchestration.locks import tenant_lock
 
-    from orchestration.tenant_lock import tenant_lock
-
+    db, instance = platform.database_url, platform.instance
     tenant_id = platform.tenant_ids[0]
+    holder = "test: another sync of this tenant"
     monkeypatch.setenv("XERO_TENANT_LOCK_WAIT_SECONDS", "1")
-    with tenant_lock(tenant_id, platform.database_url):  # a sync of this tenant is in progress
-        [result] = sync_tenants([tenant_id], instance=platform.instance)
+    with tenant_lock(tenant_id, holder=holder, database_url=db):  # a sync of this tenant is in progress
+        [result] = sync_tenants([tenant_id], instance=instance)
+    # The wait is bounded, says what it waited for and who holds it, and fails for good.
     assert not result.success
-    assert "another sync of tenant" in result.error and tenant_id in result.error
+    assert f"gave up after 1 s waiting for tenant {tenant_id}'s sync lock" in result.error, result.error
+    assert holder in result.error
+    assert f"waiting for tenant {tenant_id}'s sync lock (held by {holder}" in run_messages(instance,
+                                                                                            result.run_id)
+    assert retried(instance, result.run_id) == []
+    assert result.analytics_run_id is None  # nothing was extracted: no build
 
-    # Held for a moment only: the second sync waits for it, then runs.
+    # Held for a moment only: the second sync waits for it, announces it, then runs.
     monkeypatch.setenv("XERO_TENANT_LOCK_WAIT_SECONDS", "120")
     held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with tenant_lock(tenant_id, platform.database_url):
-            held.set()
-            release.wait(60)
-
     waited = threading.Event()
 
+    def hold() -> None:
+        with tenant_lock(tenant_id, holder=holder, database_url=db):
+            held.set()
+            release.wait(120)
+
     def release_once_the_sync_waits() -> None:
+        # The waiter's session is open (it polls the lock) while the holder has it.
         deadline = time.monotonic() + 120
         while not waited.is_set() and time.monotonic() < deadline:
-            with psycopg.connect(platform.database_url) as conn:
-                if conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                                ).fetchone()[0]:
+            with psycopg.connect(db) as conn:
+                if conn.execute("SELECT count(*) FROM pg_stat_activity "
+                                "WHERE application_name LIKE 'xero-elt run % extract'").fetchone()[0]:
                     waited.set()
-            release.wait(0.1)
+            time.sleep(0.1)
+        time.sleep(2.5)  # a few of the waiter's polls
         release.set()
 
-    holder = threading.Thread(target=hold)
-    holder.start()
-    held.wait(30)
+    holding = threading.Thread(target=hold)
+    holding.start()
+    assert held.wait(30)
     releaser = threading.Thread(target=release_once_the_sync_waits, daemon=True)
     releaser.start()
-    [after] = sync_tenants([tenant_id], instance=platform.instance)
-    holder.join()
+    try:
+        [after] = sync_tenants([tenant_id], instance=instance)
+    finally:
+        release.set()
+        holding.join(30)
     assert waited.is_set(), "the second sync never waited for the lock"
     assert after.success, after.error
+    messages = run_messages(instance, after.run_id)
+    assert f"waiting for tenant {tenant_id}'s sync lock (held by {holder}" in messages
+    assert "of at most 120 s" in messages
 
 
-def last_syncs(database_url: str) -> dict[str, datetime | None]:
+def test_a_deleted_invoice_stays_with_status_deleted(platform):
+    """Xero keeps a deleted invoice (status DELETED), and so does analytics.invoices."""
+    db = platform.database_url
+    tenant, other = platform.tenant_ids
+    platform.sandbox.advance_clock(3600)
+    draft = platform.sandbox.mutate(tenant, "create_invoice", status="DRAFT")
+    [created] = [r for r in sync_tenants(platform.tenant_ids, instance=platform.instance)
+                 if r.tenant_id == tenant]
+    assert created.success, created.error
+    assert invoice_row(db, tenant, draft["InvoiceID"])["status"] == "DRAFT"
+
+    platform.sandbox.advance_clock(3600)
+    platform.sandbox.mutate(tenant, "delete_invoice", invoice_id=draft["InvoiceID"])
+    before = utc_now(db)
+    results = sync_tenants(platform.tenant_ids, instance=platform.instance)
+    assert all(r.success for r in results), [r.error for r in results]
+    row = invoice_row(db, tenant, draft["InvoiceID"])
+    assert row is not None, "a deleted invoice must stay"
+    assert row["status"] == "DELETED" and row["amount"] == Decimal(str(draft["Total"]))
+    assert invoices_changed_since(db, before, tenant) == {draft["InvoiceID"]}
+    assert invoices_changed_since(db, before, other) == set()  # other tenants untouched
+    assert_invoices_equal_truth(platform)
+
+
+def new_raw_load(database_url: str) -> str:
+    """Register a completed dlt load (as dlt does at the end of a load) and return its id."""
+    load_id = f"{time.time():.6f}"
     with psycopg.connect(database_url) as conn:
-        return dict(conn.execute("SELECT tenant_id, last_sync FROM app.xero_connections").fetchall())
-
-
-def dbt_build(tenant_id: str) -> subprocess.CompletedProcess:
-    """`dbt build` for one tenant, as the analytics asset runs it."""
-    return subprocess.run(
-        [DBT_EXECUTABLE, "build", "--vars", json.dumps({"tenant_id": tenant_id}), "--project-dir",
-         str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)],
-        capture_output=True, text=True, timeout=300)
+        columns = [r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = 'raw_xero' AND table_name = '_dlt_loads'").fetchall()]
+        select = ", ".join("%(load_id)s" if c == "load_id" else "now()" if c == "inserted_at" else c
+                           for c in columns)
+        conn.execute(f"INSERT INTO raw_xero._dlt_loads ({', '.join(columns)}) "  # noqa: S608
+                     f"SELECT {select} FROM raw_xero._dlt_loads WHERE status = 0 "
+                     "ORDER BY load_id DESC LIMIT 1", {"load_id": load_id})
+    return load_id
 
 
 def add_raw_invoice_version(database_url: str, tenant_id: str, invoice_id: str, **changes) -> None:
-    """Load a version of an invoice straight into raw (as dlt would), copied from a real one."""
+    """Load a newer version of an invoice straight into raw, in a load of its own (as dlt would),
+    copied from its latest one."""
+    load_id = new_raw_load(database_url)
     with psycopg.connect(database_url) as conn:
         columns = [r[0] for r in conn.execute(
             "SELECT column_name FROM information_schema.columns "
             "WHERE table_schema = 'raw_xero' AND table_name = 'invoices'").fetchall()]
-        values = {"tenant_id": tenant_id, "invoice_id": invoice_id, "_dlt_id": uuid.uuid4().hex[:14],
-                  **changes}
-        select = ", ".join(f"%({c})s" if c in values else c for c in columns)
+        values = {"_dlt_id": uuid.uuid4().hex[:14], "_dlt_load_id": load_id, **changes}
+        select = ", ".join(
+            f"%({c})s" if c in values else "updated_date_utc + interval '1 second'" if c == "updated_date_utc"
+            else c for c in columns)
         conn.execute(f"INSERT INTO raw_xero.invoices ({', '.join(columns)}) "  # noqa: S608
-                     f"SELECT {select} FROM raw_xero.invoices LIMIT 1", values)
+                     f"SELECT {select} FROM raw_xero.invoices WHERE tenant_id = %(tenant)s "
+                     "AND invoice_id = %(invoice)s ORDER BY updated_date_utc DESC LIMIT 1",
+                     {**values, "tenant": tenant_id, "invoice": invoice_id})
 
 
-def analytics_count(database_url: str, tenant_id: str) -> int:
-    with psycopg.connect(database_url) as conn:
-        return conn.execute("SELECT count(*) FROM analytics.invoices WHERE tenant_id = %s",
-                            (tenant_id,)).fetchone()[0]
+def authorised_invoice(platform, tenant_id: str) -> dict:
+    return next(r for r in platform.sandbox.truth_records(tenant_id, "Invoices")
+                if r["Status"] == "AUTHORISED")
 
 
-def test_deleting_a_tenants_last_invoice_empties_it(platform):
-    """A rebuild that selects nothing for a tenant must still clear what it published before."""
-    if not analytics_count(platform.database_url, platform.tenant_ids[0]):
-        sync_tenants(platform.tenant_ids, instance=platform.instance)
-    tenant, invoice = str(uuid.uuid4()), str(uuid.uuid4())
-    add_raw_invoice_version(platform.database_url, tenant, invoice, status="DRAFT",
-                            updated_date_utc=datetime(2026, 3, 1, tzinfo=UTC))
-    first = dbt_build(tenant)
-    assert first.returncode == 0, first.stdout[-3000:]
-    assert analytics_count(platform.database_url, tenant) == 1
-
-    add_raw_invoice_version(platform.database_url, tenant, invoice, status="DELETED",
-                            updated_date_utc=datetime(2026, 3, 2, tzinfo=UTC))
-    second = dbt_build(tenant)
-    assert second.returncode == 0, second.stdout[-3000:]
-    assert analytics_count(platform.database_url, tenant) == 0
-    for tenant_id in platform.tenant_ids:  # other tenants untouched
-        assert analytics_count(platform.database_url, tenant_id) == truth_by_tenant(platform)[tenant_id][0]
+def check_evaluations(instance: dg.DagsterInstance, run_id: str) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.dagster_event.event_specific_data.check_name: e.dagster_event.event_specific_data
+            for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)}
 
 
-def test_one_tenants_bad_data_does_not_fail_another_tenants_run(platform):
-    """dbt tests look at the run's tenant only."""
-    bad, good = str(uuid.uuid4()), str(uuid.uuid4())
-    add_raw_invoice_version(platform.database_url, bad, str(uuid.uuid4()), total=None)
-    add_raw_invoice_version(platform.database_url, good, str(uuid.uuid4()))
-    failed = dbt_build(bad)
-    assert failed.returncode != 0
-    assert "not_null_stg_xero__invoices_total" in failed.stdout
-    passed = dbt_build(good)
-    assert passed.returncode == 0, passed.stdout[-3000:]
-    assert analytics_count(platform.database_url, good) == 1
+def test_one_tenants_bad_data_is_quarantined_without_holding_back_another_tenant(platform):
+    """The build serves every tenant at once: a record that does not fit the canonical types is
+    quarantined (a warning), never a failed build for everyone."""
+    db = platform.database_url
+    bad_tenant, good_tenant = platform.tenant_ids
+    bad = authorised_invoice(platform, bad_tenant)
+    add_raw_invoice_version(db, bad_tenant, bad["InvoiceID"], total=Decimal("100000000000.00"))
+    platform.sandbox.advance_clock(3600)
+    good = authorised_invoice(platform, good_tenant)
+    platform.sandbox.mutate(good_tenant, "edit_invoice", invoice_id=good["InvoiceID"],
+                            reference="still built")
+
+    [result] = sync_tenants([good_tenant], instance=platform.instance)
+    assert result.success, result.error
+    assert invoice_row(db, good_tenant, good["InvoiceID"])["reference"] == "still built"
+    # The misfit is out of the canonical table (no stale figure stays), in quarantine with why.
+    assert invoice_row(db, bad_tenant, bad["InvoiceID"]) is None
+    reasons = quarantined(db)
+    assert set(reasons) == {bad["InvoiceID"]}
+    assert "amount" in reasons[bad["InvoiceID"]] and "DECIMAL(12,2)" in reasons[bad["InvoiceID"]]
+    check = check_evaluations(platform.instance, result.analytics_run_id)["no_rows_invoices_quarantine_"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert pending_loads(db)[0] == 0
+
+    # Xero's next version fits: it replaces the quarantined one.
+    platform.sandbox.advance_clock(3600)
+    platform.sandbox.mutate(bad_tenant, "edit_invoice", invoice_id=bad["InvoiceID"], reference="fits again")
+    [fixed] = sync_tenants([bad_tenant], instance=platform.instance)
+    assert fixed.success, fixed.error
+    assert quarantined(db) == {}
+    assert check_evaluations(platform.instance, fixed.analytics_run_id)["no_rows_invoices_quarantine_"].passed
+    assert_invoices_equal_truth(platform)
 
 
 def test_a_failed_build_does_not_count_as_a_sync(platform):
+    db, instance = platform.database_url, platform.instance
     tenant_id = platform.tenant_ids[1]
-    before = last_syncs(platform.database_url)[tenant_id]
-    broken = str(uuid.uuid4())
-    add_raw_invoice_version(platform.database_url, tenant_id, broken, total=None)
-    try:
-        [failed] = sync_tenants([tenant_id], instance=platform.instance)
-        assert not failed.success
-        # A failed data test is about the data: named, and not retried.
-        assert tenant_id in failed.error and "not_null_stg_xero__invoices_total" in failed.error
-        assert not [e for e in platform.instance.all_logs(failed.run_id) if e.dagster_event
-                    and e.dagster_event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
-        assert last_syncs(platform.database_url)[tenant_id] == before
-    finally:
-        with psycopg.connect(platform.database_url) as conn:
-            conn.execute("DELETE FROM raw_xero.invoices WHERE invoice_id = %s", (broken,))
-    [fixed] = sync_tenants([tenant_id], instance=platform.instance)
+    before = last_syncs(db)[tenant_id]
+    broken = authorised_invoice(platform, tenant_id)
+    add_raw_invoice_version(db, tenant_id, broken["InvoiceID"], total=None)
+
+    [failed] = sync_tenants([tenant_id], instance=instance)
+    assert failed.run_id != failed.analytics_run_id
+    assert instance.get_run_by_id(failed.run_id).status == dg.DagsterRunStatus.SUCCESS  # the extract
+    assert not failed.success
+    # A failed data test is about the data: named, and not retried.
+    assert "analytics build" in failed.error and "not_null_stg_xero__invoices_total" in failed.error
+    assert retried(instance, failed.analytics_run_id) == []
+    assert ("sync_run_failed", failed.analytics_run_id, "FAILURE", None, ANALYTICS_JOB_NAME) in audit_rows(db)
+    assert last_syncs(db)[tenant_id] == before
+    # Nothing half-published: the canonical row is the one before, and the loads stay pending.
+    assert invoice_row(db, tenant_id, broken["InvoiceID"])["amount"] == Decimal(str(broken["Total"]))
+    assert pending_loads(db)[0] >= 1
+
+    # Xero's next version is whole: the next build processes the pending loads with it.
+    platform.sandbox.advance_clock(3600)
+    platform.sandbox.mutate(tenant_id, "edit_invoice", invoice_id=broken["InvoiceID"],
+                            reference="whole again")
+    [fixed] = sync_tenants([tenant_id], instance=instance)
     assert fixed.success, fixed.error
-    assert last_syncs(platform.database_url)[tenant_id] > before
+    assert last_syncs(db)[tenant_id] > before
+    assert pending_loads(db)[0] == 0
+    assert_invoices_equal_truth(platform)
