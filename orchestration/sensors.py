@@ -105,5 +105,5 @@ def audit_successful_runs(context: dg.RunStatusSensorContext):
 def audit_failed_runs(context: dg.RunFailureSensorContext):
     # Also sees runs whose process died: the code server, run monitoring or recover_crashed_runs
     # marks them FAILURE.
-    audit_run(context.dagster_run,
-              detail=failure_detail(context.instance, context.dagster_run.run_id, context.failure_event.message))
+    run = context.dagster_run
+    audit_run(run, detail=failure_detail(context.instance, run.run_id, context.failure_event.message))

@@ -86,7 +86,8 @@ def analytics_lock_held_by_a_run(database_url: str) -> bool:
     with psycopg.connect(database_url) as conn:
         return conn.execute(
             "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE 'xero-elt run % analytics'"
+            "WHERE l.locktype = 'advisory' AND l.granted "
+            "AND a.application_name LIKE 'xero-elt run % analytics'"
         ).fetchone()[0] > 0
 
 
