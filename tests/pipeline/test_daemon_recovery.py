@@ -80,7 +80,8 @@ def test_a_killed_run_worker_is_failed_audited_retried_and_blocks_nothing(platfo
     def audited():
         with psycopg.connect(platform.database_url) as conn:
             return conn.execute("SELECT metadata->>'error' FROM app.audit_log "
-                                "WHERE action = 'sync_run_failed' AND record_id = %s", (victim.run_id,)).fetchall()
+                                "WHERE action = 'sync_run_failed' AND record_id = %s",
+                                (victim.run_id,)).fetchall()
     audit = wait_for(audited, 60, "the crashed run's audit row", daemon)
     assert "died" in audit[0][0], audit
 
