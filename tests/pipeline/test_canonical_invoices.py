@@ -4,10 +4,24 @@ runs; its contract enforced; values that don't fit quarantined; analysts read an
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import psycopg
 import pytest
 
+from orchestration.dbt_project import DBT_EXECUTABLE
+from orchestration.settings import DBT_PROJECT_DIR, dbt_connection_env
 from orchestration.sync import sync_tenants
-from tests.pipeline.truth import assert_invoices_equal_truth
+from tests.pipeline.truth import assert_invoices_equal_truth, base_currency
+
+XERO_ELT = str(Path(sys.executable).with_name("xero-elt"))
 
 
 @pytest.fixture(scope="module")
@@ -19,3 +33,198 @@ def test_a_full_sync_equals_xero_field_by_field(platform):
     results = sync_tenants(instance=platform.instance)
     assert [r.success for r in results] == [True, True], [r.error for r in results]
     assert_invoices_equal_truth(platform)
+
+
+def synced_since(database_url: str, since) -> dict[str, int]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT tenant_id, count(*) FROM analytics.invoices WHERE synced_at >= %s "
+                            "GROUP BY tenant_id", (since,)).fetchall()
+    return dict(rows)
+
+
+def utc_now(database_url: str):
+    with psycopg.connect(database_url) as conn:
+        return conn.execute("SELECT (now() AT TIME ZONE 'UTC')::timestamp").fetchone()[0]
+
+
+def row_times(database_url: str) -> dict[str, tuple]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT xero_invoice_id, created_at, updated_at "
+                            "FROM analytics.invoices").fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def test_an_incremental_sync_rebuilds_only_what_changed(platform):
+    before_times = row_times(platform.database_url)
+    changed: set[str] = set()
+    for tenant_id in platform.tenant_ids:
+        platform.sandbox.advance_clock(3600)
+        done = platform.sandbox.mutate(tenant_id, "random", count=10, seed=7)
+        changed |= {a["id"] for a in done["applied"]}
+    since = utc_now(platform.database_url)
+    results = sync_tenants(instance=platform.instance)
+    assert all(r.success for r in results), [r.error for r in results]
+    assert_invoices_equal_truth(platform)
+    rebuilt = sum(synced_since(platform.database_url, since).values())
+    # Only the invoices in this sync's loads were rebuilt (the changed ones, plus the few the
+    # If-Modified-Since overlap re-reads), not all 600.
+    assert len(changed) <= rebuilt <= len(changed) + 20, (rebuilt, len(changed))
+    after_times = row_times(platform.database_url)
+    kept = [i for i in before_times if after_times[i][0] == before_times[i][0]]
+    assert len(kept) == len(before_times)  # created_at is when a row was first built: never moves
+    moved = [i for i in before_times if after_times[i][1] != before_times[i][1]]
+    assert 0 < len(moved) <= rebuilt  # updated_at moves only for rows whose values changed
+
+
+def test_a_backfill_of_one_tenant_rebuilds_its_rows_only(platform):
+    first, second = platform.tenant_ids
+    since = utc_now(platform.database_url)
+    results = sync_tenants([first], full_refresh=True, instance=platform.instance)
+    assert results[0].success, results[0].error
+    assert_invoices_equal_truth(platform)
+    rebuilt = synced_since(platform.database_url, since)
+    assert rebuilt.get(first) == len(list(platform.sandbox.records(first, "Invoices", include_deleted=True)))
+    assert second not in rebuilt
+
+
+def test_two_tenants_syncs_that_overlap_converge(platform):
+    for tenant_id in platform.tenant_ids:
+        platform.sandbox.advance_clock(3600)
+        platform.sandbox.mutate(tenant_id, "random", count=8, seed=99)
+    syncs = [subprocess.Popen([XERO_ELT, "sync", "--tenant", t], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for t in platform.tenant_ids]
+    outputs = [p.communicate(timeout=300)[0] for p in syncs]
+    assert [p.returncode for p in syncs] == [0, 0], outputs
+    assert_invoices_equal_truth(platform)
+    with psycopg.connect(platform.database_url) as conn:
+        pending = conn.execute("SELECT count(*) FROM staging.dbt_load_batches "
+                               "WHERE done_at IS NULL").fetchone()
+    assert pending[0] == 0
+
+
+def insert_raw_version(database_url: str, invoice_id: str, **changes) -> str:
+    """A new version of an invoice as a load of its own (what a sync of a changed record leaves)."""
+    with psycopg.connect(database_url) as conn:
+        load_id = conn.execute(
+            "SELECT (extract(epoch FROM clock_timestamp()))::numeric(20,6)::text").fetchone()[0]
+        cols = [r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'raw_xero' "
+            "AND table_name = 'invoices' AND column_name NOT IN ('_dlt_id', '_dlt_load_id')")]
+        select = ", ".join(f"%({c})s" if c in changes else c for c in cols)
+        conn.execute(f"INSERT INTO raw_xero.invoices ({', '.join(cols)}, _dlt_load_id, _dlt_id) "  # noqa: S608
+                     f"SELECT {select}, %(load_id)s, md5(random()::text) FROM raw_xero.invoices "
+                     "WHERE invoice_id = %(invoice_id)s ORDER BY updated_date_utc DESC LIMIT 1",
+                     {**changes, "load_id": load_id, "invoice_id": invoice_id})
+        conn.execute("INSERT INTO raw_xero._dlt_loads (load_id, schema_name, status, inserted_at) "
+                     "VALUES (%s, 'xero', 0, now())", (load_id,))
+    return load_id
+
+
+def build_analytics(platform) -> dg.ExecuteInProcessResult:
+    from orchestration.definitions import defs
+    from orchestration.jobs import ANALYTICS_JOB_NAME
+
+    return defs.resolve_job_def(ANALYTICS_JOB_NAME).execute_in_process(instance=platform.instance,
+                                                                        raise_on_error=False)
+
+
+def test_values_that_do_not_fit_are_quarantined_never_truncated(platform):
+    tenant = platform.tenant_ids[0]
+    with psycopg.connect(platform.database_url) as conn:
+        victims = [r[0] for r in conn.execute(
+            "SELECT xero_invoice_id FROM analytics.invoices WHERE tenant_id = %s AND status = 'AUTHORISED' "
+            "AND amount_paid = 0 AND amount_credited = 0 ORDER BY xero_invoice_id LIMIT 2", (tenant,))]
+    huge, long_number = victims
+    # Xero's own answer: an amount over DECIMAL(12,2) (an edit through the sandbox's API).
+    platform.sandbox.advance_clock(3600)
+    platform.sandbox.mutate(tenant, "edit_invoice", invoice_id=huge,
+                            lines=[{"description": "Big", "quantity": 1, "unit_amount": "20000000000.00",
+                                    "account_code": "200"}])
+    results = sync_tenants([tenant], instance=platform.instance)
+    assert results[0].success, results[0].error
+    # And a number longer than VARCHAR(100), as a new raw version.
+    insert_raw_version(platform.database_url, long_number, invoice_number="N" * 120,
+                       updated_date_utc=datetime.now(UTC))
+    assert build_analytics(platform).success
+    with psycopg.connect(platform.database_url) as conn:
+        quarantined = dict(conn.execute(
+            "SELECT xero_invoice_id, reason FROM analytics.invoices_quarantine WHERE tenant_id = %s",
+            (tenant,)).fetchall())
+        in_canonical = {r[0] for r in conn.execute(
+            "SELECT xero_invoice_id FROM analytics.invoices WHERE xero_invoice_id = ANY(%s)", (victims,))}
+    assert set(quarantined) == {huge, long_number}
+    assert quarantined[huge].startswith("amount 2") and "does not fit DECIMAL(12,2)" in quarantined[huge], \
+        quarantined[huge]
+    assert quarantined[long_number] == "invoice_number is 120 characters, over VARCHAR(100)"
+    assert not in_canonical  # never truncated, and no stale older version left behind
+
+    # The next clean version replaces it.
+    platform.sandbox.advance_clock(3600)
+    platform.sandbox.mutate(tenant, "edit_invoice", invoice_id=huge,
+                            lines=[{"description": "Fixed", "quantity": 1, "unit_amount": "200.00",
+                                    "account_code": "200"}])
+    assert sync_tenants([tenant], instance=platform.instance)[0].success
+    with psycopg.connect(platform.database_url) as conn:
+        still = {r[0] for r in conn.execute("SELECT xero_invoice_id FROM analytics.invoices_quarantine")}
+        back = conn.execute("SELECT amount FROM analytics.invoices WHERE xero_invoice_id = %s",
+                            (huge,)).fetchone()
+    assert huge not in still and back is not None
+
+
+def test_a_foreign_currency_document_without_a_rate_is_flagged_not_converted(platform):
+    tenant = platform.tenant_ids[1]
+    base = base_currency(platform.sandbox, tenant)
+    foreign = "USD" if base != "USD" else "EUR"
+    with psycopg.connect(platform.database_url) as conn:
+        invoice_id = conn.execute("SELECT xero_invoice_id FROM analytics.invoices WHERE tenant_id = %s "
+                                  "AND status = 'AUTHORISED' LIMIT 1", (tenant,)).fetchone()[0]
+    insert_raw_version(platform.database_url, invoice_id, currency_code=foreign, currency_rate=None,
+                       updated_date_utc=datetime.now(UTC))
+    assert build_analytics(platform).success
+    with psycopg.connect(platform.database_url) as conn:
+        row = conn.execute("SELECT currency_code, currency_rate, base_currency, currency_rate_missing, "
+                           "amount, amount_base, amount_due_base FROM analytics.invoices "
+                           "WHERE xero_invoice_id = %s", (invoice_id,)).fetchone()
+    assert row[:4] == (foreign, None, base, True)
+    assert row[4] is not None and row[5] is None and row[6] is None  # never converted 1:1
+
+
+def test_the_analyst_login_reads_analytics_and_nothing_else(platform):
+    from oauth_service.db import create_analyst_login, drop_app_login
+
+    name = f"analyst_test_{uuid.uuid4().hex[:8]}"
+    url = create_analyst_login(platform.database_url, name)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM analytics.invoices").fetchone()[0] > 0
+            conn.execute("SELECT count(*) FROM analytics.invoices_quarantine")
+            for table in ("app.xero_connections", "app.audit_log", "raw_xero.invoices",
+                          "staging.stg_xero__invoices", "staging.dbt_load_batches"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(f"SELECT 1 FROM {table} LIMIT 1")  # noqa: S608
+    finally:
+        drop_app_login(platform.database_url, name)
+
+
+@pytest.mark.parametrize("drift", [
+    ("s.invoice_date,", "s.invoice_date::timestamp as invoice_date,"),   # a type
+    ("as synced_at,", "as synced_on,"),                                   # a name
+])
+def test_the_contract_fails_a_build_whose_columns_drift(platform, tmp_path, drift):
+    project = tmp_path / "dbt_project"
+    shutil.copytree(DBT_PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs"))
+    model = project / "models" / "marts" / "invoices.sql"
+    sql = model.read_text()
+    assert drift[0] in sql
+    model.write_text(sql.replace(drift[0], drift[1], 1))
+    result = subprocess.run([DBT_EXECUTABLE, "build", "--select", "invoices", "--project-dir", str(project),
+                             "--profiles-dir", str(project)], capture_output=True, text=True,
+                            env={**os.environ, **dbt_connection_env()}, timeout=300)
+    assert result.returncode != 0
+    assert "contract" in result.stdout.lower(), result.stdout[-2000:]
+    with psycopg.connect(platform.database_url) as conn:  # the built table was not touched
+        columns = [r[0] for r in conn.execute(
+            "SELECT data_type FROM information_schema.columns WHERE table_schema = 'analytics' "
+            "AND table_name = 'invoices' AND column_name IN ('invoice_date', 'client_name') "
+            "ORDER BY column_name")]
+    assert columns == ["character varying", "date"]
