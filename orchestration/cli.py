@@ -66,6 +66,18 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     return 0 if all(r.success for r in results) else 1
 
 
+def _cmd_dbt(args: argparse.Namespace, rest: list[str]) -> int:
+    """dbt on the configured database (the connection derived from DATABASE_URL, or the embedded
+    one), e.g. `xero-elt dbt docs generate`."""
+    from orchestration.dbt_project import DBT_EXECUTABLE
+
+    prepare_environment(dagster=False)
+    project = str(REPO_ROOT / "dbt_project")
+    os.execv(DBT_EXECUTABLE, [DBT_EXECUTABLE, *rest, "--project-dir", project,  # noqa: S606
+                              "--profiles-dir", project])
+    return 0
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     prepare_environment()
     dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
@@ -104,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full-refresh", action="store_true", help="re-read every record, not only changes")
     p.set_defaults(func=_cmd_sync)
 
+    p = sub.add_parser("dbt", help="dbt on the configured database, e.g. `xero-elt dbt docs generate`",
+                       add_help=False)
+    p.set_defaults(func=_cmd_dbt, passthrough=True)
+
     p = sub.add_parser("ui", help="the Dagster webserver and daemon on the configured instance")
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--host", default="127.0.0.1")
@@ -120,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     if argv and argv[0] == "sandbox":
         return _cmd_sandbox(argparse.Namespace(), argv[1:])
+    if argv and argv[0] == "dbt":
+        try:
+            return _cmd_dbt(argparse.Namespace(), argv[1:])
+        except SettingsError as exc:
+            print(f"xero-elt: configuration error: {exc}", file=sys.stderr)
+            return 2
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -5,6 +5,7 @@ runs; its contract enforced; values that don't fit quarantined; analysts read an
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import psycopg
 import pytest
 
 from orchestration.dbt_project import DBT_EXECUTABLE
-from orchestration.settings import DBT_PROJECT_DIR, dbt_connection_env
+from orchestration.settings import DBT_PROJECT_DIR, REPO_ROOT, dbt_connection_env
 from orchestration.sync import sync_tenants
 from tests.pipeline.truth import assert_invoices_equal_truth, base_currency
 
@@ -189,6 +190,15 @@ def test_a_foreign_currency_document_without_a_rate_is_flagged_not_converted(pla
     assert row[4] is not None and row[5] is None and row[6] is None  # never converted 1:1
 
 
+def readme_analyst_queries() -> list[str]:
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## For analysts", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sql\n(.*?)```", section, re.S)
+    queries = [q.strip() for block in blocks for q in block.split(";") if q.strip()]
+    assert len(queries) == 5, queries
+    return queries
+
+
 def test_the_analyst_login_reads_analytics_and_nothing_else(platform):
     from oauth_service.db import create_analyst_login, drop_app_login
 
@@ -198,6 +208,10 @@ def test_the_analyst_login_reads_analytics_and_nothing_else(platform):
         with psycopg.connect(url, autocommit=True) as conn:
             assert conn.execute("SELECT count(*) FROM analytics.invoices").fetchone()[0] > 0
             conn.execute("SELECT count(*) FROM analytics.invoices_quarantine")
+            # The README's example questions run as the analyst (the sandbox's dates are its own,
+            # so "the last 12 months" may well be empty: what counts is that they run).
+            for query in readme_analyst_queries():
+                conn.execute(query).fetchall()
             for table in ("app.xero_connections", "app.audit_log", "raw_xero.invoices",
                           "staging.stg_xero__invoices", "staging.dbt_load_batches"):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
