@@ -29,8 +29,8 @@ class TenantSyncResult:
     run_id: str  # the extract's run
     success: bool  # extracted, and the analytics build after it succeeded
     fetched: dict[str, int] = field(default_factory=dict)  # rows extracted this run, per raw table
-    invoices: int = 0  # rows in analytics.invoices for the tenant after the run
-    invoices_total: Decimal = Decimal(0)
+    invoices: int = 0  # rows in analytics.invoices for the tenant after the run (every status)
+    invoices_total: Decimal = Decimal(0)  # their amount, DELETED ones left out
     raw_invoice_versions: int = 0
     error: str | None = None
     analytics_run_id: str | None = None
@@ -47,7 +47,8 @@ def _run_error(result: dg.ExecuteInProcessResult) -> str | None:
 
 
 def tenant_figures(database_url: str, tenant_id: str) -> tuple[int, Decimal, int]:
-    """(invoices, their amount, raw invoice versions) for a tenant; zeros before the first load."""
+    """(invoices, the amount of those not deleted, raw invoice versions) for a tenant; zeros before
+    the first load."""
 
     def first_row(conn: psycopg.Connection, query: str) -> tuple:
         try:
@@ -57,8 +58,9 @@ def tenant_figures(database_url: str, tenant_id: str) -> tuple[int, Decimal, int
             return (0, Decimal(0))
 
     with psycopg.connect(database_url) as conn:
-        count, total = first_row(conn, f"SELECT count(*), coalesce(sum(amount), 0) "  # noqa: S608
-                                       f"FROM {ANALYTICS_SCHEMA}.invoices WHERE tenant_id = %s")
+        count, total = first_row(
+            conn, "SELECT count(*), coalesce(sum(amount) FILTER (WHERE status <> 'DELETED'), 0) "  # noqa: S608
+                  f"FROM {ANALYTICS_SCHEMA}.invoices WHERE tenant_id = %s")
         (raw, *_) = first_row(conn, f"SELECT count(*) FROM {RAW_SCHEMA}.invoices "  # noqa: S608
                                     f"WHERE tenant_id = %s")
     return count, total, raw
