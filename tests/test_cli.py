@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -35,9 +36,8 @@ def test_db_upgrade_current_and_downgrade(create_database, tmp_path):
     assert down.stdout.strip().endswith("None")
 
 
-def test_sync_exits_non_zero_when_a_tenant_fails(create_database, tmp_path):
-    stranger = str(uuid.uuid4())
-    env = {
+def sync_env(create_database, tmp_path) -> dict[str, str]:
+    return {
         "DATABASE_URL": create_database("clisync"),
         "DAGSTER_POSTGRES_URL": create_database("clisyncdagster"),
         "DAGSTER_HOME": str(tmp_path),
@@ -45,10 +45,25 @@ def test_sync_exits_non_zero_when_a_tenant_fails(create_database, tmp_path):
         "XERO_CLIENT_ID": "id",
         "XERO_CLIENT_SECRET": "secret",
     }
-    result = run([str(BIN / "xero-elt"), "sync", "--tenant", stranger], env)
+
+
+def test_sync_exits_non_zero_when_a_tenant_fails(create_database, tmp_path):
+    stranger = str(uuid.uuid4())
+    result = run([str(BIN / "xero-elt"), "sync", "--tenant", stranger], sync_env(create_database, tmp_path))
     assert result.returncode == 1, result.stdout + result.stderr
-    assert f"{stranger}: run" in result.stdout and "FAILED" in result.stdout
-    assert "not connected" in result.stdout
+    # Progress as it goes (the extract), then the summary line of the tenant.
+    out = result.stdout
+    assert re.search(rf"^{stranger}: extract FAILED \(run [0-9a-f-]{{36}}\)$", out, re.M), out
+    assert re.search(rf"^{stranger}: run [0-9a-f-]{{36}} FAILED: .*not connected", out, re.M | re.S), out
+    # Nothing was extracted: no analytics build was started for nothing.
+    assert "analytics build" not in out
+
+
+def test_sync_without_tenants_says_so_and_succeeds(create_database, tmp_path):
+    result = run([str(BIN / "xero-elt"), "sync"], sync_env(create_database, tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no active tenants: connect a Xero organisation first" in result.stdout
+    assert "analytics build" not in result.stdout
 
 
 def test_bad_configuration_is_reported_without_a_traceback(tmp_path):

@@ -44,7 +44,8 @@ def expected_kpis(sandbox, tenant_id: str, today: date) -> dict[tuple[date, str]
 def _expected(sandbox, tenant_id: str, today: date) -> dict[tuple[date, str], Decimal | None]:
     base = sandbox.sandbox.tenant(tenant_id).base_currency
     invoices = list(sandbox.records(tenant_id, "Invoices", include_deleted=True))
-    docs = [i for i in invoices if i["Status"] in ("AUTHORISED", "PAID") and i["Type"] in ("ACCREC", "ACCPAY")]
+    docs = [i for i in invoices
+            if i["Status"] in ("AUTHORISED", "PAID") and i["Type"] in ("ACCREC", "ACCPAY")]
 
     def to_base(doc) -> Decimal:  # a document's own rate (invoice or credit note)
         return Decimal(1) if doc["CurrencyCode"] == base else 1 / _dec(doc["CurrencyRate"])
