@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -42,6 +42,7 @@ from sqlalchemy import Engine, text
 from oauth_service.audit import AnonymousAuditLimiter, clean_ip, record_audit
 from oauth_service.auth import AuthError, Caller, JwtVerifier
 from oauth_service.db import app_engine
+from oauth_service.kpis import KpiQuery, KpiQueryError, read_kpis
 from oauth_service.settings import Settings
 from oauth_service.vault import (
     CONNECTIONS,
@@ -121,6 +122,27 @@ class DisconnectResponse(BaseModel):
     status: str
     xeroConnectionDeleted: bool
     revokedAtXero: bool
+
+
+class KpiPoint(BaseModel):
+    period: str = Field(description="The month, YYYY-MM")
+    value: str | None = Field(description="Exact decimal as a string; null where the KPI is undefined")
+
+
+class KpiSeries(BaseModel):
+    kpi: str
+    unit: str | None = Field(description="currency, days, count or ratio (null before the first build)")
+    currency: str | None = Field(description="The organisation's base currency, for currency KPIs")
+    values: list[KpiPoint]
+
+
+class KpisResponse(BaseModel):
+    tenantId: str
+    tenantName: str | None
+    lastSync: datetime | None
+    from_: str = Field(alias="from")
+    to: str
+    kpis: list[KpiSeries]
 
 
 class Health(BaseModel):
@@ -530,6 +552,46 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             xeroConnectionDeleted=bool(result.get("xero_connection_deleted")),
             revokedAtXero=bool(result.get("revoked")),
         )
+
+    @app.get(
+        "/xero/tenants/{tenant_id}/kpis",
+        response_model=KpisResponse,
+        response_model_by_alias=True,
+        tags=["kpis"],
+        responses={400: {"description": "A malformed month, from after to, or an unknown KPI"},
+                   404: {"description": "No such tenant for this user"}},
+    )
+    def tenant_kpis(
+        request: Request,
+        caller: CallerDep,
+        tenant_id: Annotated[str, Path(max_length=255)],
+        from_: Annotated[str | None, Query(alias="from", description="First month, YYYY-MM "
+                                           "(default: 11 months before `to`)")] = None,
+        to: Annotated[str | None, Query(description="Last month, YYYY-MM (default: this month)")] = None,
+        kpi: Annotated[list[str] | None, Query(description="KPIs to return (repeat, or comma-separated); "
+                                               "default: all")] = None,
+    ) -> dict:
+        """The caller's tenant's monthly KPI series from `analytics.kpi_monthly`, with unit, currency
+        and the tenant's last sync. Read as the KPI reader role, which may read that table only."""
+        try:
+            query = KpiQuery.parse(from_, to, kpi, datetime.now(UTC).date())
+        except KpiQueryError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        with engine.begin() as conn:
+            tenant = conn.execute(
+                text("SELECT tenant_name, last_sync FROM app.xero_connections "
+                     "WHERE tenant_id = :t AND user_id = :u AND status <> 'disconnected'"),
+                {"t": tenant_id, "u": caller.user_id},
+            ).first()
+            if tenant is None:
+                raise HTTPException(status_code=404, detail="no such Xero tenant")
+            record_audit(conn, "kpis_read", user_id=caller.user_id, tenant_id=tenant_id,
+                         ip_address=_client_ip(request), table_accessed="analytics.kpi_monthly",
+                         metadata={"from": f"{query.start:%Y-%m}", "to": f"{query.end:%Y-%m}",
+                                   "kpis": len(query.kpis)})
+            series = read_kpis(conn, tenant_id, query)
+        return {"tenantId": tenant_id, "tenantName": tenant.tenant_name, "lastSync": tenant.last_sync,
+                "from": f"{query.start:%Y-%m}", "to": f"{query.end:%Y-%m}", "kpis": series}
 
     # ------------------------------------------------------------------ webhooks
     webhook_key = (settings.xero_webhook_key or "").encode("utf-8")

@@ -9,8 +9,15 @@ from decimal import Decimal
 
 import psycopg
 import pytest
+import requests
+import yaml
 
+from oauth_service.db import KPI_READER_ROLE
+from oauth_service.kpis import KPI_NAMES
+from orchestration.demo import user_jwt
+from orchestration.settings import DBT_PROJECT_DIR
 from orchestration.sync import sync_tenants
+from tests.pipeline.conftest import JWT_SECRET, USER_ID
 from tests.pipeline.kpi_truth import _day, _month, expected_kpis
 
 
@@ -91,3 +98,67 @@ def test_after_paying_voiding_deleting_and_editing_every_kpi_still_matches(platf
     assert all(r.success for r in results), [r.error for r in results]
     problems = kpi_differences(platform)
     assert not problems, f"{len(problems)} difference(s):\n" + "\n".join(problems[:40])
+
+
+def get_kpis(platform, tenant_id: str, token: str | None, **params):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.get(f"{platform.service_url}/xero/tenants/{tenant_id}/kpis", params=params,
+                        headers=headers, timeout=30)
+
+
+def test_the_endpoint_returns_exactly_the_tables_values(platform):
+    tenant = platform.tenant_ids[0]
+    table = kpi_table(platform.database_url, tenant)
+    periods = sorted({p for p, _ in table})
+    first, last = periods[-14], periods[-1]
+    r = get_kpis(platform, tenant, user_jwt(JWT_SECRET, USER_ID), **{"from": f"{first:%Y-%m}",
+                                                                       "to": f"{last:%Y-%m}"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["tenantId"] == tenant and body["lastSync"] and (body["from"], body["to"]) == (
+        f"{first:%Y-%m}", f"{last:%Y-%m}")
+    assert [s["kpi"] for s in body["kpis"]] == list(KPI_NAMES)
+    for series in body["kpis"]:
+        want = sorted((p, v) for (p, k), v in table.items() if k == series["kpi"] and first <= p <= last)
+        assert len(series["values"]) == len(want) == 14
+        for point, (period, (value, unit, currency)) in zip(series["values"], want, strict=True):
+            assert point["period"] == f"{period:%Y-%m}"
+            assert (Decimal(point["value"]) if point["value"] is not None else None) == value
+            assert (series["unit"], series["currency"]) == (unit, currency)
+    some = get_kpis(platform, tenant, user_jwt(JWT_SECRET, USER_ID), kpi=["cash_collected,dso_days"])
+    assert [s["kpi"] for s in some.json()["kpis"]] == ["cash_collected", "dso_days"]
+    assert len(some.json()["kpis"][0]["values"]) == 12  # default: the last 12 months
+
+
+def test_the_endpoint_refuses_strangers_and_bad_questions(platform):
+    tenant = platform.tenant_ids[0]
+    assert get_kpis(platform, tenant, None).status_code == 401
+    assert get_kpis(platform, tenant, user_jwt("not-the-secret-" + "y" * 32, USER_ID)).status_code == 401
+    other_user = user_jwt(JWT_SECRET, "0a1b2c3d-0000-4000-8000-000000000000")
+    assert get_kpis(platform, tenant, other_user).status_code == 404
+    token = user_jwt(JWT_SECRET, USER_ID)
+    for params in ({"from": "2026-13"}, {"to": "26-01"}, {"from": "2026-05", "to": "2026-01"},
+                   {"kpi": "revenue"}):
+        r = get_kpis(platform, tenant, token, **params)
+        assert r.status_code == 400, (params, r.text)
+        assert r.json()["detail"]
+
+
+def test_the_kpi_reader_role_reads_the_kpi_table_only(platform):
+    with psycopg.connect(platform.database_url) as conn:
+        conn.execute(f"SET ROLE {KPI_READER_ROLE}")
+        assert conn.execute("SELECT count(*) FROM analytics.kpi_monthly").fetchone()[0] > 0
+        for table in ("app.xero_connections", "raw_xero.invoices", "analytics.invoices",
+                      "staging.stg_xero__invoices"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                conn.execute(f"SELECT 1 FROM {table} LIMIT 1")  # noqa: S608
+
+
+def test_the_kpi_names_are_the_dictionarys():
+    doc = yaml.safe_load((DBT_PROJECT_DIR / "models" / "marts" / "_kpis.yml").read_text())
+    column = next(c for c in doc["models"][0]["columns"] if c["name"] == "kpi")
+    accepted = next(t["accepted_values"]["arguments"]["values"] for t in column["data_tests"]
+                    if isinstance(t, dict) and "accepted_values" in t)
+    assert tuple(accepted) == KPI_NAMES
+    for name in KPI_NAMES:
+        assert name in doc["models"][0]["description"], name
