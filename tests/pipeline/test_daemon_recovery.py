@@ -39,10 +39,8 @@ def daemon(platform, tmp_path):
                             env=dict(os.environ))
     yield tmp_path / "daemon.log"
     os.killpg(proc.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
     # The code servers the daemon started outlive a SIGTERM to the group: nothing of it may stay.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
