@@ -78,6 +78,39 @@ def _cmd_dbt(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _cmd_kpis(args: argparse.Namespace) -> int:
+    """A tenant's KPI table: one line per KPI, one column per month (the last `--months`)."""
+    import psycopg
+
+    from oauth_service.kpis import KPI_NAMES
+    from orchestration.partitions import checked_tenant_id
+
+    db = prepare_environment(dagster=False)
+    tenant = checked_tenant_id(args.tenant)
+    with psycopg.connect(db.url) as conn:
+        try:
+            rows = conn.execute(
+                "SELECT period, kpi, value, unit, currency FROM analytics.kpi_monthly WHERE tenant_id = %s "
+                "AND period > date_trunc('month', now() AT TIME ZONE 'UTC') - make_interval(months => %s)",
+                (tenant, args.months)).fetchall()
+        except psycopg.errors.UndefinedTable:
+            rows = []
+    if not rows:
+        print(f"no KPIs for tenant {tenant} yet: sync it first (xero-elt sync --tenant {tenant})")
+        return 1
+    periods = sorted({r[0] for r in rows})
+    table = {(r[1], r[0]): r[2] for r in rows}
+    units = {r[1]: (r[3], r[4]) for r in rows}
+    width = max(len(k) for k in KPI_NAMES) + 2
+    print(f"{'KPI':<{width}}{'unit':<13}" + "".join(f"{p:%Y-%m}".rjust(13) for p in periods))
+    for kpi in KPI_NAMES:
+        unit, currency = units.get(kpi, ("", None))
+        cells = "".join(("-" if table.get((kpi, p)) is None else f"{table[(kpi, p)]:,}").rjust(13)
+                        for p in periods)
+        print(f"{kpi:<{width}}{(currency or unit):<13}{cells}")
+    return 0
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     prepare_environment()
     dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
@@ -115,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", action="append", metavar="ID", help="a Xero tenant id; repeatable")
     p.add_argument("--full-refresh", action="store_true", help="re-read every record, not only changes")
     p.set_defaults(func=_cmd_sync)
+
+    p = sub.add_parser("kpis", help="a tenant's KPI table in the terminal")
+    p.add_argument("--tenant", required=True, metavar="ID", help="a Xero tenant id")
+    p.add_argument("--months", type=int, default=12, help="how many months, ending with this one")
+    p.set_defaults(func=_cmd_kpis)
 
     p = sub.add_parser("dbt", help="dbt on the configured database, e.g. `xero-elt dbt docs generate`",
                        add_help=False)

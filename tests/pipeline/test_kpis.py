@@ -4,8 +4,11 @@ incremental sync that pays, voids, deletes and edits invoices."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import Counter
 from decimal import Decimal
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -162,3 +165,17 @@ def test_the_kpi_names_are_the_dictionarys():
     assert tuple(accepted) == KPI_NAMES
     for name in KPI_NAMES:
         assert name in doc["models"][0]["description"], name
+
+
+def test_the_cli_prints_a_tenants_kpi_table(platform):
+    tenant = platform.tenant_ids[0]
+    out = subprocess.run([str(Path(sys.executable).with_name("xero-elt")), "kpis", "--tenant", tenant,
+                          "--months", "3"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    table = kpi_table(platform.database_url, tenant)
+    last = max(p for p, _ in table)
+    assert lines[0].split()[-1] == f"{last:%Y-%m}" and len(lines[0].split()) == 2 + 3
+    cash = next(line for line in lines if line.startswith("cash_collected"))
+    assert cash.split()[-1] == f"{table[(last, 'cash_collected')][0]:,}"
+    assert len(lines) == 1 + len(KPI_NAMES)
