@@ -18,6 +18,7 @@ from oauth_service.vault import TenantNotConnected
 from orchestration.dbt_project import ensure_manifest, xero_dbt_project
 from orchestration.extract_ledger import database_now, publish_extracts
 from orchestration.freshness import DAILY_SYNC_FRESHNESS
+from orchestration.kpi_trends import kpi_trends_markdown
 from orchestration.locks import LockWaitTimeout, analytics_lock
 from orchestration.resources import TokenVaultResource
 from orchestration.run_health import RunLivenessResource
@@ -66,6 +67,8 @@ def analytics_models(context: dg.AssetExecutionContext, config: AnalyticsBuildCo
             events = list(invocation.stream())
     except LockWaitTimeout as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    if invocation.is_successful():
+        events = [_with_kpi_trends(context, e, database_url) for e in events]
     yield from events
     if not invocation.is_successful():
         raise build_failure(invocation)
@@ -79,6 +82,18 @@ def analytics_models(context: dg.AssetExecutionContext, config: AnalyticsBuildCo
         except TenantNotConnected:
             context.log.info(f"tenant {tenant_id} was disconnected since its extract; last_sync not set")
     context.log.info(f"analytics published for {len(published)} tenant(s): {', '.join(published)}")
+
+
+KPI_ASSET = dg.AssetKey(["analytics", "kpi_monthly"])
+
+
+def _with_kpi_trends(context: dg.AssetExecutionContext, event, database_url: str):
+    """The KPI asset's materialisation carries each tenant's trend (orchestration/kpi_trends.py)."""
+    if not isinstance(event, dg.Output) or context.asset_key_for_output(event.output_name) != KPI_ASSET:
+        return event
+    trends = dg.MetadataValue.md(kpi_trends_markdown(database_url))
+    return dg.Output(event.value, event.output_name, data_version=event.data_version, tags=event.tags,
+                     metadata={**event.metadata, "kpi_trends": trends})
 
 
 def build_failure(invocation) -> Exception:

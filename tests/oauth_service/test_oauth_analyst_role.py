@@ -292,7 +292,7 @@ def test_0004_grants_existing_tables_and_its_downgrade_takes_the_grants_back(cre
     with psycopg.connect(url, autocommit=True) as conn:  # dbt ran before the migration existed
         conn.execute("CREATE SCHEMA analytics")
         conn.execute("CREATE TABLE analytics.older AS SELECT 1 AS one")
-    migrations.upgrade(url)
+    migrations.upgrade(url, "0004_analyst_roles")
     assert migrations.current(url) == "0004_analyst_roles"
     granted = {
         "analyst uses analytics": True,

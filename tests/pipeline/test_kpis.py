@@ -10,6 +10,7 @@ from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
+import dagster as dg
 import psycopg
 import pytest
 import requests
@@ -84,6 +85,8 @@ def test_the_data_set_covers_what_the_kpis_must_handle(platform):
     assert len(bases) >= 2, bases
     spans = {t: sorted(m for tt, m in months if tt == t) for t in platform.tenant_ids}
     assert any(len(s) >= 13 for s in spans.values()), "a year-over-year month"
+    # A month with no activity between a tenant's first document and today (the KPIs show 0 there).
+    assert any(len(s) < (day.year - s[0].year) * 12 + day.month - s[0].month + 1 for s in spans.values())
 
 
 def test_every_kpi_equals_the_independent_computation(platform):
@@ -179,3 +182,12 @@ def test_the_cli_prints_a_tenants_kpi_table(platform):
     cash = next(line for line in lines if line.startswith("cash_collected"))
     assert cash.split()[-1] == f"{table[(last, 'cash_collected')][0]:,}"
     assert len(lines) == 1 + len(KPI_NAMES)
+
+
+def test_the_kpi_asset_shows_each_tenants_trend_in_dagster(platform):
+    event = platform.instance.get_latest_materialization_event(dg.AssetKey(["analytics", "kpi_monthly"]))
+    trends = event.asset_materialization.metadata["kpi_trends"].value
+    for t in platform.sandbox.tenants:
+        line = next(line for line in trends.splitlines() if line.startswith(f"| {t.tenant_name} |"))
+        assert line.count("`") == 6, line  # a sparkline per KPI
+    assert "revenue net" in trends and "receivables outstanding" in trends
