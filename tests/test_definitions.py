@@ -15,9 +15,10 @@ from orchestration.settings import DAGSTER_YAML_TEMPLATE, DBT_PROJECT_DIR
 RAW_INVOICES = dg.AssetKey(["raw_xero", "invoices"])
 INVOICES = dg.AssetKey(["analytics", "invoices"])
 QUARANTINE = dg.AssetKey(["analytics", "invoices_quarantine"])
+KPI_MONTHLY = dg.AssetKey(["analytics", "kpi_monthly"])
 STAGING_MODELS = ("stg_xero__invoices", "stg_xero__contacts", "stg_xero__payments", "stg_xero__credit_notes",
                   "stg_xero__accounts", "stg_xero__organisation")
-DBT_ASSETS = {dg.AssetKey(["staging", m]) for m in STAGING_MODELS} | {INVOICES, QUARANTINE}
+DBT_ASSETS = {dg.AssetKey(["staging", m]) for m in STAGING_MODELS} | {INVOICES, QUARANTINE, KPI_MONTHLY}
 # The OAuth service's table, a dbt source: shown in the graph, owned (and kept fresh) elsewhere.
 APP_CONNECTIONS = dg.AssetKey(["app", "xero_connections"])
 
@@ -72,6 +73,8 @@ def test_every_xero_endpoint_is_a_raw_asset_feeding_its_staging_model():
                                                dg.AssetKey(["staging", "stg_xero__organisation"]),
                                                APP_CONNECTIONS}
     assert graph.get(QUARANTINE).parent_keys == {dg.AssetKey(["staging", "stg_xero__invoices"])}
+    # The KPIs are built from the canonical invoices and the staged money movements.
+    assert INVOICES in graph.get(KPI_MONTHLY).parent_keys
 
 
 def test_staging_and_marts_live_in_schemas_of_their_own():
@@ -80,7 +83,7 @@ def test_staging_and_marts_live_in_schemas_of_their_own():
     nodes = json.loads(ensure_manifest().read_text())["nodes"]
     schemas = {n["name"]: n["schema"] for n in nodes.values() if n["resource_type"] == "model"}
     assert schemas == {**{m: "staging" for m in STAGING_MODELS}, "invoices": "analytics",
-                       "invoices_quarantine": "analytics"}
+                       "invoices_quarantine": "analytics", "kpi_monthly": "analytics"}
 
 
 def test_dbt_is_set_based_and_incremental_on_pending_loads():
