@@ -96,15 +96,3 @@
   from {{ rows }}
   order by tenant_id, {{ id_column }}, {{ order_column }} desc nulls last, _dlt_load_id desc
 {%- endmacro %}
-
-{#- On an incremental run, keep a record's version only if it is not older than the one already
-    built (a late, stale copy never overwrites a newer one). -#}
-{% macro not_older_than_built(alias, key_columns, updated_column, source_updated) -%}
-  {%- if is_incremental() -%}
-  and not exists (
-      select 1 from {{ this }} as built
-      where {% for k, v in key_columns.items() %}built.{{ k }} = {{ v }} and {% endfor -%}
-            built.{{ updated_column }} > {{ source_updated }}
-  )
-  {%- endif -%}
-{%- endmacro %}
