@@ -10,7 +10,8 @@ the same partial parse):
     full            the first build, every load pending
     full-refresh    `dbt build --full-refresh`
     1% changed      1% of the invoices get a new version (later UpdatedDateUTC, new status/amount),
-                    one new load per tenant
+                    one new load per tenant, spread over all of history
+    1% recent       the same for the latest 1% of each tenant's invoices (the everyday shape)
     nothing         no new load at all
     1 tenant        one tenant, one new load with 10 changed invoices
     all tenants     every tenant, one new load each with 10 changed invoices
@@ -429,6 +430,13 @@ def main() -> int:
             bench.maintain()
             phases.append(bench.phase("1% changed", (), total, changed, loads))
             bench.maintain()
+            # The everyday shape of a change: the latest invoices (dated in the last ten days of
+            # each tenant's history), 1% of them.
+            recent = [n for n in range(1, args.invoices_per_tenant + 1) if n % 1000 >= 990]
+            changed, loads = bench.change(tenants, recent)
+            bench.maintain()
+            phases.append(bench.phase("1% recent", (), total, changed, loads))
+            bench.maintain()
             phases.append(bench.phase("nothing", (), total))
             bench.maintain()
             changed, loads = bench.change(tenants[:1], list(range(1, SMALL_CHANGES + 1)))
@@ -453,6 +461,18 @@ def main() -> int:
             print(f"incremental 1% / full-refresh:   {by['1% changed'].wall / by['full-refresh'].wall:.3f}")
             print(f"{args.tenants} tenants small / 1 tenant small: {many.wall / small.wall:.2f} (target ~1)")
             print(f"nothing changed / full:          {by['nothing'].wall / by['full'].wall:.3f}")
+            print(f"incremental 1% recent / full:    {by['1% recent'].wall / by['full'].wall:.3f}")
+            # The canonical layer (staging and invoices) and the KPIs, each on its own (node times).
+            for layer, in_layer in (("canonical layer", lambda n: not n.endswith(".kpi_monthly")),
+                                    ("kpi_monthly", lambda n: n.endswith(".kpi_monthly"))):
+                def layer_time(p: Phase, in_layer=in_layer) -> float:
+                    return sum(t for n, t in p.nodes.items() if n.startswith("model.") and in_layer(n))
+                full_time = layer_time(by["full"])
+                print(f"{layer}: full {full_time:.1f} s; 1% {layer_time(by['1% changed']):.1f} s "
+                      f"({layer_time(by['1% changed']) / full_time:.3f}); 1% recent "
+                      f"{layer_time(by['1% recent']):.1f} s ({layer_time(by['1% recent']) / full_time:.3f}); "
+                      f"nothing {layer_time(by['nothing']):.2f} s; 1 tenant {layer_time(small):.2f} s; "
+                      f"{args.tenants} tenants {layer_time(many):.2f} s")
             print_nodes(phases)
     finally:
         if args.keep_database:

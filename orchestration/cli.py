@@ -55,15 +55,31 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
     db = prepare_environment()
     upgrade(db.url)
-    results = sync_tenants(args.tenant or None, full_refresh=args.full_refresh,
+    results = sync_tenants(args.tenant or None, full_refresh=args.full_refresh, concurrency=args.concurrency,
                            progress=lambda line: print(line, flush=True))
     if not results:
         print("no active tenants: connect a Xero organisation first")
-    for r in results:
-        state = "ok" if r.success else f"FAILED: {r.error}"
-        print(f"{r.tenant_id}: run {r.run_id} {state}; fetched {r.fetched}; "
-              f"analytics.invoices {r.invoices} (amount {r.invoices_total})")
-    return 0 if all(r.success for r in results) else 1
+        return 0
+    print()
+    print(summary_table(results))
+    failed = sum(not r.success for r in results)
+    print(f"{len(results) - failed} of {len(results)} tenant(s) synced"
+          + (f", {failed} FAILED" if failed else ""))
+    return 0 if not failed else 1
+
+
+def summary_table(results) -> str:
+    """One line per tenant: how it went, what was fetched, what analytics.invoices holds now."""
+    head = ("tenant", "name", "status", "fetched", "invoices", "amount", "extract s", "run")
+    rows = [(r.tenant_id, r.tenant_name or "", "ok" if r.success else "FAILED",
+             f"{sum(r.fetched.values()):,}", f"{r.invoices:,}", f"{r.invoices_total:,}", f"{r.seconds:.1f}",
+             r.run_id[:8])
+            for r in results]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip()
+             for line in (head, *rows)]
+    errors = [f"{r.tenant_id}: {r.error}" for r in results if r.error]
+    return "\n".join([*lines, *errors])
 
 
 def _cmd_dbt(args: argparse.Namespace, rest: list[str]) -> int:
@@ -147,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sync", help="sync tenants through Dagster (default: every active tenant)")
     p.add_argument("--tenant", action="append", metavar="ID", help="a Xero tenant id; repeatable")
     p.add_argument("--full-refresh", action="store_true", help="re-read every record, not only changes")
+    p.add_argument("--concurrency", type=int, metavar="N",
+                   help="tenants extracted at once (default: XERO_SYNC_CONCURRENCY, else 4)")
     p.set_defaults(func=_cmd_sync)
 
     p = sub.add_parser("kpis", help="a tenant's KPI table in the terminal")

@@ -31,6 +31,25 @@ TELEMETRY_OFF = {
 
 DEMO_ENV_FILE = "demo.env"
 
+# How many tenants `xero-elt sync` extracts at once. Xero allows 60 calls a minute per tenant and
+# 10,000 a minute per app: at most 166 tenants can call at full speed together. On one machine the
+# cores run out first (each extract parses and normalises its pages), hence the small default.
+SYNC_CONCURRENCY = "XERO_SYNC_CONCURRENCY"
+DEFAULT_SYNC_CONCURRENCY = 4
+XERO_APP_CALLS_PER_MINUTE = 10_000
+XERO_TENANT_CALLS_PER_MINUTE = 60
+
+
+def sync_concurrency(environ=os.environ) -> int:
+    raw = environ.get(SYNC_CONCURRENCY, "").strip()
+    if not raw:
+        return DEFAULT_SYNC_CONCURRENCY
+    ceiling = XERO_APP_CALLS_PER_MINUTE // XERO_TENANT_CALLS_PER_MINUTE
+    if not raw.isdigit() or not 1 <= int(raw) <= ceiling:
+        raise SettingsError(f"{SYNC_CONCURRENCY} must be a whole number from 1 to {ceiling} "
+                            f"(Xero's app-wide limit over its per-tenant one), not {raw!r}")
+    return int(raw)
+
 
 def read_env_file(path: Path) -> dict[str, str]:
     """KEY=VALUE lines; blank lines and # comments ignored."""

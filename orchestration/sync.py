@@ -1,26 +1,31 @@
 """Sync tenants through Dagster: the code path of `xero-elt sync`, the demo and the tests.
 
 First, runs whose worker died are marked failed (orchestration/run_health.py), so no crash holds
-anything. Then each tenant's extract is one in-process run of the partitioned extract job, and one
-run of the analytics job builds every tenant's changes at once (set-based dbt), on the configured
-instance, so they show in the Dagster UI exactly like scheduled runs, and are audited like them.
+anything. Then each tenant's extract is one run of the partitioned extract job, several tenants at
+a time (worker processes, `concurrency`), and one run of the analytics job builds every tenant's
+changes at once (set-based dbt). All on the configured instance, so they show in the Dagster UI
+exactly like scheduled runs, and are audited like them.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 import dagster as dg
 import psycopg
+from dagster._core.instance.ref import InstanceRef
 
 from orchestration.jobs import ANALYTICS_JOB_NAME, SYNC_JOB_NAME, SYNC_JOBS, sync_ops_config
 from orchestration.partitions import add_tenant_partitions, checked_tenant_id
 from orchestration.run_audit import audit_run
 from orchestration.run_health import reap_dead_runs
-from orchestration.settings import ANALYTICS_SCHEMA, RAW_SCHEMA
+from orchestration.settings import ANALYTICS_SCHEMA, RAW_SCHEMA, sync_concurrency
 
 
 @dataclass
@@ -34,6 +39,8 @@ class TenantSyncResult:
     raw_invoice_versions: int = 0
     error: str | None = None
     analytics_run_id: str | None = None
+    tenant_name: str | None = None
+    seconds: float = 0.0  # the extract run's wall time
 
 
 def _run_error(result: dg.ExecuteInProcessResult) -> str | None:
@@ -81,6 +88,61 @@ def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, log_level: str
     )
 
 
+def _extract(job: dg.JobDefinition, instance: dg.DagsterInstance, tenant_id: str, full_refresh: bool,
+             log_level: str) -> TenantSyncResult:
+    """One tenant's extract run, audited."""
+    started = time.monotonic()
+    run = _execute(job, instance, log_level, partition_key=tenant_id, ops=sync_ops_config(full_refresh))
+    fetched = {}
+    for mat in run.get_asset_materialization_events():
+        key = mat.asset_key
+        rows = mat.materialization.metadata.get("rows_loaded")
+        if key and key.path[0] == RAW_SCHEMA:
+            fetched[key.path[-1]] = int(rows.value) if rows is not None else 0
+    audit_run(instance.get_run_by_id(run.run_id), detail={"fetched": fetched, "full_refresh": full_refresh})
+    return TenantSyncResult(tenant_id, run.run_id, run.success, fetched, error=_run_error(run),
+                            seconds=time.monotonic() - started)
+
+
+# -- worker processes: each loads the definitions once, then extracts tenant after tenant ------------
+
+_worker: dict = {}
+
+
+def _worker_start(instance_ref: InstanceRef, log_level: str) -> None:
+    from orchestration.definitions import defs
+
+    _worker.update(instance=dg.DagsterInstance.from_ref(instance_ref), log_level=log_level,
+                   job=defs.resolve_job_def(SYNC_JOB_NAME))
+
+
+def _worker_extract(tenant_id: str, full_refresh: bool) -> TenantSyncResult:
+    return _extract(_worker["job"], _worker["instance"], tenant_id, full_refresh, _worker["log_level"])
+
+
+def _extract_all(targets: Sequence[str], instance: dg.DagsterInstance, full_refresh: bool, log_level: str,
+                 concurrency: int) -> Iterator[TenantSyncResult]:
+    """Each tenant's extract, as they finish; `concurrency` at a time."""
+    from orchestration.definitions import defs
+
+    if concurrency <= 1 or len(targets) <= 1:
+        job = defs.resolve_job_def(SYNC_JOB_NAME)
+        for tenant_id in targets:
+            yield _extract(job, instance, tenant_id, full_refresh, log_level)
+        return
+    # Processes, not threads: a run worker per process, as the daemon launches them, and dlt's
+    # normalisation gets a core of its own. Spawned, so no parent state (connections, locks) leaks in.
+    with ProcessPoolExecutor(max_workers=min(concurrency, len(targets)),
+                             mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_start, initargs=(instance.get_ref(), log_level)) as pool:
+        futures = {pool.submit(_worker_extract, tenant_id, full_refresh): tenant_id for tenant_id in targets}
+        for future in as_completed(futures):
+            try:
+                yield future.result()
+            except Exception as exc:  # the worker process itself died (e.g. killed)
+                yield TenantSyncResult(futures[future], "", False, error=f"extract worker failed: {exc!r}")
+
+
 def sync_tenants(
     tenant_ids: Sequence[str] | None = None,
     *,
@@ -88,8 +150,10 @@ def sync_tenants(
     instance: dg.DagsterInstance | None = None,
     log_level: str = "WARNING",
     progress: Callable[[str], None] | None = None,
+    concurrency: int | None = None,
 ) -> list[TenantSyncResult]:
-    """Extract the given tenants (default: every active one), then build the analytics once."""
+    """Extract the given tenants (default: every active one), `concurrency` at a time (default:
+    XERO_SYNC_CONCURRENCY), then build the analytics once."""
     from orchestration.definitions import defs
     from orchestration.resources import TokenVaultResource
 
@@ -99,35 +163,38 @@ def sync_tenants(
         say(f"run {reaped.run_id} ({reaped.job_name}"
             + (f", tenant {reaped.tenant_id}" if reaped.tenant_id else "")
             + f") marked failed: {reaped.reason}")
+    vault = TokenVaultResource().get()
     if tenant_ids:
         targets = [checked_tenant_id(t) for t in tenant_ids]
+        names = {t: (info.tenant_name if (info := vault.tenant(t)) else None) for t in targets}
     else:
-        targets = [t.tenant_id for t in TokenVaultResource().get().active_tenants()]
+        active = vault.active_tenants()
+        targets = [t.tenant_id for t in active]
+        names = {t.tenant_id: t.tenant_name for t in active}
     add_tenant_partitions(instance, targets)
-    extract_job = defs.resolve_job_def(SYNC_JOB_NAME)
     database_url = os.environ["DATABASE_URL"]
+    concurrency = sync_concurrency() if concurrency is None else concurrency
+    if targets:
+        say(f"extracting {len(targets)} tenant(s), {min(concurrency, len(targets))} at a time")
 
     results = []
-    for tenant_id in targets:
-        run = _execute(extract_job, instance, log_level, partition_key=tenant_id,
-                       ops=sync_ops_config(full_refresh))
-        fetched = {}
-        for mat in run.get_asset_materialization_events():
-            key = mat.asset_key
-            rows = mat.materialization.metadata.get("rows_loaded")
-            if key and key.path[0] == RAW_SCHEMA:
-                fetched[key.path[-1]] = int(rows.value) if rows is not None else 0
-        audit_run(instance.get_run_by_id(run.run_id),
-                  detail={"fetched": fetched, "full_refresh": full_refresh})
-        result = TenantSyncResult(tenant_id, run.run_id, run.success, fetched, error=_run_error(run))
-        say(f"{tenant_id}: extract {'ok' if run.success else 'FAILED'} (run {run.run_id})")
+    for result in _extract_all(targets, instance, full_refresh, log_level, concurrency):
+        result.tenant_name = names.get(result.tenant_id)
+        label = f"{result.tenant_id} ({result.tenant_name})" if result.tenant_name else result.tenant_id
+        fetched = sum(result.fetched.values())
+        say(f"[{len(results) + 1}/{len(targets)}] {label}: extract "
+            + (f"ok, {fetched:,} records" if result.success else "FAILED")
+            + f" in {result.seconds:.1f} s (run {result.run_id})")
         results.append(result)
+    order = {t: i for i, t in enumerate(targets)}
+    results.sort(key=lambda r: order[r.tenant_id])
 
     if any(r.success for r in results):
+        say("analytics build (every tenant's changes at once)")
         build = _execute(defs.resolve_job_def(ANALYTICS_JOB_NAME), instance, log_level)
         audit_run(instance.get_run_by_id(build.run_id), detail={"tenants": [r.tenant_id for r in results]})
         build_error = _run_error(build)
-        say(f"analytics build {'ok' if build.success else 'FAILED'} (run {build.run_id})")
+        say(f"analytics build {'ok' if build.success else f'FAILED: {build_error}'} (run {build.run_id})")
         for r in results:
             r.analytics_run_id = build.run_id
             if r.success and not build.success:

@@ -51,10 +51,13 @@ def test_sync_exits_non_zero_when_a_tenant_fails(create_database, tmp_path):
     stranger = str(uuid.uuid4())
     result = run([str(BIN / "xero-elt"), "sync", "--tenant", stranger], sync_env(create_database, tmp_path))
     assert result.returncode == 1, result.stdout + result.stderr
-    # Progress as it goes (the extract), then the summary line of the tenant.
+    # Progress as it goes (the extract), then the summary: the tenant's line and its error.
     out = result.stdout
-    assert re.search(rf"^{stranger}: extract FAILED \(run [0-9a-f-]{{36}}\)$", out, re.M), out
-    assert re.search(rf"^{stranger}: run [0-9a-f-]{{36}} FAILED: .*not connected", out, re.M | re.S), out
+    progress = rf"^\[1/1\] {stranger}: extract FAILED in [\d.]+ s \(run [0-9a-f-]{{36}}\)$"
+    assert re.search(progress, out, re.M), out
+    assert re.search(rf"^{stranger}\s+FAILED\s+0\s+0\s+0\s+[\d.]+\s+[0-9a-f]{{8}}$", out, re.M), out
+    assert re.search(rf"^{stranger}: step xero_raw: .*not connected", out, re.M | re.S), out
+    assert "0 of 1 tenant(s) synced, 1 FAILED" in out
     # Nothing was extracted: no analytics build was started for nothing.
     assert "analytics build" not in out
 

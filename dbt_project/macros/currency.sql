@@ -20,3 +20,9 @@
     select 1
   {%- endif -%}
 {% endmacro %}
+
+{#- A date inside Xero's JSON as sent ("/Date(1700000000000+0000)/", milliseconds since the epoch,
+    UTC), as a timestamptz; null when absent. -#}
+{% macro xero_json_date(expression) -%}
+  to_timestamp(substring({{ expression }} from '\((-?[0-9]+)')::bigint / 1000.0)
+{%- endmacro %}

@@ -45,19 +45,24 @@
     update {{ load_batches_relation() }} set invocation_id = '{{ invocation_id }}'
     where done_at is null;
     {%- endif %}
-    {{ index_raw_load_ids() }}
+    {{ index_raw_tables() }}
   {%- else -%}
     select 1
   {%- endif -%}
 {% endmacro %}
 
-{#- Every raw table is read by load id: index it (once; dlt creates the tables, not dbt). -#}
-{% macro index_raw_load_ids() %}
+{#- Every raw table is read by load id, and the KPIs look up a changed record's earlier versions
+    by its key (meta.record_id in _xero__sources.yml): index both (once; dlt creates the tables,
+    not dbt). -#}
+{% macro index_raw_tables() %}
   {%- for node in graph.sources.values() if node.source_name == 'xero' -%}
     {%- set rel = adapter.get_relation(database=target.database, schema=node.schema,
                                        identifier=node.identifier) -%}
     {%- if rel %}
     create index if not exists {{ node.identifier }}__dlt_load_id_idx on {{ rel }} (_dlt_load_id);
+    {%- if node.meta.record_id %}
+    create index if not exists {{ node.identifier }}__record_idx on {{ rel }} (tenant_id, {{ node.meta.record_id }});
+    {%- endif -%}
     {%- endif -%}
   {%- endfor -%}
 {% endmacro %}
@@ -95,4 +100,27 @@
   select distinct on (tenant_id, {{ id_column }}) *
   from {{ rows }}
   order by tenant_id, {{ id_column }}, {{ order_column }} desc nulls last, _dlt_load_id desc
+{%- endmacro %}
+
+{#- The guard of a versioned staging model: keep a record's row only when it is news, i.e. the
+    built row is older, or as old but different. dlt upserts a version that a sync fetched again
+    (the If-Modified-Since overlap, a full refresh) in place, with the new load's id: unchanged, it
+    stays out of this run's changes, so nothing downstream is rebuilt for it. Changed with the same
+    UpdatedDateUTC (Xero's silent changes, which a full refresh finds), it is news. `rows` is the
+    final CTE, with the model's columns. -#}
+{% macro new_versions_only(rows, id_column) -%}
+  {%- if is_incremental() %}
+where not exists (
+    select 1 from {{ this }} as built
+    where built.tenant_id = {{ rows }}.tenant_id and built.{{ id_column }} = {{ rows }}.{{ id_column }}
+      and (built.xero_updated_date_utc > {{ rows }}.xero_updated_date_utc
+           or (built.xero_updated_date_utc = {{ rows }}.xero_updated_date_utc
+               and {{ same_content('built', rows) }}))
+)
+  {%- endif %}
+{%- endmacro %}
+
+{#- Two rows of a staging model hold the same record content (whichever load brought them). -#}
+{% macro same_content(built, rows) -%}
+  to_jsonb({{ built }}) - '_dlt_load_id' = to_jsonb({{ rows }}) - '_dlt_load_id'
 {%- endmacro %}

@@ -4,11 +4,15 @@ audited; idempotent and incremental on a second run."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import dagster as dg
 import psycopg
@@ -17,6 +21,7 @@ import pytest
 from orchestration.extract_ledger import pending_loads
 from orchestration.jobs import ANALYTICS_JOB_NAME, SYNC_JOB_NAME
 from orchestration.sync import sync_tenants
+from tests import secret_watch
 from tests.pipeline.truth import assert_invoices_equal_truth, base_currency
 
 # Xero's clock moves on between changes, but less than an access token's life (30 minutes): a
@@ -170,6 +175,41 @@ def test_two_tenants_land_exactly_once(platform):
         run = instance.get_run_by_id(run_id)
         assert run.job_name == ANALYTICS_JOB_NAME and "dagster/partition" not in run.tags
         assert run.status == dg.DagsterRunStatus.SUCCESS
+
+
+def test_the_cli_extracts_tenants_in_parallel_then_builds_once(platform):
+    """`xero-elt sync --concurrency 2`: both tenants' extract runs at the same time (each in a
+    worker process, as the daemon's run workers), a line per tenant as it finishes, one analytics
+    build for both, and a summary table."""
+    instance = platform.instance
+    before = {r.run_id for r in instance.get_runs(dg.RunsFilter(job_name=SYNC_JOB_NAME))}
+    cli = str(Path(sys.executable).with_name("xero-elt"))
+    # Xero's answers wait until both extracts are under way: if they ran in turn, this never ends.
+    with platform.sandbox.hold_calls(timeout=120):
+        proc = subprocess.Popen([cli, "sync", "--concurrency", "2"], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        while len([r for r in instance.get_runs(dg.RunsFilter(job_name=SYNC_JOB_NAME,
+                                                              statuses=[dg.DagsterRunStatus.STARTED]))
+                   if r.run_id not in before]) < 2:
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "the two extracts never ran at the same time"
+            time.sleep(0.2)
+    output = proc.communicate(timeout=300)[0]
+    secret_watch.record(output)
+    assert proc.returncode == 0, output[-3000:]
+    assert "extracting 2 tenant(s), 2 at a time" in output
+    for tenant_id in platform.tenant_ids:
+        assert re.search(rf"\[[12]/2\] {tenant_id} \(.+\): extract ok, [\d,]+ records in [\d.]+ s "
+                         r"\(run [0-9a-f-]{36}\)", output), output
+    assert len(re.findall(r"analytics build ok \(run ", output)) == 1, output
+    table = output[output.index("tenant  "):].splitlines()
+    assert table[0].split() == ["tenant", "name", "status", "fetched", "invoices", "amount", "extract", "s",
+                                "run"]
+    assert sorted(line.split()[0] for line in table[1:3]) == sorted(platform.tenant_ids)
+    assert all(" ok " in line for line in table[1:3])
+    assert "2 of 2 tenant(s) synced" in output
+    assert_invoices_equal_truth(platform)
 
 
 def test_a_tenant_that_is_not_connected_fails_once_clearly_and_is_audited(platform):

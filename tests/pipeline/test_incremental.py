@@ -62,7 +62,8 @@ def sync_at_once(platform) -> None:
         secret_watch.record(output)
     for proc, output, tenant_id in zip(procs, outputs, platform.tenant_ids, strict=True):
         assert proc.returncode == 0, output[-3000:]
-        assert f"{tenant_id}: run" in output and " ok;" in output
+        assert re.search(rf"\[1/1\] {tenant_id} \(.*\): extract ok", output), output[-3000:]
+        assert "1 of 1 tenant(s) synced" in output, output[-3000:]
         assert "analytics build ok (run" in output, output[-3000:]
     # The extract runs did overlap (else this proves nothing about concurrency).
     runs = [instance.get_run_record_by_id(run_id) for run_id in _run_ids(outputs)]
@@ -77,7 +78,7 @@ def sync_at_once(platform) -> None:
 
 
 def _run_ids(outputs: list[str]) -> list[str]:
-    return [m.group(1) for out in outputs for m in re.finditer(r": run ([0-9a-f-]{36})", out)]
+    return [m.group(1) for out in outputs for m in re.finditer(r": extract ok.*\(run ([0-9a-f-]{36})\)", out)]
 
 
 def changed_in_xero_since(platform, since_ms: int) -> set[str]:

@@ -106,6 +106,41 @@ def test_after_paying_voiding_deleting_and_editing_every_kpi_still_matches(platf
     assert not problems, f"{len(problems)} difference(s):\n" + "\n".join(problems[:40])
 
 
+def kpi_row_versions(database_url: str) -> dict:
+    """Each KPI row's transaction id: a row the last build rewrote has a new one."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT tenant_id, period, kpi, xmin::text FROM analytics.kpi_monthly").fetchall()
+    return {(r[0], r[1], r[2]): r[3] for r in rows}
+
+
+def test_a_payment_recomputes_only_that_tenants_months_from_the_invoices_month(platform):
+    tenant_id = platform.tenant_ids[1]
+    day = today(platform.database_url)
+    open_sales = [inv for inv in platform.sandbox.records(tenant_id, "Invoices")
+                  if inv["Type"] == "ACCREC" and inv["Status"] == "AUTHORISED"]
+    # the most recent open invoice dated before this month: some months before it stay as built
+    invoice = max((inv for inv in open_sales if _month(_day(inv["Date"])) < _month(day)),
+                  key=lambda inv: _day(inv["Date"]))
+    changed_from = _month(_day(invoice["Date"]))
+    before = kpi_row_versions(platform.database_url)
+    assert any(t == tenant_id and period < changed_from for t, period, _ in before)
+
+    platform.sandbox.advance_clock(60)
+    platform.sandbox.mutate(tenant_id, "pay_invoice", invoice_id=invoice["InvoiceID"], amount="1.00",
+                            date=day.isoformat())
+    results = sync_tenants(instance=platform.instance)
+    assert all(r.success for r in results), [r.error for r in results]
+
+    after = kpi_row_versions(platform.database_url)
+    rebuilt = {key for key in after if before.get(key) != after[key]}
+    expected = {key for key in after if key[0] == tenant_id and key[1] >= changed_from}
+    assert rebuilt == expected, (f"{len(rebuilt)} rows rebuilt, expected {len(expected)} "
+                                 f"(tenant {tenant_id} from {changed_from}): "
+                                 f"{sorted(rebuilt ^ expected)[:10]}")
+    problems = kpi_differences(platform)
+    assert not problems, f"{len(problems)} difference(s):\n" + "\n".join(problems[:40])
+
+
 def get_kpis(platform, tenant_id: str, token: str | None, **params):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return requests.get(f"{platform.service_url}/xero/tenants/{tenant_id}/kpis", params=params,

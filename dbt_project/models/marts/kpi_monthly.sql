@@ -2,12 +2,20 @@
 -- currency (each document's amount divided by its own CurrencyRate), money rounded to the cent
 -- once, at the end of each sum. Definitions, in a coach's words: models/marts/_kpis.yml.
 --
--- Incremental, set-based across tenants: a tenant whose documents changed in this run's loads gets
--- every month recomputed; every other tenant only the months whose "as of" day moved since its
--- last build (the current month's receivables age every day, and a new month appears).
+-- Incremental, set-based across tenants. A month's KPIs depend only on documents dated up to its
+-- "as of" day (the month's last day, or today), so a run recomputes, per tenant:
+--   - from the earliest month that any version (old or new) of a document in this run's loads
+--     touches: its date, its payment or allocation dates, its full payment;
+--   - every month, when the organisation changed (its base currency converts everything);
+--   - from the month of its last build, when that was before today (the as-of day moved: the
+--     current month's receivables age every day, and a new month begins).
+-- Tenants with none of these are not read at all. Each aggregate is grouped first and expanded
+-- only over the months it can reach, so the work grows with documents, not documents x months.
+-- Read only when incremental, so declared for the parser:
 -- depends_on: {{ ref('stg_xero__invoices') }}
--- depends_on: {{ ref('stg_xero__payments') }}
--- depends_on: {{ ref('stg_xero__organisation') }}
+-- depends_on: {{ source('xero', 'invoices') }}
+-- depends_on: {{ source('xero', 'payments') }}
+-- depends_on: {{ source('xero', 'credit_notes') }}
 {{ config(
     unique_key=['tenant_id', 'period', 'kpi'],
     indexes=[{'columns': ['tenant_id', 'period', 'kpi'], 'unique': True}],
@@ -15,14 +23,71 @@
 
 {%- set today = "(now() at time zone 'UTC')::date" %}
 
-with documents as (  -- sales invoices and bills that count: AUTHORISED and PAID only
-    select
-        tenant_id, xero_connection_id, xero_invoice_id, invoice_type, contact_id, invoice_date,
-        due_date, paid_date, amount as total, sub_total, currency_code, base_currency,
-        case when currency_code = base_currency then 1 else 1 / nullif(currency_rate, 0) end as to_base
-    from {{ ref('invoices') }}
-    where status in ('AUTHORISED', 'PAID') and invoice_type in ('ACCREC', 'ACCPAY')
+with
+{%- if is_incremental() %}
+-- The earliest day each tenant's changed documents touch, over all their raw versions: an edit
+-- can move a document out of a month as well as into one. Changed: a new version in this run's
+-- loads (the staging models keep only those).
+touched as (
+    select r.tenant_id, least(r.date, r.fully_paid_on_date) as touched_at
+    from {{ source('xero', 'invoices') }} as r
+    where (r.tenant_id, r.invoice_id) in (
+        select tenant_id, invoice_id from {{ ref('stg_xero__invoices') }}
+        where _dlt_load_id in {{ pending_loads() }})
+    union all
+    select r.tenant_id, r.date
+    from {{ source('xero', 'payments') }} as r
+    where (r.tenant_id, r.payment_id) in (
+        select tenant_id, payment_id::text from {{ ref('stg_xero__payments') }}
+        where _dlt_load_id in {{ pending_loads() }})
+    union all
+    select r.tenant_id, least(r.date, (select min({{ xero_json_date("a ->> 'Date'") }})
+                                       from jsonb_array_elements(coalesce(r.allocations, '[]'::jsonb)) as a))
+    from {{ source('xero', 'credit_notes') }} as r
+    where (r.tenant_id, r.credit_note_id) in (
+        select tenant_id, credit_note_id from {{ ref('stg_xero__credit_notes') }}
+        where _dlt_load_id in {{ pending_loads() }})
+    union all
+    select tenant_id, '-infinity'::timestamptz  -- content changed (see stg_xero__organisation)
+    from {{ ref('stg_xero__organisation') }} where _dlt_load_id in {{ pending_loads() }}
 ),
+
+built as (
+    select tenant_id, min(period) as built_from, max(computed_on) as computed_on
+    from {{ this }} group by tenant_id
+),
+
+recompute as (  -- per tenant, the first month this run recomputes
+    select tenant_id, min(from_period) as from_period
+    from (
+        select tenant_id, date_trunc('month', min(touched_at) at time zone 'UTC')::date as from_period
+        from touched group by tenant_id
+        union all
+        select tenant_id, date_trunc('month', computed_on)::date
+        from built where computed_on < {{ today }}
+    ) as reasons
+    group by tenant_id
+),
+{%- endif %}
+
+documents as (  -- sales invoices and bills that count: AUTHORISED and PAID only
+    select
+        i.tenant_id, i.xero_connection_id, i.xero_invoice_id, i.invoice_type, i.contact_id,
+        i.invoice_date, i.due_date, i.paid_date, i.amount as total, i.sub_total, i.currency_code,
+        i.base_currency,
+        case when i.currency_code = i.base_currency then 1 else 1 / nullif(i.currency_rate, 0) end as to_base,
+        {%- if is_incremental() %}
+        r.from_period
+    from {{ ref('invoices') }} as i
+    join recompute as r on r.tenant_id = i.tenant_id
+        {%- else %}
+        '-infinity'::date as from_period
+    from {{ ref('invoices') }} as i
+        {%- endif %}
+    where i.status in ('AUTHORISED', 'PAID') and i.invoice_type in ('ACCREC', 'ACCPAY')
+),
+
+sales as (select * from documents where invoice_type = 'ACCREC'),
 
 credit_notes as (
     select
@@ -32,6 +97,9 @@ credit_notes as (
     from {{ ref('stg_xero__credit_notes') }} as c
     left join {{ ref('stg_xero__organisation') }} as o on o.tenant_id = c.tenant_id
     where c.status in ('AUTHORISED', 'PAID')
+    {%- if is_incremental() %}
+      and c.tenant_id in (select tenant_id from recompute)
+    {%- endif %}
 ),
 
 payments as (  -- on sales invoices; converted at the payment's own rate for cash collected
@@ -40,28 +108,32 @@ payments as (  -- on sales invoices; converted at the payment's own rate for cas
         p.amount * case when d.currency_code = d.base_currency then 1
                         else 1 / nullif(p.currency_rate, 0) end as amount_base
     from {{ ref('stg_xero__payments') }} as p
-    join documents as d on d.tenant_id = p.tenant_id and d.xero_invoice_id = p.invoice_id
-    where p.status = 'AUTHORISED' and d.invoice_type = 'ACCREC'
+    join sales as d on d.tenant_id = p.tenant_id and d.xero_invoice_id = p.invoice_id
+    where p.status = 'AUTHORISED'
 ),
 
 -- What settles a sales invoice, in the invoice's currency, each on its own date: its payments
--- and the credit allocated to it.
+-- and the credit allocated to it; as (day, amount) arrays per invoice, read in place below.
 settlements as (
-    select tenant_id, xero_invoice_id, payment_date as settled_on, amount from payments
-    union all
-    select
-        c.tenant_id,
-        a -> 'Invoice' ->> 'InvoiceID',
-        (to_timestamp(substring(a ->> 'Date' from '\((-?[0-9]+)')::bigint / 1000.0) at time zone 'UTC')::date,
-        (a ->> 'Amount')::numeric
-    from credit_notes as c
-    cross join lateral jsonb_array_elements(coalesce(c.allocations, '[]'::jsonb)) as a
-    where c.credit_note_type = 'ACCRECCREDIT'
+    select tenant_id, xero_invoice_id, array_agg(settled_on) as settled_on, array_agg(amount) as amount
+    from (
+        select tenant_id, xero_invoice_id, payment_date as settled_on, amount from payments
+        union all
+        select
+            c.tenant_id,
+            a -> 'Invoice' ->> 'InvoiceID',
+            ({{ xero_json_date("a ->> 'Date'") }} at time zone 'UTC')::date,
+            (a ->> 'Amount')::numeric
+        from credit_notes as c
+        cross join lateral jsonb_array_elements(coalesce(c.allocations, '[]'::jsonb)) as a
+        where c.credit_note_type = 'ACCRECCREDIT'
+    ) as settlement
+    group by 1, 2
 ),
 
 tenants as (
     select tenant_id, max(xero_connection_id::text)::uuid as xero_connection_id,
-           max(base_currency) as base_currency,
+           max(base_currency) as base_currency, max(from_period) as from_period,
            least(min(date_trunc('month', invoice_date))::date,
                  (select min(date_trunc('month', credit_note_date))::date from credit_notes c
                   where c.tenant_id = d.tenant_id)) as first_period
@@ -71,75 +143,71 @@ tenants as (
 
 -- Which (tenant, month) pairs this run computes.
 scope as (
-    select t.tenant_id, t.xero_connection_id, t.base_currency, m.period::date as period,
-           least((m.period + interval '1 month - 1 day')::date, {{ today }}) as as_of
+    select t.tenant_id, t.xero_connection_id, t.base_currency, m.period::date as period
     from tenants as t
     {%- if is_incremental() %}
-    left join (select tenant_id, min(period) as built_from, max(computed_on) as computed_on
-               from {{ this }} group by tenant_id) as built on built.tenant_id = t.tenant_id
+    left join built on built.tenant_id = t.tenant_id
     {%- endif %}
     cross join lateral generate_series(
-        {%- if is_incremental() %} least(t.first_period, built.built_from) {%- else %} t.first_period {%- endif %},
+        {%- if is_incremental() %}
+        -- months built earlier than the tenant's first document now are recomputed too (to 0)
+        greatest(least(t.first_period, built.built_from), t.from_period),
+        {%- else %}
+        t.first_period,
+        {%- endif %}
         date_trunc('month', {{ today }})::date, interval '1 month') as m(period)
-    {%- if is_incremental() %}
-    where t.tenant_id in (
-            select tenant_id from {{ ref('stg_xero__invoices') }} where _dlt_load_id in {{ pending_loads() }}
-            union select tenant_id from {{ ref('stg_xero__payments') }} where _dlt_load_id in {{ pending_loads() }}
-            union select tenant_id from {{ ref('stg_xero__credit_notes') }}
-                  where _dlt_load_id in {{ pending_loads() }}
-            union select tenant_id from {{ ref('stg_xero__organisation') }}
-                  where _dlt_load_id in {{ pending_loads() }})
-       or built.computed_on is null
-       or m.period >= date_trunc('month', built.computed_on)
-    {%- endif %}
 ),
 
+-- Below, each document is expanded only over the months it can reach (from the tenant's first
+-- month to recompute, up to the current month) and grouped by (tenant, month); `monthly` keeps
+-- the months in scope. A month's "as of" day is its last day, or today for the current month.
+{%- set this_month = "date_trunc('month', " ~ today ~ ")" %}
+{%- set as_of_p = "least((p + interval '1 month - 1 day')::date, " ~ today ~ ")" %}
+
 sales_month as (
-    select s.tenant_id, s.period,
-           sum(d.sub_total * d.to_base) as revenue_invoiced,
-           count(d.xero_invoice_id) as invoices_issued,
-           count(distinct d.contact_id) as active_clients
-    from scope as s
-    join documents as d on d.tenant_id = s.tenant_id and d.invoice_type = 'ACCREC'
-                       and date_trunc('month', d.invoice_date) = s.period
-    group by 1, 2
+    select tenant_id, date_trunc('month', invoice_date)::date as period,
+           sum(sub_total * to_base) as revenue_invoiced,
+           count(*) as invoices_issued,
+           count(distinct contact_id) as active_clients
+    from sales group by 1, 2
 ),
 
 bills_month as (
-    select s.tenant_id, s.period, sum(d.sub_total * d.to_base) as bills
-    from scope as s
-    join documents as d on d.tenant_id = s.tenant_id and d.invoice_type = 'ACCPAY'
-                       and date_trunc('month', d.invoice_date) = s.period
-    group by 1, 2
+    select tenant_id, date_trunc('month', invoice_date)::date as period, sum(sub_total * to_base) as bills
+    from documents where invoice_type = 'ACCPAY' group by 1, 2
 ),
 
 credit_month as (
-    select s.tenant_id, s.period, sum(c.sub_total * c.to_base) as credit_notes_issued
-    from scope as s
-    join credit_notes as c on c.tenant_id = s.tenant_id and c.credit_note_type = 'ACCRECCREDIT'
-                          and date_trunc('month', c.credit_note_date) = s.period
-    group by 1, 2
+    select tenant_id, date_trunc('month', credit_note_date)::date as period,
+           sum(sub_total * to_base) as credit_notes_issued
+    from credit_notes where credit_note_type = 'ACCRECCREDIT' group by 1, 2
 ),
 
 cash_month as (
-    select s.tenant_id, s.period, sum(p.amount_base) as cash_collected
-    from scope as s
-    join payments as p on p.tenant_id = s.tenant_id and date_trunc('month', p.payment_date) = s.period
-    group by 1, 2
+    select tenant_id, date_trunc('month', payment_date)::date as period, sum(amount_base) as cash_collected
+    from payments group by 1, 2
 ),
 
 -- Each sales invoice still open at a month's "as of" day: Total less what settled it by then.
-open_invoices as (
-    select s.tenant_id, s.period, s.as_of, d.xero_invoice_id, d.due_date, d.to_base,
-           d.total - coalesce(sum(x.amount) filter (where x.settled_on <= s.as_of), 0) as outstanding
-    from scope as s
-    join documents as d on d.tenant_id = s.tenant_id and d.invoice_type = 'ACCREC'
-                       and d.invoice_date <= s.as_of
-                       -- fully paid by then: nothing outstanding (a PAID invoice's last settlement
-                       -- is on its FullyPaidOnDate)
-                       and (d.paid_date is null or d.paid_date > s.as_of)
+-- An invoice can only be open from its own month to the month it was fully paid (a PAID
+-- invoice's last settlement is on its FullyPaidOnDate), so only those months are expanded.
+-- Materialised: `outstanding` is read by every bucket below.
+open_invoices as materialized (
+    select d.tenant_id, m.period, m.as_of, d.due_date, d.to_base,
+           case when x.settled_on is null then d.total
+                else d.total - coalesce((select sum(u.amount)
+                                         from unnest(x.settled_on, x.amount) as u(settled_on, amount)
+                                         where u.settled_on <= m.as_of), 0)
+           end as outstanding
+    from sales as d
+    cross join lateral (
+        select p::date as period, {{ as_of_p }} as as_of
+        from generate_series(greatest(date_trunc('month', d.invoice_date), d.from_period),
+                             least(date_trunc('month', coalesce(d.paid_date, {{ today }})), {{ this_month }}),
+                             interval '1 month') as p
+    ) as m
     left join settlements as x on x.tenant_id = d.tenant_id and x.xero_invoice_id = d.xero_invoice_id
-    group by s.tenant_id, s.period, s.as_of, d.xero_invoice_id, d.due_date, d.to_base, d.total
+    where d.invoice_date <= m.as_of and (d.paid_date is null or d.paid_date > m.as_of)
 ),
 
 receivables_month as (
@@ -157,43 +225,47 @@ receivables_month as (
     group by 1, 2
 ),
 
-trailing_sales as (  -- Σ Total of sales invoices dated in the 90 days ending the "as of" day
-    select s.tenant_id, s.period, sum(d.total * d.to_base) as sales_90_days
-    from scope as s
-    join documents as d on d.tenant_id = s.tenant_id and d.invoice_type = 'ACCREC'
-                       and d.invoice_date > s.as_of - 90 and d.invoice_date <= s.as_of
+-- Σ Total of sales invoices dated in the 90 days ending the "as of" day: a day's sales reach the
+-- months whose as-of day is within 89 days after it.
+trailing_sales as (
+    select d.tenant_id, m.period, sum(d.total) as sales_90_days
+    from (select tenant_id, invoice_date, max(from_period) as from_period, sum(total * to_base) as total
+          from sales group by 1, 2) as d
+    cross join lateral (
+        select p::date as period, {{ as_of_p }} as as_of
+        from generate_series(greatest(date_trunc('month', d.invoice_date), d.from_period),
+                             least(date_trunc('month', d.invoice_date + 89), {{ this_month }}),
+                             interval '1 month') as p
+    ) as m
+    where d.invoice_date > m.as_of - 90 and d.invoice_date <= m.as_of
     group by 1, 2
 ),
 
 paid_month as (
-    select s.tenant_id, s.period,
-           avg(d.paid_date - d.invoice_date) as days_to_pay_avg,
-           percentile_cont(0.5) within group (order by d.paid_date - d.invoice_date) as days_to_pay_median
-    from scope as s
-    join documents as d on d.tenant_id = s.tenant_id and d.invoice_type = 'ACCREC'
-                       and date_trunc('month', d.paid_date) = s.period
+    select tenant_id, date_trunc('month', paid_date)::date as period,
+           avg(paid_date - invoice_date) as days_to_pay_avg,
+           percentile_cont(0.5) within group (order by paid_date - invoice_date) as days_to_pay_median
+    from sales where paid_date is not null
     group by 1, 2
 ),
 
-first_sale as (
-    select tenant_id, contact_id, min(date_trunc('month', invoice_date))::date as first_period
-    from documents where invoice_type = 'ACCREC'
+clients_month as (  -- clients whose first sales invoice ever is in the month
+    select tenant_id, first_period as period, count(*) as new_clients
+    from (select tenant_id, contact_id, min(date_trunc('month', invoice_date))::date as first_period
+          from sales group by 1, 2) as first_sale
     group by 1, 2
 ),
 
-clients_month as (
-    select s.tenant_id, s.period, count(distinct f.contact_id) as new_clients
-    from scope as s
-    join first_sale as f on f.tenant_id = s.tenant_id and f.first_period = s.period
-    group by 1, 2
-),
-
-client_revenue_12m as (  -- each client's revenue over the 12 months ending with the month
-    select s.tenant_id, s.period, d.contact_id, sum(d.sub_total * d.to_base) as revenue
-    from scope as s
-    join documents as d on d.tenant_id = s.tenant_id and d.invoice_type = 'ACCREC'
-                       and d.invoice_date >= (s.period - interval '11 months')::date
-                       and d.invoice_date < (s.period + interval '1 month')::date
+-- Each client's revenue over the 12 months ending with the month: a client's month reaches that
+-- month and the 11 after it.
+client_revenue_12m as (
+    select c.tenant_id, m.period::date as period, c.contact_id, sum(c.revenue) as revenue
+    from (select tenant_id, contact_id, date_trunc('month', invoice_date) as period,
+                 max(from_period) as from_period, sum(sub_total * to_base) as revenue
+          from sales group by 1, 2, 3) as c
+    cross join lateral generate_series(greatest(c.period, c.from_period),
+                                       least(c.period + interval '11 months', {{ this_month }}),
+                                       interval '1 month') as m(period)
     group by 1, 2, 3
 ),
 
@@ -209,17 +281,10 @@ concentration as (
 
 -- Revenue net of every month the growth ratios look back to (computed here, not read from the
 -- table, so a recomputed month never compares with a stale one).
-net_by_month as (
-    select d.tenant_id, date_trunc('month', d.invoice_date)::date as period,
-           sum(d.sub_total * d.to_base) as amount
-    from documents as d where d.invoice_type = 'ACCREC' group by 1, 2
-    union all
-    select c.tenant_id, date_trunc('month', c.credit_note_date)::date, -sum(c.sub_total * c.to_base)
-    from credit_notes as c where c.credit_note_type = 'ACCRECCREDIT' group by 1, 2
-),
-
 net_month as (
-    select tenant_id, period, round(sum(amount), 2) as revenue_net from net_by_month group by 1, 2
+    select tenant_id, period,
+           round(coalesce(sm.revenue_invoiced, 0) - coalesce(cm.credit_notes_issued, 0), 2) as revenue_net
+    from sales_month as sm full join credit_month as cm using (tenant_id, period)
 ),
 
 monthly as (

@@ -36,10 +36,4 @@ typed as (
 )
 
 select * from typed
-{% if is_incremental() %}
-where not exists (
-    select 1 from {{ this }} as built
-    where built.tenant_id = typed.tenant_id and built.credit_note_id = typed.credit_note_id
-      and built.xero_updated_date_utc > typed.xero_updated_date_utc
-)
-{% endif %}
+{{ new_versions_only('typed', 'credit_note_id') }}

@@ -45,28 +45,27 @@ typed as (
         (updated_date_utc at time zone 'UTC')::timestamp as xero_updated_date_utc,
         _dlt_load_id::text                               as _dlt_load_id
     from latest
+),
+
+-- Why the record cannot go into the canonical table as is (null when it can).
+checked as (
+    select
+        typed.*,
+        nullif(concat_ws('; ',
+            {{ text_fit('invoice_id', 'xero_invoice_id', 255) }},
+            {{ text_fit('invoice_number', 'invoice_number', 100) }},
+            {{ text_fit('contact_name', 'client_name', 255) }},
+            {{ text_fit('status', 'status', 50) }},
+            {{ text_fit('currency_code', 'currency_code', 3) }},
+            {{ money_fit('total', 'amount') }},
+            {{ money_fit('total_tax', 'tax_amount') }},
+            {{ money_fit('sub_total', 'sub_total') }},
+            {{ money_fit('amount_due', 'amount_due') }},
+            {{ money_fit('amount_paid', 'amount_paid') }},
+            {{ money_fit('amount_credited', 'amount_credited') }}
+        ), '') as quarantine_reason
+    from typed
 )
 
-select
-    typed.*,
-    nullif(concat_ws('; ',
-        {{ text_fit('invoice_id', 'xero_invoice_id', 255) }},
-        {{ text_fit('invoice_number', 'invoice_number', 100) }},
-        {{ text_fit('contact_name', 'client_name', 255) }},
-        {{ text_fit('status', 'status', 50) }},
-        {{ text_fit('currency_code', 'currency_code', 3) }},
-        {{ money_fit('total', 'amount') }},
-        {{ money_fit('total_tax', 'tax_amount') }},
-        {{ money_fit('sub_total', 'sub_total') }},
-        {{ money_fit('amount_due', 'amount_due') }},
-        {{ money_fit('amount_paid', 'amount_paid') }},
-        {{ money_fit('amount_credited', 'amount_credited') }}
-    ), '') as quarantine_reason
-from typed
-{% if is_incremental() %}
-where not exists (
-    select 1 from {{ this }} as built
-    where built.tenant_id = typed.tenant_id and built.invoice_id = typed.invoice_id
-      and built.xero_updated_date_utc > typed.xero_updated_date_utc
-)
-{% endif %}
+select * from checked
+{{ new_versions_only('checked', 'invoice_id') }}

@@ -6,10 +6,6 @@
     indexes=[{'columns': ['tenant_id'], 'unique': True}, {'columns': ['_dlt_load_id']}],
 ) }}
 
-{%- set content = ['organisation_id', 'organisation_name', 'legal_name', 'base_currency', 'country_code',
-                   'timezone', 'financial_year_end_day', 'financial_year_end_month', 'short_code',
-                   'organisation_status'] -%}
-
 with changed as (
     {{ changed_rows(source('xero', 'organisation')) }}
 ),
@@ -39,9 +35,6 @@ select * from typed
 {% if is_incremental() %}
 where not exists (
     select 1 from {{ this }} as built
-    where built.tenant_id = typed.tenant_id
-      and ({% for c in content %}built.{{ c }}{{ ', ' if not loop.last }}{% endfor %})
-          is not distinct from
-          ({% for c in content %}typed.{{ c }}{{ ', ' if not loop.last }}{% endfor %})
+    where built.tenant_id = typed.tenant_id and {{ same_content('built', 'typed') }}
 )
 {% endif %}
