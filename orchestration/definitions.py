@@ -9,6 +9,7 @@ from orchestration.resources import build_resources
 from orchestration.schedules import daily_tenant_sync
 from orchestration.sensors import (
     analytics_after_extracts,
+    audit_canceled_runs,
     audit_failed_runs,
     audit_successful_runs,
     new_tenant_sensor,
@@ -21,6 +22,6 @@ defs = dg.Definitions(
     jobs=[tenant_sync_job, analytics_job],
     schedules=[daily_tenant_sync],
     sensors=[new_tenant_sensor, xero_webhook_sensor, analytics_after_extracts, recover_crashed_runs,
-             audit_successful_runs, audit_failed_runs],
+             audit_successful_runs, audit_failed_runs, audit_canceled_runs],
     resources=build_resources(),
 )

@@ -1,8 +1,10 @@
-"""Every sync run leaves an `app.audit_log` row: who (Dagster), which tenant, which run, outcome.
+"""Every sync run leaves `app.audit_log` rows: who (Dagster), which tenant, which run, outcome.
 
-Two paths write it, so every way of launching a run is covered: run-status sensors (runs launched
-by the daemon: schedule, backfills, the UI; crashed runs show up as failures), and `xero-elt sync`
-after each in-process run. A row is written once per run and outcome, whichever path comes first.
+Its start is written by the run itself (RunLivenessResource, however it was launched). Its end is
+written by two paths, so every way of launching a run is covered: run-status sensors (runs
+launched by the daemon: schedule, backfills, the UI; crashed runs show up as failures, cancelled
+ones as cancels), and `xero-elt sync` after each in-process run. A row is written once per run
+and status, whichever path comes first.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from oauth_service.audit import record_audit
 from orchestration.partitions import TENANT_PARTITIONS_NAME
 
 ACTIONS = {
+    dg.DagsterRunStatus.STARTED: "sync_run_started",
     dg.DagsterRunStatus.SUCCESS: "sync_run_succeeded",
     dg.DagsterRunStatus.FAILURE: "sync_run_failed",
     dg.DagsterRunStatus.CANCELED: "sync_run_canceled",
@@ -21,7 +24,7 @@ ACTIONS = {
 
 
 def audit_run(run: dg.DagsterRun, engine: Engine | None = None, detail: dict | None = None) -> bool:
-    """Record a finished run once; return False when it was already recorded."""
+    """Record a run's start or end once; return False when it was already recorded."""
     action = ACTIONS.get(run.status)
     if action is None:
         return False
@@ -45,12 +48,14 @@ def audit_run(run: dg.DagsterRun, engine: Engine | None = None, detail: dict | N
             tenant_id=tenant_id,
             table_accessed="dagster_runs",
             record_id=run.run_id,
-            outcome="success" if run.status == dg.DagsterRunStatus.SUCCESS else "failure",
+            outcome="success" if run.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.STARTED)
+            else "failure",
             metadata={
                 "job": run.job_name,
                 "status": run.status.value,
                 "partitions_def": TENANT_PARTITIONS_NAME,
                 "actor": "dagster",
+                "launched_by": run.tags.get("xero-elt/launched-by") or _launcher(run),
                 **(detail or {}),
             },
         )
@@ -70,3 +75,12 @@ def failure_detail(instance: dg.DagsterInstance, run_id: str, message: str | Non
     if crash:
         return {"error": f"{crash[-1]} (its worker died)"[:500], "crashed": True}
     return {"error": (message or "")[:500]}
+
+
+def _launcher(run: dg.DagsterRun) -> str:
+    """What started a run the daemon launched: the schedule, a sensor, a backfill, or a person."""
+    for tag, name in (("dagster/schedule_name", "schedule"), ("dagster/sensor_name", "sensor"),
+                      ("dagster/backfill", "backfill")):
+        if tag in run.tags:
+            return f"{name} {run.tags[tag]}"
+    return run.tags.get("user") or "the Dagster UI or API"

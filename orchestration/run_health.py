@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from orchestration.locks import connect, lock_key
+from orchestration.run_audit import audit_run
 
 LIVENESS_TAG = "xero-elt/liveness"
 IN_FLIGHT = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
@@ -53,6 +54,9 @@ class RunLivenessResource(dg.ConfigurableResource):
             yield self
             return
         with hold_run_liveness(context.instance, context.run.run_id, os.environ["DATABASE_URL"]):
+            run = context.instance.get_run_by_id(context.run.run_id)
+            if run is not None and run.status == dg.DagsterRunStatus.STARTED:
+                audit_run(run)  # the run's start, written by the run itself, however it was launched
             yield self
 
 

@@ -32,5 +32,5 @@ def daily_tenant_sync(context: dg.ScheduleEvaluationContext, token_vault: TokenV
             run_key=f"{tenant_id}:{when:%Y-%m-%d}",
             partition_key=tenant_id,
             run_config={"ops": sync_ops_config(full_refresh)},
-            tags={"xero/full_refresh": str(full_refresh).lower()},
+            tags={"xero-elt/full_refresh": str(full_refresh).lower()},
         )

@@ -107,3 +107,12 @@ def audit_failed_runs(context: dg.RunFailureSensorContext):
     # marks them FAILURE.
     run = context.dagster_run
     audit_run(run, detail=failure_detail(context.instance, run.run_id, context.failure_event.message))
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.CANCELED,
+    monitored_jobs=[tenant_sync_job, analytics_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def audit_canceled_runs(context: dg.RunStatusSensorContext):
+    audit_run(context.dagster_run)

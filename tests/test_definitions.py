@@ -144,7 +144,7 @@ def test_schedules_and_sensors_run_by_default():
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     assert schedule.job_name == SYNC_JOB_NAME
     sensors = ("new_tenant_sensor", "xero_webhook_sensor", "analytics_after_extracts", "recover_crashed_runs",
-               "audit_successful_runs", "audit_failed_runs")
+               "audit_successful_runs", "audit_failed_runs", "audit_canceled_runs")
     assert {s.name for s in defs.sensors} == set(sensors)
     for name in sensors:
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING, name

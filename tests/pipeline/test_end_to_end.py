@@ -164,9 +164,11 @@ def test_two_tenants_land_exactly_once(platform):
     # partition run of the extract job, each build as a run of the analytics job, of no tenant.
     builds = {r.analytics_run_id for r in first + second}
     assert len(builds) == 2
-    expected = {("sync_run_succeeded", r.run_id, "SUCCESS", r.tenant_id, SYNC_JOB_NAME)
-                for r in first + second}
-    expected |= {("sync_run_succeeded", run_id, "SUCCESS", None, ANALYTICS_JOB_NAME) for run_id in builds}
+    # Each run's start is audited too, by the run itself.
+    expected = {(action, r.run_id, status, r.tenant_id, SYNC_JOB_NAME) for r in first + second
+                for action, status in (("sync_run_started", "STARTED"), ("sync_run_succeeded", "SUCCESS"))}
+    expected |= {(action, run_id, status, None, ANALYTICS_JOB_NAME) for run_id in builds
+                 for action, status in (("sync_run_started", "STARTED"), ("sync_run_succeeded", "SUCCESS"))}
     assert audit_rows(db) - audited_before == expected
     for r in first + second:
         run = instance.get_run_by_id(r.run_id)
@@ -227,7 +229,8 @@ def test_a_tenant_that_is_not_connected_fails_once_clearly_and_is_audited(platfo
     # A permanent failure is not retried (the job retries transient failures only).
     assert retried(platform.instance, result.run_id) == []
     failed = {a for a in audit_rows(platform.database_url) if a[1] == result.run_id}
-    assert failed == {("sync_run_failed", result.run_id, "FAILURE", stranger, SYNC_JOB_NAME)}
+    assert failed == {("sync_run_started", result.run_id, "STARTED", stranger, SYNC_JOB_NAME),
+                      ("sync_run_failed", result.run_id, "FAILURE", stranger, SYNC_JOB_NAME)}
 
     # The daemon's failure sensor sees the same run later: it is not recorded twice.
     run = platform.instance.get_run_by_id(result.run_id)
@@ -282,7 +285,7 @@ def _check_tenant_sensor_and_schedule(platform, instance, defs):
         sunday = list(schedule.evaluate_tick(ctx).run_requests)
     assert len(sunday) == len(platform.tenant_ids)
     assert all(r.run_config["ops"]["xero_raw"]["config"]["full_refresh"] is True for r in sunday)
-    assert all(r.tags["xero/full_refresh"] == "true" for r in sunday)
+    assert all(r.tags["xero-elt/full_refresh"] == "true" for r in sunday)
 
 
 def _check_analytics_after_extracts(platform, instance, defs):
@@ -350,9 +353,17 @@ def _check_recover_crashed_runs(platform, instance, defs):
             assert "1 crashed run(s) marked failed" in sensor.evaluate_tick(context).skip_message
         assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
         assert instance.get_run_by_id(live.run_id).status == dg.DagsterRunStatus.STARTED
-    instance.report_run_canceled(live)
     [audited] = [a for a in audit_rows(platform.database_url) if a[1] == dead.run_id]
     assert audited == ("sync_run_failed", dead.run_id, "FAILURE", platform.tenant_ids[0], SYNC_JOB_NAME)
+
+    # A cancel (from the UI) is audited by the daemon's cancel sensor.
+    instance.report_run_canceled(live)
+    [event] = instance.all_logs(live.run_id, of_type=dg.DagsterEventType.RUN_CANCELED)
+    defs.resolve_sensor_def("audit_canceled_runs")(dg.build_run_status_sensor_context(
+        sensor_name="audit_canceled_runs", dagster_event=event.dagster_event, dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(live.run_id)))
+    [audited] = [a for a in audit_rows(platform.database_url) if a[1] == live.run_id]
+    assert audited == ("sync_run_canceled", live.run_id, "CANCELED", None, ANALYTICS_JOB_NAME)
 
 
 def test_a_webhook_from_xero_starts_that_tenants_sync(platform):
