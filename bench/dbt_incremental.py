@@ -34,6 +34,12 @@ Figures (2026-12-02, 2 cores shared with other test suites, PostgreSQL 15 as con
       with nothing pending (its `or` filter scans stg_xero__invoices and analytics.invoices in full)
     at d2c22f7 (kpi_monthly, load average ~5): full 207.4, 1% 77.5 (0.37), nothing 18.8,
       1 tenant 19.0, 100 tenants 57.8 (3.0x: kpi_monthly 8.8 s vs 43.5 s)
+    at 4bccb8c (kpi_monthly per affected month, expanded per document; no JIT): full 98.3,
+      full-refresh 91.7, 1% spread 41.5 (0.42), 1% recent 22.6 (0.23), nothing 6.8, 1 tenant 10.0,
+      100 tenants 34.2; canonical layer (staging + invoices, node s): full 57.6, 1% 6.0 (0.105),
+      1% recent 5.2 (0.091), nothing/1 tenant/100 tenants 3.3/3.3/3.4; kpi_monthly: full 31.1,
+      1% spread 31.0 (every month of every tenant is touched), 1% recent 13.3, nothing 0.16,
+      1 tenant 1.3, 100 tenants 26.7
 
 dbt runs on a copy of dbt_project taken at the start (the working tree's, or --git-ref's), with
 temporary target and log folders: edits made while it runs do not change its phases.
