@@ -89,13 +89,22 @@ def recover_crashed_runs(context: dg.SensorEvaluationContext):
     return dg.SkipReason(f"{len(reaped)} crashed run(s) marked failed" if reaped else "no crashed run")
 
 
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=[tenant_sync_job, analytics_job],
-    default_status=dg.DefaultSensorStatus.RUNNING,
-)
-def audit_successful_runs(context: dg.RunStatusSensorContext):
-    audit_run(context.dagster_run)
+def _audit_sensor(status: dg.DagsterRunStatus, name: str) -> dg.SensorDefinition:
+    """Audits every sync run that ends with `status` (runs of `xero-elt sync` are audited by it too:
+    a run is recorded once per status, whichever writer comes first)."""
+
+    @dg.run_status_sensor(
+        name=name, run_status=status, monitored_jobs=[tenant_sync_job, analytics_job],
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Writes an app.audit_log row for each sync run that ends {status.value}.")
+    def audit(context: dg.RunStatusSensorContext):
+        audit_run(context.dagster_run)
+
+    return audit
+
+
+audit_successful_runs = _audit_sensor(dg.DagsterRunStatus.SUCCESS, "audit_successful_runs")
+audit_canceled_runs = _audit_sensor(dg.DagsterRunStatus.CANCELED, "audit_canceled_runs")
 
 
 @dg.run_failure_sensor(
@@ -107,12 +116,3 @@ def audit_failed_runs(context: dg.RunFailureSensorContext):
     # marks them FAILURE.
     run = context.dagster_run
     audit_run(run, detail=failure_detail(context.instance, run.run_id, context.failure_event.message))
-
-
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.CANCELED,
-    monitored_jobs=[tenant_sync_job, analytics_job],
-    default_status=dg.DefaultSensorStatus.RUNNING,
-)
-def audit_canceled_runs(context: dg.RunStatusSensorContext):
-    audit_run(context.dagster_run)

@@ -40,14 +40,16 @@ XERO_APP_CALLS_PER_MINUTE = 10_000
 XERO_TENANT_CALLS_PER_MINUTE = 60
 
 
-def sync_concurrency(environ=os.environ) -> int:
-    raw = environ.get(SYNC_CONCURRENCY, "").strip()
+def sync_concurrency(requested: int | None = None, environ=os.environ) -> int:
+    """`requested` (the CLI's --concurrency), else XERO_SYNC_CONCURRENCY, else the default; checked."""
+    raw = str(requested) if requested is not None else environ.get(SYNC_CONCURRENCY, "").strip()
     if not raw:
         return DEFAULT_SYNC_CONCURRENCY
     ceiling = XERO_APP_CALLS_PER_MINUTE // XERO_TENANT_CALLS_PER_MINUTE
     if not raw.isdigit() or not 1 <= int(raw) <= ceiling:
-        raise SettingsError(f"{SYNC_CONCURRENCY} must be a whole number from 1 to {ceiling} "
-                            f"(Xero's app-wide limit over its per-tenant one), not {raw!r}")
+        raise SettingsError(f"the sync concurrency ({SYNC_CONCURRENCY}, --concurrency) must be a whole "
+                            f"number from 1 to {ceiling} (Xero's app-wide limit over its per-tenant one), "
+                            f"not {raw!r}")
     return int(raw)
 
 

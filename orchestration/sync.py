@@ -173,7 +173,7 @@ def sync_tenants(
         names = {t.tenant_id: t.tenant_name for t in active}
     add_tenant_partitions(instance, targets)
     database_url = os.environ["DATABASE_URL"]
-    concurrency = sync_concurrency() if concurrency is None else concurrency
+    concurrency = sync_concurrency(concurrency)
     if targets:
         say(f"extracting {len(targets)} tenant(s), {min(concurrency, len(targets))} at a time")
 

@@ -101,3 +101,17 @@ def test_the_pipeline_reads_vault_settings_without_the_services_web_settings(dat
         Settings.from_env(env)
     for variable in ("XERO_REDIRECT_URI", "AUTH_JWT_SECRET", "APP_RETURN_URL"):
         assert variable in str(err.value)
+
+
+def test_the_sync_concurrency_is_bounded_by_xeros_limits():
+    from orchestration.settings import SYNC_CONCURRENCY, sync_concurrency
+
+    assert sync_concurrency(environ={}) == 4
+    assert sync_concurrency(environ={SYNC_CONCURRENCY: "12"}) == 12
+    assert sync_concurrency(3, environ={SYNC_CONCURRENCY: "12"}) == 3  # the command line wins
+    assert sync_concurrency(166, environ={}) == 166  # 10,000 calls a minute / 60 per tenant
+    for bad in (0, -1, 167):
+        with pytest.raises(SettingsError, match=r"from 1 to 166 .*not '" + str(bad)):
+            sync_concurrency(bad, environ={})
+    with pytest.raises(SettingsError, match="XERO_SYNC_CONCURRENCY"):
+        sync_concurrency(environ={SYNC_CONCURRENCY: "many"})
