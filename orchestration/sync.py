@@ -22,6 +22,7 @@ import psycopg
 from dagster._core.instance.ref import InstanceRef
 
 from orchestration.jobs import ANALYTICS_JOB_NAME, SYNC_JOB_NAME, SYNC_JOBS, sync_ops_config
+from orchestration.lifetime import die_with_parent
 from orchestration.partitions import add_tenant_partitions, checked_tenant_id
 from orchestration.run_audit import audit_run
 from orchestration.run_health import reap_dead_runs
@@ -109,8 +110,10 @@ def _extract(job: dg.JobDefinition, instance: dg.DagsterInstance, tenant_id: str
 _worker: dict = {}
 
 
-def _worker_start(instance_ref: InstanceRef, log_level: str) -> None:
+def _worker_start(parent_pid: int, instance_ref: InstanceRef, log_level: str) -> None:
     from orchestration.definitions import defs
+
+    die_with_parent(parent_pid)  # a killed sync leaves no extract running behind the reaper's back
 
     _worker.update(instance=dg.DagsterInstance.from_ref(instance_ref), log_level=log_level,
                    job=defs.resolve_job_def(SYNC_JOB_NAME))
@@ -134,7 +137,7 @@ def _extract_all(targets: Sequence[str], instance: dg.DagsterInstance, full_refr
     # normalisation gets a core of its own. Spawned, so no parent state (connections, locks) leaks in.
     with ProcessPoolExecutor(max_workers=min(concurrency, len(targets)),
                              mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_start, initargs=(instance.get_ref(), log_level)) as pool:
+                             initializer=_worker_start, initargs=(os.getpid(), instance.get_ref(), log_level)) as pool:
         futures = {pool.submit(_worker_extract, tenant_id, full_refresh): tenant_id for tenant_id in targets}
         for future in as_completed(futures):
             try:

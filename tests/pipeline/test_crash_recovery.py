@@ -170,4 +170,6 @@ def test_a_sync_waiting_for_a_live_holder_says_so_sleeps_and_gives_up(platform):
         code = sync.wait(timeout=120)
     assert code == 1, sync.output
     assert "gave up after 8 s waiting for" in sync.output, sync.output
-    assert f"{tenant}: run" in sync.output and "FAILED" in sync.output
+    assert f"[1/1] {tenant}" in sync.output and "extract FAILED" in sync.output, sync.output
+    errors = [line for line in sync.lines if line.startswith(f"{tenant}: ")]  # the summary's errors
+    assert errors and "gave up after 8 s" in errors[0], sync.output
