@@ -72,6 +72,8 @@ class TenantInfo(NamedTuple):
     tenant_name: str | None
     user_id: str
     status: str
+    status_reason: str | None = None  # why it is not active (a reauth's cause), if known
+    connected_at: datetime | None = None  # the last (re)connection
 
 
 def _now() -> datetime:
@@ -384,6 +386,18 @@ class TokenVault:
                 )
             ).all()
         return [TenantInfo(r.tenant_id, r.tenant_name, str(r.user_id), r.status) for r in rows]
+
+    def all_tenants(self) -> list[TenantInfo]:
+        """Every connection, whatever its status, with why it is not active and when it connected."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT tenant_id, tenant_name, user_id, status, status_reason, connected_at "
+                    "FROM app.xero_connections ORDER BY tenant_name NULLS LAST, tenant_id"
+                )
+            ).all()
+        return [TenantInfo(r.tenant_id, r.tenant_name, str(r.user_id), r.status, r.status_reason,
+                           r.connected_at) for r in rows]
 
     def tenant(self, tenant_id: str) -> TenantInfo | None:
         with self.engine.connect() as conn:

@@ -12,8 +12,8 @@ from orchestration.sensors import (
     audit_canceled_runs,
     audit_failed_runs,
     audit_successful_runs,
-    new_tenant_sensor,
     recover_crashed_runs,
+    tenant_connections_sensor,
     xero_webhook_sensor,
 )
 
@@ -21,7 +21,7 @@ defs = dg.Definitions(
     assets=[xero_raw_assets, analytics_models],
     jobs=[tenant_sync_job, analytics_job],
     schedules=[daily_tenant_sync],
-    sensors=[new_tenant_sensor, xero_webhook_sensor, analytics_after_extracts, recover_crashed_runs,
+    sensors=[tenant_connections_sensor, xero_webhook_sensor, analytics_after_extracts, recover_crashed_runs,
              audit_successful_runs, audit_failed_runs, audit_canceled_runs],
     resources=build_resources(),
 )

@@ -7,6 +7,7 @@ import uuid
 import dagster as dg
 
 TENANT_PARTITIONS_NAME = "xero_tenants"
+TENANT_NAME_TAG = "xero-elt/tenant_name"  # beside dagster/partition (the id), for people
 tenant_partitions = dg.DynamicPartitionsDefinition(name=TENANT_PARTITIONS_NAME)
 
 
@@ -25,3 +26,20 @@ def add_tenant_partitions(instance: dg.DagsterInstance, tenant_ids: list[str]) -
     if new:
         instance.add_dynamic_partitions(TENANT_PARTITIONS_NAME, new)
     return new
+
+
+def tenant_tags(tenant_id: str, tenant_name: str | None) -> dict[str, str]:
+    """Tags that name a tenant's run for people (the runs list, a run's page, the audit)."""
+    return {TENANT_NAME_TAG: tenant_name} if tenant_name else {}
+
+
+def name_tenant(instance: dg.DagsterInstance, run: dg.DagsterRun) -> None:
+    """Tag a tenant's run with the tenant's name, when whoever launched it did not."""
+    tenant_id = run.tags.get("dagster/partition")
+    if not tenant_id or TENANT_NAME_TAG in run.tags:
+        return
+    from orchestration.resources import TokenVaultResource
+
+    tenant = TokenVaultResource().get().tenant(tenant_id)
+    if tenant is not None and tenant.tenant_name:
+        instance.add_run_tags(run.run_id, tenant_tags(tenant_id, tenant.tenant_name))

@@ -15,7 +15,7 @@ from oauth_service.settings import Settings as ServiceSettings
 from oauth_service.vault import TokenVault
 from orchestration.dbt_project import DBT_EXECUTABLE, xero_dbt_project
 from orchestration.settings import RAW_SCHEMA
-from xero_source import SourceSettings, xero_source
+from xero_source import SourceSettings, XeroClient, xero_source
 
 
 @cache
@@ -50,14 +50,18 @@ class XeroPipelineResource(dg.ConfigurableResource):
 
     raw_schema: str = RAW_SCHEMA
 
-    def source(self, tenant_id: str, vault: TokenVault, full_refresh: bool = False):
-        return xero_source(
+    def client(self, tenant_id: str, vault: TokenVault) -> XeroClient:
+        """The tenant's Xero client; its `stats` say what the run cost (calls, bytes, limits left)."""
+        return XeroClient(
             tenant_id,
             token_provider=lambda: vault.access_token_for(tenant_id),
             token_rejected=lambda token: vault.access_token_rejected(tenant_id, token),
             settings=SourceSettings.from_env(),
-            full_refresh=full_refresh,
         )
+
+    def source(self, client: XeroClient, full_refresh: bool = False):
+        return xero_source(client.tenant_id, token_provider=client.token_provider, settings=client.settings,
+                           full_refresh=full_refresh, client=client)
 
     def pipeline(self, tenant_id: str) -> dlt.Pipeline:
         compact = tenant_id.replace("-", "")

@@ -9,6 +9,8 @@ and status, whichever path comes first.
 
 from __future__ import annotations
 
+import time
+
 import dagster as dg
 from sqlalchemy import Engine, text
 
@@ -23,11 +25,15 @@ ACTIONS = {
 }
 
 
-def audit_run(run: dg.DagsterRun, engine: Engine | None = None, detail: dict | None = None) -> bool:
-    """Record a run's start or end once; return False when it was already recorded."""
+def audit_run(instance: dg.DagsterInstance, run: dg.DagsterRun, detail: dict | None = None,
+              engine: Engine | None = None) -> bool:
+    """Record a run's start or end once; return False when it was already recorded. An end's row
+    carries the run's figures (duration, records loaded, Xero calls), read from its own events."""
     action = ACTIONS.get(run.status)
     if action is None:
         return False
+    if run.status != dg.DagsterRunStatus.STARTED:
+        detail = {**run_figures(instance, run.run_id), **(detail or {})}
     if engine is None:
         from orchestration.resources import TokenVaultResource
 
@@ -60,6 +66,25 @@ def audit_run(run: dg.DagsterRun, engine: Engine | None = None, detail: dict | N
             },
         )
     return True
+
+
+def run_figures(instance: dg.DagsterInstance, run_id: str) -> dict:
+    """What a run did, from its events: its wall time, the raw rows it loaded and its Xero calls
+    (the extract's materialisations carry them; see assets/xero_raw.py)."""
+    stats = instance.get_run_stats(run_id)
+    started, ended = stats.start_time, stats.end_time or time.time()
+    records = api_calls = 0
+    materialised = dg.DagsterEventType.ASSET_MATERIALIZATION
+    for record in instance.get_records_for_run(run_id, of_type=materialised, limit=1000).records:
+        metadata = record.event_log_entry.asset_materialization.metadata
+        records += _int(metadata.get("rows_loaded"))
+        api_calls += _int(metadata.get("xero/calls"))
+    return {"duration_seconds": round(ended - started, 3) if started else None,
+            "records_loaded": records, "api_calls": api_calls}
+
+
+def _int(value) -> int:
+    return int(getattr(value, "value", value) or 0)
 
 
 GENERIC_FAILURE = "This run has been marked as failed from outside the execution context."

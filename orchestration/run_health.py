@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from orchestration.locks import connect, lock_key
+from orchestration.partitions import name_tenant
 from orchestration.run_audit import audit_run
 
 LIVENESS_TAG = "xero-elt/liveness"
@@ -56,7 +57,10 @@ class RunLivenessResource(dg.ConfigurableResource):
         with hold_run_liveness(context.instance, context.run.run_id, os.environ["DATABASE_URL"]):
             run = context.instance.get_run_by_id(context.run.run_id)
             if run is not None and run.status == dg.DagsterRunStatus.STARTED:
-                audit_run(run)  # the run's start, written by the run itself, however it was launched
+                # However the run was launched (schedule, sensor, UI, CLI), it names its tenant and
+                # audits its own start.
+                name_tenant(context.instance, run)
+                audit_run(context.instance, run)
             yield self
 
 
@@ -104,7 +108,8 @@ def reap_dead_runs(instance: dg.DagsterInstance, job_names: set[str], *, reaper:
             instance.report_run_failed(run, message)
             if instance.event_log_storage.supports_global_concurrency_limits:
                 instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-            audit_run(instance.get_run_by_id(run.run_id), detail={"error": message, "crashed": True})
+            audit_run(instance, instance.get_run_by_id(run.run_id),
+                      detail={"error": message, "crashed": True})
             log.warning(message)
             reaped.append(ReapedRun(run.run_id, run.job_name, run.tags.get("dagster/partition"), reason))
     return reaped

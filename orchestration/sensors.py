@@ -1,17 +1,23 @@
-"""Sensors: tenants follow app.xero_connections; Xero webhooks start a tenant's sync; the
+"""Sensors: tenants follow app.xero_connections (new, paused, reconnected); Xero webhooks start a
+tenant's sync; the
 analytics build follows the extracts; crashed runs are reaped; every finished run is audited."""
 
+import json
 import os
+from collections import Counter
+from datetime import UTC, datetime
 
 import dagster as dg
 
 from oauth_service.events import mark_webhook_events_processed, pending_webhook_events
+from orchestration.assets.xero_raw import RAW_ASSET_KEYS
 from orchestration.extract_ledger import pending_loads
 from orchestration.jobs import ANALYTICS_JOB_NAME, SYNC_JOBS, analytics_job, tenant_sync_job
-from orchestration.partitions import add_tenant_partitions
+from orchestration.partitions import add_tenant_partitions, tenant_tags
 from orchestration.resources import TokenVaultResource
 from orchestration.run_audit import audit_run, failure_detail
 from orchestration.run_health import reap_dead_runs
+from orchestration.settings import webhook_quiet_seconds
 
 UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
               dg.DagsterRunStatus.STARTED]
@@ -21,15 +27,45 @@ UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Da
     job=tenant_sync_job,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Adds newly connected tenants as partitions and starts their first sync.",
+    description="Follows app.xero_connections: a new tenant becomes a partition and is synced; a "
+                "tenant that must reconnect or was disconnected is noted on its raw assets with the "
+                "reason (the schedule leaves it out); a reconnected tenant is synced at once.",
 )
-def new_tenant_sensor(context: dg.SensorEvaluationContext, token_vault: TokenVaultResource):
-    tenants = [t.tenant_id for t in token_vault.get().active_tenants()]
-    new = add_tenant_partitions(context.instance, tenants)
-    for tenant_id in new:
-        yield dg.RunRequest(run_key=f"first-sync:{tenant_id}", partition_key=tenant_id)
-    if not new:
-        yield dg.SkipReason(f"{len(tenants)} active tenants, none new")
+def tenant_connections_sensor(context: dg.SensorEvaluationContext, token_vault: TokenVaultResource):
+    tenants = token_vault.get().all_tenants()
+    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}  # tenant -> status
+    new = set(add_tenant_partitions(context.instance, [t.tenant_id for t in tenants if t.status == "active"]))
+    runs, notes = [], []
+    for t in tenants:
+        before = seen.get(t.tenant_id)
+        if t.tenant_id in new:
+            runs.append(dg.RunRequest(run_key=f"first-sync:{t.tenant_id}", partition_key=t.tenant_id,
+                                      tags=tenant_tags(t.tenant_id, t.tenant_name)))
+        elif t.status == "active" and before not in (None, "active"):
+            runs.append(dg.RunRequest(run_key=f"reconnected:{t.tenant_id}:{t.connected_at:%Y%m%dT%H%M%S%f}",
+                                      partition_key=t.tenant_id,
+                                      tags=tenant_tags(t.tenant_id, t.tenant_name)))
+        if t.status != before and (before is not None or t.status != "active"):
+            notes.extend(connection_notes(t))
+    cursor = json.dumps({t.tenant_id: t.status for t in tenants}, sort_keys=True)
+    if not runs and not notes:
+        return dg.SensorResult(skip_reason=_tenant_counts(tenants), cursor=cursor)
+    return dg.SensorResult(run_requests=runs, asset_events=notes, cursor=cursor)
+
+
+def connection_notes(tenant) -> list[dg.AssetObservation]:
+    """The tenant's connection status on each of its raw assets' partitions, where a person looks."""
+    metadata = {"connection_status": tenant.status, "reason": tenant.status_reason or "",
+                "tenant_name": tenant.tenant_name or "",
+                "syncs": "scheduled" if tenant.status == "active" else "paused until the tenant reconnects"}
+    return [dg.AssetObservation(asset_key=key, partition=tenant.tenant_id, metadata=metadata)
+            for key in RAW_ASSET_KEYS]
+
+
+def _tenant_counts(tenants) -> str:
+    counts = Counter(t.status for t in tenants)
+    return "no change: " + (", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+                            or "no tenants")
 
 
 @dg.sensor(
@@ -42,21 +78,28 @@ def xero_webhook_sensor(context: dg.SensorEvaluationContext, token_vault: TokenV
     vault = token_vault.get()
     events = pending_webhook_events(vault.engine)
     if not events:
-        yield dg.SkipReason("no new Xero webhook events")
-        return
-    active = {t.tenant_id for t in vault.active_tenants()}
-    latest: dict[str, int] = {}
+        return dg.SkipReason("no new Xero webhook events")
+    active = {t.tenant_id: t for t in vault.active_tenants()}
+    quiet = webhook_quiet_seconds()
+    now = datetime.now(UTC)
+    by_tenant: dict[str, list] = {}
     for event in events:
-        if event.tenant_id in active:
-            latest[event.tenant_id] = max(latest.get(event.tenant_id, 0), event.id)
-    add_tenant_partitions(context.instance, list(latest))
-    # One run per tenant however many events arrived; the per-partition run limit queues it behind
-    # a sync already in progress.
-    for tenant_id, last_event in latest.items():
-        yield dg.RunRequest(run_key=f"webhook:{tenant_id}:{last_event}", partition_key=tenant_id,
-                            tags={"xero-elt/trigger": "webhook"})
-    # Events of tenants no longer active are settled too: there is nothing to sync for them.
-    mark_webhook_events_processed(vault.engine, [e.id for e in events])
+        by_tenant.setdefault(event.tenant_id, []).append(event)
+    # Xero sends changes in bursts (a batch of invoices, a bank feed): a tenant's run waits until
+    # its events have been quiet for a while, so a burst across several ticks makes one run.
+    ready = {t: evs for t, evs in by_tenant.items()
+             if t not in active or (now - max(e.received_at for e in evs)).total_seconds() >= quiet}
+    runs = [dg.RunRequest(run_key=f"webhook:{t}:{max(e.id for e in evs)}", partition_key=t,
+                          tags={"xero-elt/trigger": "webhook", **tenant_tags(t, active[t].tenant_name)})
+            for t, evs in ready.items() if t in active]
+    add_tenant_partitions(context.instance, [r.partition_key for r in runs])
+    # Events of tenants no longer active are settled too: there is nothing to sync for them. The
+    # per-partition run limit queues a run behind a sync of the tenant already in progress.
+    mark_webhook_events_processed(vault.engine, [e.id for evs in ready.values() for e in evs])
+    waiting = len(by_tenant) - len(ready)
+    if not runs:
+        return dg.SkipReason(f"{waiting} tenant(s) with webhook events, waiting for {quiet} s of quiet")
+    return dg.SensorResult(run_requests=runs)
 
 
 @dg.sensor(
@@ -98,7 +141,7 @@ def _audit_sensor(status: dg.DagsterRunStatus, name: str) -> dg.SensorDefinition
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Writes an app.audit_log row for each sync run that ends {status.value}.")
     def audit(context: dg.RunStatusSensorContext):
-        audit_run(context.dagster_run)
+        audit_run(context.instance, context.dagster_run)
 
     return audit
 
@@ -115,4 +158,5 @@ def audit_failed_runs(context: dg.RunFailureSensorContext):
     # Also sees runs whose process died: the code server, run monitoring or recover_crashed_runs
     # marks them FAILURE.
     run = context.dagster_run
-    audit_run(run, detail=failure_detail(context.instance, run.run_id, context.failure_event.message))
+    audit_run(context.instance, run,
+              detail=failure_detail(context.instance, run.run_id, context.failure_event.message))

@@ -53,6 +53,44 @@ def sync_concurrency(requested: int | None = None, environ=os.environ) -> int:
     return int(raw)
 
 
+# When the daily sync runs (cron, in the given time zone), and how long a tenant's Xero webhook
+# events must have been quiet before they start its sync.
+SYNC_SCHEDULE = "XERO_SYNC_SCHEDULE"
+DEFAULT_SYNC_SCHEDULE = "0 2 * * *"
+SYNC_TIMEZONE = "XERO_SYNC_TIMEZONE"
+DEFAULT_SYNC_TIMEZONE = "UTC"
+WEBHOOK_QUIET_SECONDS = "XERO_WEBHOOK_QUIET_SECONDS"
+DEFAULT_WEBHOOK_QUIET_SECONDS = 120
+
+
+def sync_schedule(environ=os.environ) -> tuple[str, str]:
+    """(cron, time zone) of the daily sync: XERO_SYNC_SCHEDULE and XERO_SYNC_TIMEZONE; checked."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from dagster._utils.schedules import is_valid_cron_string
+
+    cron = environ.get(SYNC_SCHEDULE, "").strip() or DEFAULT_SYNC_SCHEDULE
+    timezone = environ.get(SYNC_TIMEZONE, "").strip() or DEFAULT_SYNC_TIMEZONE
+    if not is_valid_cron_string(cron):
+        raise SettingsError(f"{SYNC_SCHEDULE} must be a cron expression such as {DEFAULT_SYNC_SCHEDULE!r}, "
+                            f"not {cron!r}")
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(f"{SYNC_TIMEZONE} must be an IANA time zone such as 'Australia/Sydney', "
+                            f"not {timezone!r}") from None
+    return cron, timezone
+
+
+def webhook_quiet_seconds(environ=os.environ) -> int:
+    raw = environ.get(WEBHOOK_QUIET_SECONDS, "").strip()
+    if not raw:
+        return DEFAULT_WEBHOOK_QUIET_SECONDS
+    if not raw.isdigit():
+        raise SettingsError(f"{WEBHOOK_QUIET_SECONDS} must be a whole number of seconds, not {raw!r}")
+    return int(raw)
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     """KEY=VALUE lines; blank lines and # comments ignored."""
     values = {}

@@ -100,7 +100,8 @@ def _extract(job: dg.JobDefinition, instance: dg.DagsterInstance, tenant_id: str
         rows = mat.materialization.metadata.get("rows_loaded")
         if key and key.path[0] == RAW_SCHEMA:
             fetched[key.path[-1]] = int(rows.value) if rows is not None else 0
-    audit_run(instance.get_run_by_id(run.run_id), detail={"fetched": fetched, "full_refresh": full_refresh})
+    audit_run(instance, instance.get_run_by_id(run.run_id),
+              detail={"fetched": fetched, "full_refresh": full_refresh})
     return TenantSyncResult(tenant_id, run.run_id, run.success, fetched, error=_run_error(run),
                             seconds=time.monotonic() - started)
 
@@ -137,7 +138,8 @@ def _extract_all(targets: Sequence[str], instance: dg.DagsterInstance, full_refr
     # normalisation gets a core of its own. Spawned, so no parent state (connections, locks) leaks in.
     with ProcessPoolExecutor(max_workers=min(concurrency, len(targets)),
                              mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_start, initargs=(os.getpid(), instance.get_ref(), log_level)) as pool:
+                             initializer=_worker_start,
+                             initargs=(os.getpid(), instance.get_ref(), log_level)) as pool:
         futures = {pool.submit(_worker_extract, tenant_id, full_refresh): tenant_id for tenant_id in targets}
         for future in as_completed(futures):
             try:
@@ -195,7 +197,8 @@ def sync_tenants(
     if any(r.success for r in results):
         say("analytics build (every tenant's changes at once)")
         build = _execute(defs.resolve_job_def(ANALYTICS_JOB_NAME), instance, log_level)
-        audit_run(instance.get_run_by_id(build.run_id), detail={"tenants": [r.tenant_id for r in results]})
+        audit_run(instance, instance.get_run_by_id(build.run_id),
+                  detail={"tenants": [r.tenant_id for r in results]})
         build_error = _run_error(build)
         say(f"analytics build {'ok' if build.success else f'FAILED: {build_error}'} (run {build.run_id})")
         for r in results:

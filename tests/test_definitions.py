@@ -143,13 +143,14 @@ def test_schedules_and_sensors_run_by_default():
     schedule = defs.resolve_schedule_def("daily_tenant_sync")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     assert schedule.job_name == SYNC_JOB_NAME
-    sensors = ("new_tenant_sensor", "xero_webhook_sensor", "analytics_after_extracts", "recover_crashed_runs",
+    sensors = ("tenant_connections_sensor", "xero_webhook_sensor", "analytics_after_extracts",
+               "recover_crashed_runs",
                "audit_successful_runs", "audit_failed_runs", "audit_canceled_runs")
     assert {s.name for s in defs.sensors} == set(sensors)
     for name in sensors:
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING, name
     assert defs.resolve_sensor_def("analytics_after_extracts").job_name == ANALYTICS_JOB_NAME
-    assert defs.resolve_sensor_def("new_tenant_sensor").job_name == SYNC_JOB_NAME
+    assert defs.resolve_sensor_def("tenant_connections_sensor").job_name == SYNC_JOB_NAME
 
 
 def test_partition_keys_must_be_tenant_uuids():
@@ -163,27 +164,36 @@ def test_partition_keys_must_be_tenant_uuids():
             raise AssertionError(f"{bad!r} accepted")
 
 
-def test_the_manifest_names_the_database_this_process_builds(tmp_path, monkeypatch):
-    """The UI shows each dbt asset's storage from the manifest: parsed for the database in use."""
-    import shutil
-
-    from dagster_dbt import DbtProject
+def test_the_definitions_are_the_same_whatever_database_a_process_builds(tmp_path):
+    """The webserver, the daemon and each run load the definitions in their own process; a job
+    snapshot that changed with the database (dbt's relation names) made "Re-execute" warn of a
+    different version, and a manifest parsed per database was parsed again and again."""
+    import os
+    import subprocess
+    import sys
 
     from orchestration.dbt_project import ensure_manifest
 
-    copy = tmp_path / "dbt_project"
-    shutil.copytree(DBT_PROJECT_DIR, copy, ignore=shutil.ignore_patterns("target", "logs"))
-    project = DbtProject(project_dir=copy, profiles_dir=copy)
-
-    def storage_of(model: str) -> str:
-        manifest = json.loads(ensure_manifest(project).read_text())
-        return manifest["nodes"][f"model.xero_elt.{model}"]["relation_name"]
-
-    monkeypatch.setenv("DATABASE_URL", "postgresql://etl@db.internal:5432/coaching_prod")
-    assert storage_of("invoices") == '"coaching_prod"."analytics"."invoices"'
-    assert storage_of("stg_xero__invoices") == '"coaching_prod"."staging"."stg_xero__invoices"'
-    monkeypatch.setenv("DATABASE_URL", "postgresql://etl@db.internal:5432/coaching_staging")
-    assert storage_of("invoices") == '"coaching_staging"."analytics"."invoices"'
+    manifest = ensure_manifest()
+    parsed_at = manifest.stat().st_mtime
+    code = ("import json; from orchestration.definitions import defs; import dagster as dg\n"
+            "g = defs.resolve_asset_graph()\n"
+            "print(json.dumps({'snapshots': [defs.resolve_job_def(n).get_job_snapshot_id() "
+            "for n in ('xero_tenant_sync', 'xero_analytics')], 'tables': {k.to_user_string(): "
+            "g.get(k).metadata.get('dagster/table_name') for k in g.get_all_asset_keys()}}))")
+    seen = []
+    for database in ("coaching_prod", "coaching_staging"):
+        env = {**os.environ, "DATABASE_URL": f"postgresql://etl@db.internal:5432/{database}"}
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        seen.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert seen[0] == seen[1]
+    tables = seen[0]["tables"]
+    assert tables["analytics/invoices"] == "analytics.invoices"
+    assert tables["staging/stg_xero__invoices"] == "staging.stg_xero__invoices"
+    assert tables["raw_xero/invoices"] == "raw_xero.invoices"
+    assert manifest.stat().st_mtime == parsed_at  # not parsed again for another database
 
 
 def test_loading_the_definitions_writes_nothing_to_the_shared_dlt_folder(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import psycopg
 import pytest
 from psycopg import sql
@@ -115,3 +117,29 @@ def test_the_sync_concurrency_is_bounded_by_xeros_limits():
             sync_concurrency(bad, environ={})
     with pytest.raises(SettingsError, match="XERO_SYNC_CONCURRENCY"):
         sync_concurrency(environ={SYNC_CONCURRENCY: "many"})
+
+
+def test_the_daily_sync_time_and_zone_come_from_settings():
+    import subprocess
+    import sys
+
+    from orchestration.settings import sync_schedule, webhook_quiet_seconds
+
+    assert sync_schedule(environ={}) == ("0 2 * * *", "UTC")
+    sydney = {"XERO_SYNC_SCHEDULE": "30 1 * * *", "XERO_SYNC_TIMEZONE": "Australia/Sydney"}
+    assert sync_schedule(environ=sydney) == ("30 1 * * *", "Australia/Sydney")
+    with pytest.raises(SettingsError, match="XERO_SYNC_SCHEDULE must be a cron expression.*'at two'"):
+        sync_schedule(environ={"XERO_SYNC_SCHEDULE": "at two"})
+    with pytest.raises(SettingsError, match="XERO_SYNC_TIMEZONE must be an IANA time zone.*'Sydney'"):
+        sync_schedule(environ={"XERO_SYNC_TIMEZONE": "Sydney"})
+    assert webhook_quiet_seconds(environ={}) == 120
+    assert webhook_quiet_seconds(environ={"XERO_WEBHOOK_QUIET_SECONDS": "15"}) == 15
+    with pytest.raises(SettingsError, match="XERO_WEBHOOK_QUIET_SECONDS"):
+        webhook_quiet_seconds(environ={"XERO_WEBHOOK_QUIET_SECONDS": "soon"})
+
+    # The schedule the daemon runs is the configured one.
+    code = ("from orchestration.definitions import defs; s = defs.resolve_schedule_def('daily_tenant_sync'); "
+            "print(s.cron_schedule, s.execution_timezone)")
+    env = {**os.environ, "XERO_SYNC_SCHEDULE": "15 3 * * 1-5", "XERO_SYNC_TIMEZONE": "Pacific/Auckland"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.stdout.split("\n")[-2] == "15 3 * * 1-5 Pacific/Auckland", done.stderr[-2000:]

@@ -11,8 +11,9 @@ so re-fetching a version merges away and a changed record adds a new version. Ne
 items, payments, …) stay JSON columns (`max_table_nesting=0`).
 """
 
-from xero_source.client import DailyLimitExceeded, XeroApiError, XeroClient
+from xero_source.client import DailyLimitExceeded, EndpointStats, XeroApiError, XeroClient
 from xero_source.settings import SourceSettings
 from xero_source.source import ENDPOINTS, xero_source
 
-__all__ = ["ENDPOINTS", "DailyLimitExceeded", "SourceSettings", "XeroApiError", "XeroClient", "xero_source"]
+__all__ = ["ENDPOINTS", "DailyLimitExceeded", "EndpointStats", "SourceSettings", "XeroApiError", "XeroClient",
+           "xero_source"]

@@ -12,6 +12,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import format_datetime
@@ -30,6 +31,25 @@ _TRANSIENT_NETWORK_ERRORS = (
     requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
 )
 _NET_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
+# What Xero says is left of each limit, on every answer (the names the run metadata uses).
+LIMIT_HEADERS = {"X-MinLimit-Remaining": "minute_limit_left", "X-DayLimit-Remaining": "day_limit_left",
+                 "X-AppMinLimit-Remaining": "app_minute_limit_left"}
+
+
+@dataclass
+class EndpointStats:
+    """One endpoint's traffic in a run: what the orchestrator shows and audits."""
+
+    calls: int = 0  # HTTP answers received, retries included
+    bytes: int = 0  # response bodies
+    rate_limited: int = 0  # 429s met
+    retries: int = 0  # requests sent again (429, 5xx, network, a 401 answered by a fresh token)
+    minute_limit_left: int | None = None  # as of the last answer
+    day_limit_left: int | None = None
+    app_minute_limit_left: int | None = None
+
+    def as_dict(self) -> dict[str, int | None]:
+        return asdict(self)
 
 
 class XeroApiError(RuntimeError):
@@ -68,8 +88,15 @@ class XeroClient:
         self.settings = settings or SourceSettings()
         self.session = session or requests.Session()
         self.sleep = sleep
-        self.calls = 0
-        self.bytes_received = 0
+        self.stats: dict[str, EndpointStats] = {}  # by endpoint path
+
+    @property
+    def calls(self) -> int:
+        return sum(s.calls for s in self.stats.values())
+
+    @property
+    def bytes_received(self) -> int:
+        return sum(s.bytes for s in self.stats.values())
 
     def _where(self, endpoint: str, page: int | None) -> str:
         at = f" page {page}" if page is not None else ""
@@ -83,10 +110,13 @@ class XeroClient:
         if modified_since is not None:
             headers["If-Modified-Since"] = format_datetime(modified_since.astimezone(UTC), usegmt=True)
         where = self._where(endpoint, page)
+        stats = self.stats.setdefault(endpoint, EndpointStats())
         refreshed_after_401 = False
         attempt = 0
         while True:
             attempt += 1
+            if attempt > 1:
+                stats.retries += 1
             token = self.token_provider()
             headers["Authorization"] = f"Bearer {token}"
             try:
@@ -95,8 +125,11 @@ class XeroClient:
             except _TRANSIENT_NETWORK_ERRORS as exc:
                 self._backoff_or_raise(attempt, where, f"connection failed ({type(exc).__name__})")
                 continue
-            self.calls += 1
-            self.bytes_received += len(resp.content)
+            stats.calls += 1
+            stats.bytes += len(resp.content)
+            for header, name in LIMIT_HEADERS.items():
+                if (left := resp.headers.get(header, "")).isdigit():
+                    setattr(stats, name, int(left))
             status = resp.status_code
             if status == 200:
                 try:
@@ -113,6 +146,7 @@ class XeroClient:
                     self.token_rejected(token)
                 continue
             if status == 429:
+                stats.rate_limited += 1
                 problem = resp.headers.get("X-Rate-Limit-Problem", "")
                 retry_after = float(resp.headers.get("Retry-After", "60") or 60)
                 if problem.lower() == "day":

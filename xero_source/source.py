@@ -199,12 +199,14 @@ def xero_source(
     resources: Sequence[str] = DEFAULT_RESOURCES,
     full_refresh: bool = False,
     token_rejected: TokenRejected | None = None,
+    client: XeroClient | None = None,
 ) -> list[DltResource]:
     """One tenant's Xero records. `token_provider()` returns a valid access token when called;
-    `token_rejected(token)`, if given, hears of a token Xero refused so the provider can renew it."""
+    `token_rejected(token)`, if given, hears of a token Xero refused so the provider can renew it.
+    `client`: the caller's own, to read its per-endpoint traffic (`client.stats`) after the run."""
     settings = settings or SourceSettings()
     unknown = set(resources) - set(ENDPOINTS)
     if unknown:
         raise ValueError(f"unknown Xero resources {sorted(unknown)}; known: {sorted(ENDPOINTS)}")
-    client = XeroClient(tenant_id, token_provider, settings, token_rejected=token_rejected)
+    client = client or XeroClient(tenant_id, token_provider, settings, token_rejected=token_rejected)
     return [_make_resource(name, ENDPOINTS[name], client, settings, full_refresh) for name in resources]

@@ -15,7 +15,7 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
 
 from oauth_service.vault import TenantNotConnected
-from orchestration.dbt_project import ensure_manifest, xero_dbt_project
+from orchestration.dbt_project import ensure_manifest, keep_partial_parse, xero_dbt_project
 from orchestration.extract_ledger import database_now, publish_extracts
 from orchestration.freshness import DAILY_SYNC_FRESHNESS
 from orchestration.kpi_trends import kpi_trends_markdown
@@ -32,8 +32,16 @@ class XeroDbtTranslator(DagsterDbtTranslator):
         return ANALYTICS_GROUP
 
     def get_asset_spec(self, manifest, unique_id, project) -> dg.AssetSpec:
-        return super().get_asset_spec(manifest, unique_id, project).replace_attributes(
-            freshness_policy=DAILY_SYNC_FRESHNESS)
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        node = manifest["nodes"].get(unique_id) or manifest["sources"].get(unique_id) or {}
+        # `schema.table`, not dbt's `"database"."schema"."table"`: the definitions (and so the job's
+        # snapshot, which "Re-execute" compares) stay the same whatever database a process builds.
+        name = node.get("alias") or node.get("identifier") or node.get("name")
+        table = f"{node['schema']}.{name}" if node else None
+        return spec.replace_attributes(
+            freshness_policy=DAILY_SYNC_FRESHNESS,
+            metadata={**spec.metadata, **({"dagster/table_name": table} if table else {})},
+        )
 
 
 class AnalyticsBuildConfig(dg.Config):
@@ -65,6 +73,7 @@ def analytics_models(context: dg.AssetExecutionContext, config: AnalyticsBuildCo
             built_from = database_now(database_url)
             invocation = dbt.cli(args, context=context, raise_on_error=False)
             events = list(invocation.stream())
+            keep_partial_parse(invocation.target_path)
     except LockWaitTimeout as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
     if invocation.is_successful():

@@ -1,5 +1,5 @@
-"""The same through the daemon: a run worker that the daemon launched (here for the new-tenant
-sensor's first syncs) is killed with SIGKILL; the recover_crashed_runs sensor marks its run failed
+"""The same through the daemon: a run worker that the daemon launched (here for the tenant
+connections sensor's first syncs) is killed with SIGKILL; the recover_crashed_runs sensor marks its run failed
 and audits it, the run is retried and succeeds, nothing is left waiting, the analytics build
 follows, and every tenant's data equals the sandbox's."""
 

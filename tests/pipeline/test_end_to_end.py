@@ -20,6 +20,8 @@ import pytest
 
 from orchestration.extract_ledger import pending_loads
 from orchestration.jobs import ANALYTICS_JOB_NAME, SYNC_JOB_NAME
+from orchestration.resources import TokenVaultResource
+from orchestration.settings import DatabaseUrl
 from orchestration.sync import sync_tenants
 from tests import secret_watch
 from tests.pipeline.truth import assert_invoices_equal_truth, base_currency
@@ -70,6 +72,14 @@ def audit_rows(database_url: str) -> set[tuple]:
         return set(conn.execute(
             "SELECT action, record_id, metadata->>'status', tenant_id, metadata->>'job' FROM app.audit_log "
             "WHERE action LIKE 'sync_run_%'").fetchall())
+
+
+def audit_metadata(database_url: str, action: str, run_id: str) -> dict:
+    with psycopg.connect(database_url) as conn:
+        [(metadata,)] = conn.execute(
+            "SELECT metadata FROM app.audit_log WHERE action = %s AND record_id = %s", (action, run_id)
+        ).fetchall()
+    return metadata
 
 
 def last_syncs(database_url: str) -> dict[str, datetime | None]:
@@ -170,9 +180,30 @@ def test_two_tenants_land_exactly_once(platform):
     expected |= {(action, run_id, status, None, ANALYTICS_JOB_NAME) for run_id in builds
                  for action, status in (("sync_run_started", "STARTED"), ("sync_run_succeeded", "SUCCESS"))}
     assert audit_rows(db) - audited_before == expected
+    names = {t.tenant_id: t.tenant_name for t in TokenVaultResource().get().active_tenants()}
+    database = DatabaseUrl.parse(db).database
     for r in first + second:
         run = instance.get_run_by_id(r.run_id)
         assert run.job_name == SYNC_JOB_NAME and run.tags["dagster/partition"] == r.tenant_id
+        assert run.tags["xero-elt/tenant_name"] == names[r.tenant_id]  # named for people
+        # Each raw asset's materialisation: its real table, rows, the tenant, its Xero traffic.
+        calls = 0
+        for event in instance.get_records_for_run(
+                r.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records:
+            mat = event.event_log_entry.asset_materialization
+            table = mat.asset_key.path[-1]
+            assert mat.metadata["dagster/table_name"].value == f"{database}.raw_xero.{table}"
+            assert mat.metadata["rows_loaded"].value == r.fetched[table]
+            assert mat.metadata["tenant_name"].text == names[r.tenant_id]
+            assert mat.metadata["xero/calls"].value >= 1
+            assert mat.metadata["xero/rate_limited"].value == 0
+            calls += mat.metadata["xero/calls"].value
+        # Its audit row carries what it did.
+        figures = audit_metadata(db, "sync_run_succeeded", r.run_id)
+        assert figures["records_loaded"] == sum(r.fetched.values()) and figures["api_calls"] == calls
+        assert 0 < figures["duration_seconds"] < 600
+    # Nothing changed the second time: one call per endpoint, Xero's floor.
+    assert all(audit_metadata(db, "sync_run_succeeded", r.run_id)["api_calls"] == 6 for r in second)
     for run_id in builds:
         run = instance.get_run_by_id(run_id)
         assert run.job_name == ANALYTICS_JOB_NAME and "dagster/partition" not in run.tags
@@ -234,7 +265,7 @@ def test_a_tenant_that_is_not_connected_fails_once_clearly_and_is_audited(platfo
 
     # The daemon's failure sensor sees the same run later: it is not recorded twice.
     run = platform.instance.get_run_by_id(result.run_id)
-    assert audit_run(run) is False
+    assert audit_run(platform.instance, run) is False
     context = dg.build_run_status_sensor_context(
         sensor_name="audit_failed_runs", dagster_instance=platform.instance,
         dagster_run=run, dagster_event=next(
@@ -257,35 +288,40 @@ def test_schedule_and_sensors_request_the_runs_the_daemon_needs(platform):
 
 
 def _check_tenant_sensor_and_schedule(platform, instance, defs):
-    from orchestration.resources import TokenVaultResource
+    from orchestration.schedules import full_refresh_weekday
 
     resources = {"token_vault": TokenVaultResource()}
-    sensor = defs.resolve_sensor_def("new_tenant_sensor")
+    names = {t.tenant_id: t.tenant_name for t in TokenVaultResource().get().active_tenants()}
+    sensor = defs.resolve_sensor_def("tenant_connections_sensor")
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
-        requests = list(sensor(context))
-    assert sorted(r.partition_key for r in requests) == sorted(platform.tenant_ids)
+        tick = sensor.evaluate_tick(context)
+    assert sorted(r.partition_key for r in tick.run_requests) == sorted(platform.tenant_ids)
+    assert all(r.tags["xero-elt/tenant_name"] == names[r.partition_key] for r in tick.run_requests)
     assert sorted(instance.get_dynamic_partitions("xero_tenants")) == sorted(platform.tenant_ids)
-    with dg.build_sensor_context(instance=instance, resources=resources) as context:
-        again = list(sensor(context))
-    assert all(isinstance(r, dg.SkipReason) for r in again)  # nothing new the second time
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=tick.cursor) as context:
+        again = sensor.evaluate_tick(context)
+    assert not again.run_requests and not again.asset_events  # nothing new the second time
+    assert again.skip_message == f"no change: {len(platform.tenant_ids)} active"
 
     schedule = defs.resolve_schedule_def("daily_tenant_sync")
-    with dg.build_schedule_context(instance=instance, resources=resources,
-                                   repository_def=defs.get_repository_def(),
-                                   scheduled_execution_time=datetime(2026, 11, 25, 2, tzinfo=UTC)) as ctx:
-        runs = list(schedule.evaluate_tick(ctx).run_requests)
-    assert sorted(r.partition_key for r in runs) == sorted(platform.tenant_ids)
-    assert {r.run_key for r in runs} == {f"{t}:2026-11-25" for t in platform.tenant_ids}
-    assert all(r.run_config["ops"]["xero_raw"]["config"]["full_refresh"] is False for r in runs)
-
-    # Sundays re-read everything (Xero's silent changes).
-    with dg.build_schedule_context(instance=instance, resources=resources,
-                                   repository_def=defs.get_repository_def(),
-                                   scheduled_execution_time=datetime(2026, 11, 29, 2, tzinfo=UTC)) as ctx:
-        sunday = list(schedule.evaluate_tick(ctx).run_requests)
-    assert len(sunday) == len(platform.tenant_ids)
-    assert all(r.run_config["ops"]["xero_raw"]["config"]["full_refresh"] is True for r in sunday)
-    assert all(r.tags["xero-elt/full_refresh"] == "true" for r in sunday)
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 2 * * *", "UTC")  # the defaults
+    full_days: dict[str, list[int]] = {t: [] for t in platform.tenant_ids}
+    for day in range(23, 30):  # a week, Monday 2026-11-23 to Sunday
+        when = datetime(2026, 11, day, 2, tzinfo=UTC)
+        with dg.build_schedule_context(instance=instance, resources=resources,
+                                       repository_def=defs.get_repository_def(),
+                                       scheduled_execution_time=when) as ctx:
+            runs = list(schedule.evaluate_tick(ctx).run_requests)
+        assert sorted(r.partition_key for r in runs) == sorted(platform.tenant_ids)
+        assert {r.run_key for r in runs} == {f"{t}:2026-11-{day}T02:00" for t in platform.tenant_ids}
+        for r in runs:
+            assert r.tags["xero-elt/tenant_name"] == names[r.partition_key]
+            full = r.run_config["ops"]["xero_raw"]["config"]["full_refresh"]
+            assert r.tags["xero-elt/full_refresh"] == str(full).lower()
+            if full:
+                full_days[r.partition_key].append(when.weekday())
+    # Each tenant re-reads everything once a week (Xero's silent changes), on a day of its own.
+    assert full_days == {t: [full_refresh_weekday(t)] for t in platform.tenant_ids}
 
 
 def _check_analytics_after_extracts(platform, instance, defs):
@@ -366,29 +402,92 @@ def _check_recover_crashed_runs(platform, instance, defs):
     assert audited == ("sync_run_canceled", live.run_id, "CANCELED", None, ANALYTICS_JOB_NAME)
 
 
-def test_a_webhook_from_xero_starts_that_tenants_sync(platform):
+def test_a_tenant_that_must_reconnect_is_noted_left_out_and_comes_back_by_itself(platform):
+    from orchestration.assets.xero_raw import RAW_ASSET_KEYS
     from orchestration.definitions import defs
-    from orchestration.resources import TokenVaultResource
+
+    paused, other = platform.tenant_ids
+    resources = {"token_vault": TokenVaultResource()}
+    sensor = defs.resolve_sensor_def("tenant_connections_sensor")
+    schedule = defs.resolve_schedule_def("daily_tenant_sync")
+
+    def tick(instance, cursor):
+        with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
+            return sensor.evaluate_tick(context)
+
+    def scheduled(instance) -> list[str]:
+        with dg.build_schedule_context(instance=instance, resources=resources,
+                                       repository_def=defs.get_repository_def(),
+                                       scheduled_execution_time=datetime(2026, 11, 25, 2, tzinfo=UTC)) as ctx:
+            return sorted(r.partition_key for r in schedule.evaluate_tick(ctx).run_requests)
+
+    def set_status(status: str, reason: str | None) -> None:
+        with psycopg.connect(platform.database_url, autocommit=True) as conn:  # as Xero's answers would
+            conn.execute("UPDATE app.xero_connections SET status = %s, status_reason = %s, "
+                         "connected_at = CASE WHEN %s = 'active' THEN now() ELSE connected_at END "
+                         "WHERE tenant_id = %s", (status, reason, status, paused))
+
+    with dg.instance_for_test() as instance:
+        cursor = tick(instance, None).cursor  # first sight: both tenants new
+        set_status("reauth_required", "Xero rejected the refresh token (invalid_grant)")
+        try:
+            noted = tick(instance, cursor)
+            # Where a person looks: each raw asset's partition of that tenant says why it is paused.
+            assert not noted.run_requests
+            assert sorted(e.asset_key.path for e in noted.asset_events) == [k.path for k in RAW_ASSET_KEYS]
+            for event in noted.asset_events:
+                assert event.partition == paused
+                assert event.metadata["connection_status"].value == "reauth_required"
+                assert event.metadata["reason"].value == "Xero rejected the refresh token (invalid_grant)"
+                assert event.metadata["syncs"].value == "paused until the tenant reconnects"
+            assert scheduled(instance) == [other]  # the schedule leaves it out
+            still = tick(instance, noted.cursor)
+            assert not still.run_requests and not still.asset_events  # noted once, not every tick
+        finally:
+            set_status("active", None)  # the user reconnected it
+        back = tick(instance, still.cursor)
+        [run] = back.run_requests  # synced at once, not tomorrow night
+        assert run.partition_key == paused and run.run_key.startswith(f"reconnected:{paused}:")
+        assert {e.metadata["connection_status"].value for e in back.asset_events} == {"active"}
+        assert scheduled(instance) == sorted(platform.tenant_ids)
+
+
+def test_a_webhook_from_xero_starts_that_tenants_sync(platform, monkeypatch):
+    from orchestration.definitions import defs
     from tests.pipeline.conftest import WEBHOOK_KEY
 
     changed, quiet = platform.tenant_ids
+    monkeypatch.setenv("XERO_WEBHOOK_QUIET_SECONDS", "3")
     platform.sandbox.configure_webhooks(f"{platform.service_url}/xero/webhooks", WEBHOOK_KEY)
-    platform.sandbox.mutate(changed, "random", count=3, seed=9)
-    deadline = time.monotonic() + 60
-    while not any(d["delivered"] for d in platform.sandbox.webhook_deliveries()):
-        assert time.monotonic() < deadline, platform.sandbox.webhook_deliveries()
-        time.sleep(0.2)
+
+    def burst(seed: int) -> None:
+        delivered = len([d for d in platform.sandbox.webhook_deliveries() if d["delivered"]])
+        platform.sandbox.mutate(changed, "random", count=3, seed=seed)
+        deadline = time.monotonic() + 60
+        while len([d for d in platform.sandbox.webhook_deliveries() if d["delivered"]]) <= delivered:
+            assert time.monotonic() < deadline, platform.sandbox.webhook_deliveries()
+            time.sleep(0.2)
 
     sensor = defs.resolve_sensor_def("xero_webhook_sensor")
     resources = {"token_vault": TokenVaultResource()}
+
+    def tick(instance):
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            return sensor.evaluate_tick(context)
+
     with dg.instance_for_test() as instance:
-        with dg.build_sensor_context(instance=instance, resources=resources) as context:
-            requests = [r for r in sensor(context) if isinstance(r, dg.RunRequest)]
-        assert [r.partition_key for r in requests] == [changed]  # one run, however many events
+        burst(9)
+        first = tick(instance)  # events still arriving: wait for quiet
+        assert not first.run_requests and "waiting for 3 s of quiet" in first.skip_message, first.skip_message
+        burst(10)  # the burst goes on across ticks
+        assert not tick(instance).run_requests
+        time.sleep(3.5)
+        requests = tick(instance).run_requests
+        assert [r.partition_key for r in requests] == [changed]  # one run for the whole burst
+        assert requests[0].tags["xero-elt/trigger"] == "webhook"
         assert quiet not in instance.get_dynamic_partitions("xero_tenants")
-        with dg.build_sensor_context(instance=instance, resources=resources) as context:
-            again = list(sensor(context))
-        assert all(isinstance(r, dg.SkipReason) for r in again)  # events were settled
+        again = tick(instance)
+        assert not again.run_requests and again.skip_message == "no new Xero webhook events"  # settled
 
 
 def test_a_second_sync_of_the_same_tenant_waits_its_turn(platform, monkeypatch):

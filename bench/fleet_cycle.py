@@ -1,0 +1,93 @@
+"""Benchmark: the daily cycle of a fleet of tenants, against the sandbox with Xero's limits on.
+
+Connects T tenants of N invoices each, syncs them all once (the first, full sync), changes 1% of
+each tenant's invoices in the sandbox, then times the daily cycle: `sync_tenants` (what
+`xero-elt sync` and the demo run: every tenant's extract, C at a time in worker processes, then
+one analytics build). Prints wall time, per-tenant cost, calls, 429s, peak memory, and Dagster's
+overhead per tenant (an extract run's wall time minus the time inside its asset's step).
+
+    .venv/bin/python bench/fleet_cycle.py --tenants 100 --invoices 200 --concurrency 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import dagster as dg  # noqa: E402
+from bench_platform import bench_platform  # noqa: E402
+
+from orchestration.sync import sync_tenants  # noqa: E402
+
+
+def step_seconds(instance: dg.DagsterInstance, run_id: str) -> float:
+    """Time inside the run's steps (STEP_START to STEP_SUCCESS/FAILURE): the extract itself."""
+    starts, total = {}, 0.0
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None:
+            continue
+        if event.event_type == dg.DagsterEventType.STEP_START:
+            starts[event.step_key] = entry.timestamp
+        elif event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
+            total += entry.timestamp - starts.pop(event.step_key, entry.timestamp)
+    return total
+
+
+def cycle(label: str, sandbox, instance, concurrency: int) -> None:
+    sandbox.reset_stats(limits=False)
+    started = time.perf_counter()
+    results = sync_tenants(instance=instance, concurrency=concurrency)
+    wall = time.perf_counter() - started
+    stats = sandbox.stats()
+    rate_limited = sum(row["status"].get("429", 0) for row in stats["endpoints"])
+    ok = sum(r.success for r in results)
+    extract_runs = [r for r in results if r.run_id]
+    overhead = [r.seconds - step_seconds(instance, r.run_id) for r in extract_runs]
+    build = results[0].analytics_run_id if results else None
+    build_stats = instance.get_run_stats(build) if build else None
+    build_seconds = ((build_stats.end_time - build_stats.start_time)
+                     if build_stats and build_stats.end_time else 0)
+    print(f"{label}: {ok}/{len(results)} ok in {wall:.1f} s = {wall / len(results):.2f} s per tenant; "
+          f"{stats['totalCalls']:,} calls ({stats['totalCalls'] / wall * 60:,.0f}/min), "
+          f"{rate_limited} 429s; "
+          f"extract run {statistics.mean(r.seconds for r in extract_runs):.2f} s mean, Dagster overhead "
+          f"{statistics.mean(overhead):.2f} s per tenant run; analytics build {build_seconds:.1f} s",
+          flush=True)
+    failed = [r for r in results if not r.success]
+    for r in failed[:5]:
+        print(f"  FAILED {r.tenant_id}: {r.error}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tenants", type=int, default=100)
+    ap.add_argument("--invoices", type=int, default=200)
+    ap.add_argument("--changed", type=float, default=0.01, help="share of each tenant's invoices changed")
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=5)
+    args = ap.parse_args()
+
+    with bench_platform(tenants=args.tenants, invoices=args.invoices, seed=args.seed) as (sandbox, instance):
+        print(f"{args.tenants} tenants x {args.invoices} invoices, {args.concurrency} at a time, "
+              "Xero's limits on", flush=True)
+        cycle("first sync (full)", sandbox, instance, args.concurrency)
+        changed = max(1, round(args.invoices * args.changed))
+        for t in sandbox.tenants:
+            sandbox.mutate(t.tenant_id, "random", count=changed, seed=7)
+        cycle(f"daily cycle ({changed} invoice(s) changed per tenant)", sandbox, instance, args.concurrency)
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"peak RSS: this process (sandbox, service, sync) {own:.0f} MB; "
+          f"largest worker or dbt {children:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
