@@ -124,9 +124,10 @@ def extract_result(result: dg.MaterializeResult, client: XeroClient, tenant_id: 
     loaded (0 too), the tenant's name, and the endpoint's Xero traffic in this run."""
     table = result.asset_key.path[-1]
     traffic = client.stats.get(ENDPOINTS[table].path, EndpointStats()).as_dict()
+    rows = (result.metadata or {}).get("rows_loaded")  # dlt's, when it loaded any
     metadata = {
         **(result.metadata or {}),
-        "rows_loaded": dg.MetadataValue.int(int((result.metadata or {}).get("rows_loaded", 0) or 0)),
+        "rows_loaded": dg.MetadataValue.int(int(getattr(rows, "value", rows) or 0)),
         "tenant_id": tenant_id,
         "tenant_name": tenant_name or "",
         **{f"xero/{name}": dg.MetadataValue.int(value)
