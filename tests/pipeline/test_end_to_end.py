@@ -293,12 +293,15 @@ def _check_tenant_sensor_and_schedule(platform, instance, defs):
     resources = {"token_vault": TokenVaultResource()}
     names = {t.tenant_id: t.tenant_name for t in TokenVaultResource().get().active_tenants()}
     sensor = defs.resolve_sensor_def("tenant_connections_sensor")
-    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+    repository = defs.get_repository_def()
+    with dg.build_sensor_context(instance=instance, resources=resources,
+                                 repository_def=repository) as context:
         tick = sensor.evaluate_tick(context)
     assert sorted(r.partition_key for r in tick.run_requests) == sorted(platform.tenant_ids)
     assert all(r.tags["xero-elt/tenant_name"] == names[r.partition_key] for r in tick.run_requests)
     assert sorted(instance.get_dynamic_partitions("xero_tenants")) == sorted(platform.tenant_ids)
-    with dg.build_sensor_context(instance=instance, resources=resources, cursor=tick.cursor) as context:
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=tick.cursor,
+                                 repository_def=repository) as context:
         again = sensor.evaluate_tick(context)
     assert not again.run_requests and not again.asset_events  # nothing new the second time
     assert again.skip_message == f"no change: {len(platform.tenant_ids)} active"
@@ -412,7 +415,8 @@ def test_a_tenant_that_must_reconnect_is_noted_left_out_and_comes_back_by_itself
     schedule = defs.resolve_schedule_def("daily_tenant_sync")
 
     def tick(instance, cursor):
-        with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
+        with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor,
+                                     repository_def=defs.get_repository_def()) as context:
             return sensor.evaluate_tick(context)
 
     def scheduled(instance) -> list[str]:
@@ -472,7 +476,8 @@ def test_a_webhook_from_xero_starts_that_tenants_sync(platform, monkeypatch):
     resources = {"token_vault": TokenVaultResource()}
 
     def tick(instance):
-        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        with dg.build_sensor_context(instance=instance, resources=resources,
+                                     repository_def=defs.get_repository_def()) as context:
             return sensor.evaluate_tick(context)
 
     with dg.instance_for_test() as instance:
