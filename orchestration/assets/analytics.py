@@ -9,6 +9,7 @@ tenants, the daemon's `analytics_after_extracts` sensor after any).
 """
 
 import os
+import shutil
 from collections.abc import Iterator
 
 import dagster as dg
@@ -80,7 +81,10 @@ def analytics_models(context: dg.AssetExecutionContext, config: AnalyticsBuildCo
         events = [_with_kpi_trends(context, e, database_url) for e in events]
     yield from events
     if not invocation.is_successful():
-        raise build_failure(invocation)
+        raise build_failure(invocation)  # its target folder (dbt.log, run_results.json) stays
+    # dagster-dbt gives every invocation a target folder of its own (≈ 3 MB) and leaves it: a
+    # deployment building every few minutes would fill its disk.
+    shutil.rmtree(invocation.target_path, ignore_errors=True)
     # Every tenant whose extract finished before this build started is now as fresh as its raw
     # data: that is what "last sync" means to the web app.
     vault = token_vault.get()

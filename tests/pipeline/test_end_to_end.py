@@ -74,6 +74,19 @@ def audit_rows(database_url: str) -> set[tuple]:
             "WHERE action LIKE 'sync_run_%'").fetchall())
 
 
+def sensor_tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, cursor: str | None = None
+                ) -> dg.SensorResult:
+    """One evaluation of a sensor that returns a SensorResult or a SkipReason, as a SensorResult."""
+    from orchestration.resources import TokenVaultResource
+
+    resources = {"token_vault": TokenVaultResource()}
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
+        result = sensor(context)
+    if isinstance(result, dg.SkipReason):
+        return dg.SensorResult(skip_reason=result, cursor=cursor)
+    return result
+
+
 def audit_metadata(database_url: str, action: str, run_id: str) -> dict:
     with psycopg.connect(database_url) as conn:
         [(metadata,)] = conn.execute(
@@ -293,18 +306,13 @@ def _check_tenant_sensor_and_schedule(platform, instance, defs):
     resources = {"token_vault": TokenVaultResource()}
     names = {t.tenant_id: t.tenant_name for t in TokenVaultResource().get().active_tenants()}
     sensor = defs.resolve_sensor_def("tenant_connections_sensor")
-    repository = defs.get_repository_def()
-    with dg.build_sensor_context(instance=instance, resources=resources,
-                                 repository_def=repository) as context:
-        tick = sensor.evaluate_tick(context)
+    tick = sensor_tick(sensor, instance)
     assert sorted(r.partition_key for r in tick.run_requests) == sorted(platform.tenant_ids)
     assert all(r.tags["xero-elt/tenant_name"] == names[r.partition_key] for r in tick.run_requests)
     assert sorted(instance.get_dynamic_partitions("xero_tenants")) == sorted(platform.tenant_ids)
-    with dg.build_sensor_context(instance=instance, resources=resources, cursor=tick.cursor,
-                                 repository_def=repository) as context:
-        again = sensor.evaluate_tick(context)
+    again = sensor_tick(sensor, instance, tick.cursor)
     assert not again.run_requests and not again.asset_events  # nothing new the second time
-    assert again.skip_message == f"no change: {len(platform.tenant_ids)} active"
+    assert again.skip_reason.skip_message == f"no change: {len(platform.tenant_ids)} active"
 
     schedule = defs.resolve_schedule_def("daily_tenant_sync")
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 2 * * *", "UTC")  # the defaults
@@ -415,9 +423,7 @@ def test_a_tenant_that_must_reconnect_is_noted_left_out_and_comes_back_by_itself
     schedule = defs.resolve_schedule_def("daily_tenant_sync")
 
     def tick(instance, cursor):
-        with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor,
-                                     repository_def=defs.get_repository_def()) as context:
-            return sensor.evaluate_tick(context)
+        return sensor_tick(sensor, instance, cursor)
 
     def scheduled(instance) -> list[str]:
         with dg.build_schedule_context(instance=instance, resources=resources,
@@ -473,17 +479,14 @@ def test_a_webhook_from_xero_starts_that_tenants_sync(platform, monkeypatch):
             time.sleep(0.2)
 
     sensor = defs.resolve_sensor_def("xero_webhook_sensor")
-    resources = {"token_vault": TokenVaultResource()}
 
     def tick(instance):
-        with dg.build_sensor_context(instance=instance, resources=resources,
-                                     repository_def=defs.get_repository_def()) as context:
-            return sensor.evaluate_tick(context)
+        return sensor_tick(sensor, instance)
 
     with dg.instance_for_test() as instance:
         burst(9)
         first = tick(instance)  # events still arriving: wait for quiet
-        assert not first.run_requests and "waiting for 3 s of quiet" in first.skip_message, first.skip_message
+        assert not first.run_requests and "waiting for 3 s of quiet" in first.skip_reason.skip_message
         burst(10)  # the burst goes on across ticks
         assert not tick(instance).run_requests
         time.sleep(3.5)
@@ -492,7 +495,7 @@ def test_a_webhook_from_xero_starts_that_tenants_sync(platform, monkeypatch):
         assert requests[0].tags["xero-elt/trigger"] == "webhook"
         assert quiet not in instance.get_dynamic_partitions("xero_tenants")
         again = tick(instance)
-        assert not again.run_requests and again.skip_message == "no new Xero webhook events"  # settled
+        assert again.skip_reason.skip_message == "no new Xero webhook events"  # settled
 
 
 def test_a_second_sync_of_the_same_tenant_waits_its_turn(platform, monkeypatch):
