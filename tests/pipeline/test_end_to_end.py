@@ -340,7 +340,6 @@ def _check_analytics_after_extracts(platform, instance, defs):
     from dagster._core.test_utils import create_run_for_test
 
     from orchestration.jobs import sync_ops_config
-    from orchestration.partitions import add_tenant_partitions
 
     db = platform.database_url
     sensor = defs.resolve_sensor_def("analytics_after_extracts")
@@ -357,7 +356,6 @@ def _check_analytics_after_extracts(platform, instance, defs):
     assert idle.run_requests == [] and "no raw load waiting" in idle.skip_message
 
     # A tenant's extract alone (as the schedule runs it) leaves its loads for the build.
-    add_tenant_partitions(platform.instance, platform.tenant_ids)  # when run alone
     extract = defs.resolve_job_def(SYNC_JOB_NAME).execute_in_process(
         partition_key=platform.tenant_ids[0], instance=platform.instance,
         run_config={"ops": sync_ops_config(False)})
