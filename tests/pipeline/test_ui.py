@@ -112,6 +112,7 @@ def test_a_data_engineer_finds_what_they_look_for_in_a_browser(ui, platform, nam
                 page.get_by_text(ready, exact=False).first.wait_for(timeout=60_000)
                 page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
                 seen[name] = page.inner_text("body")
+                (tmp_path / f"{name}.txt").write_text(seen[name])  # beside the screenshot
                 return seen[name]
 
             # The asset graph: the raw assets beside the models they feed.
