@@ -6,6 +6,7 @@ GraphQL and in a real browser (Playwright on Debian's Chromium)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -115,25 +116,42 @@ def test_a_data_engineer_finds_what_they_look_for_in_a_browser(ui, platform, nam
                 (tmp_path / f"{name}.txt").write_text(seen[name])  # beside the screenshot
                 return seen[name]
 
-            # The asset graph: the raw assets beside the models they feed.
-            graph = visit("asset-graph", "/asset-groups/xero_raw", "invoices")
+            location = "/locations/orchestration.definitions"
+            # The raw group: each Xero table, every tenant's partition filled.
+            group = visit("raw-group", f"{location}/asset-groups/xero_raw", "100% filled")
             for table in ("invoices", "contacts", "payments", "credit_notes", "accounts", "organisation"):
-                assert table in graph, table
-            # A raw asset's partitions: every tenant, each materialised.
-            parts = visit("partitions", "/assets/raw_xero/invoices?view=partitions", "Partitions")
-            assert f"Materialized ({len(platform.tenant_ids)})" in parts or "Materialized" in parts
+                assert table in group, table
+            assert group.count("100% filled") == 6
+            assert group.count(f"{len(platform.tenant_ids)} partitions") == 6
+            # A raw asset's partitions: every tenant, materialised, none failed.
+            parts = visit("partitions", "/assets/raw_xero/invoices?view=partitions", "Materialized (")
+            assert f"Materialized ({len(platform.tenant_ids)})" in parts, parts[:2000]
+            assert "Failed (0)" in parts
             for tenant in platform.tenant_ids:
                 assert tenant in parts, tenant
-            # The runs: each tenant's extract by name, with its last status.
-            runs = visit("runs", "/runs", "xero_tenant_sync")
-            for name in names.values():
-                assert name in runs, name
-            assert "Success" in runs or "Succeeded" in runs
-            # The automation page: the schedule with its next tick, the sensors running.
+            # The runs: each tenant's extract under its name, with its last status.
+            visit("runs", "/runs", "xero_tenant_sync")
+            for tenant, name in names.items():
+                row = page.locator("tr", has_text=f"xero-elt/tenant_name: {name}").first.inner_text()
+                assert tenant in row and "xero_tenant_sync" in row and "Success" in row, row
+            # The schedule: running, with its next tick.
+            schedule = visit("schedule", f"{location}/schedules/daily_tenant_sync", "Next tick")
+            assert re.search(r"Next tick\s+\w{3} \d+, 2:00:00 AM UTC", schedule), schedule[:2000]
+            assert "Running" in schedule and "xero_tenant_sync" in schedule
+            # The sensors: every one running; the tenants' sensor has ticked and remembers them.
             automation = visit("automation", "/automation", "daily_tenant_sync")
             for sensor in ("tenant_connections_sensor", "xero_webhook_sensor", "analytics_after_extracts",
-                           "recover_crashed_runs"):
+                           "recover_crashed_runs", "audit_successful_runs", "audit_failed_runs"):
                 assert sensor in automation, sensor
+            remembered = [f'"{tenant}": "active"' for tenant in platform.tenant_ids]
+            deadline = time.monotonic() + 120
+            while True:  # the daemon ticks it within a minute of starting
+                sensor = visit("sensor", f"{location}/sensors/tenant_connections_sensor", "Latest tick")
+                if all(r in sensor for r in remembered) or time.monotonic() > deadline:
+                    break
+                time.sleep(5)
+            assert "Running" in sensor and "Next tick" in sensor
+            assert all(r in sensor for r in remembered), sensor[:3000]
         finally:
             browser.close()
     assert seen
