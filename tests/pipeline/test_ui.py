@@ -130,10 +130,13 @@ def test_a_data_engineer_finds_what_they_look_for_in_a_browser(ui, platform, nam
             for tenant in platform.tenant_ids:
                 assert tenant in parts, tenant
             # The runs: each tenant's extract under its name, with its last status.
-            visit("runs", "/runs", "xero_tenant_sync")
+            runs = visit("runs", "/runs", "xero_tenant_sync")
             for tenant, name in names.items():
-                row = page.locator("tr", has_text=f"xero-elt/tenant_name: {name}").first.inner_text()
-                assert tenant in row and "xero_tenant_sync" in row and "Success" in row, row
+                # A run's row reads: id, tags (partition … tenant_name …), job, launcher, status.
+                at = runs.index(f"xero-elt/tenant_name: {name}")
+                before, after = runs[max(0, at - 300):at], runs[at:at + 200]
+                assert f"partition: {tenant}" in before, before
+                assert re.search(r"xero_tenant_sync\s+Manually launched\s+Success", after), after
             # The schedule: running, with its next tick.
             schedule = visit("schedule", f"{location}/schedules/daily_tenant_sync", "Next tick")
             assert re.search(r"Next tick\s+\w{3} \d+, 2:00:00 AM UTC", schedule), schedule[:2000]
