@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -20,8 +21,34 @@ from tests import secret_watch
 pytest_plugins = ["xero_sandbox.pytest_plugin"]
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    secret_watch.start()  # from the first test on: see tests/test_zz_no_token_in_clear.py
+    secret_watch.start()  # from the first test on: see no_token_in_clear_anywhere_in_the_run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dlt_data_dir(tmp_path_factory) -> Path:
+    """dlt's working folders (one per tenant pipeline) of this session's own: two test files run at
+    once (pytest-xdist) may have tenants with the same ids, and their pipelines the same names."""
+    path = tmp_path_factory.mktemp("dlt")
+    os.environ["DLT_DATA_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_token_in_clear_anywhere_in_the_run(tmp_path_factory) -> Iterator[None]:
+    """After the session's last test (each worker's, with pytest-xdist): no token any sandbox issued
+    appears in clear in any log record, command output, Dagster event log or file the run left
+    behind. A leak fails the run (an error in this fixture's teardown).
+
+    tests/oauth_service/ checks more secrets (client secret, PKCE verifiers, database passwords) in
+    more depth (DEBUG logs, every app table) for the service alone; this one spans every test."""
+    yield
+    leaks = secret_watch.leaks(tmp_path_factory.getbasetemp(), REPO / "dbt_project" / "logs",
+                               REPO / "dbt_project" / "target")
+    assert leaks == [], f"tokens in clear: {leaks[:20]}"
 
 for _key, _value in TELEMETRY_OFF.items():
     os.environ.setdefault(_key, _value)

@@ -1,12 +1,13 @@
 """Watches the whole test run for tokens in clear: every log record any test emits (root logger, INFO
 and up, from the first test to the last), the output of every command the tests run, the Dagster
 event logs of the pipeline tests, and the files the run leaves (Dagster homes, dlt and dbt logs).
-`tests/test_zz_no_token_in_clear.py`, the last test of a run, looks in all of it for every token
-and authorization code any sandbox handed out during the run."""
+At the end of the session (of each worker's, when tests run in parallel) `tests/conftest.py`
+looks in all of it for every token and authorization code any sandbox handed out (`leaks`)."""
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from xero_sandbox import SandboxServer
@@ -84,3 +85,26 @@ def leftover_text(*roots: Path, max_bytes: int = 5_000_000) -> dict[Path, str]:
                 except OSError:
                     continue
     return out
+
+
+# Sandbox tokens are JWTs (base64url and dots) or URL-safe base64: any run of these characters.
+CANDIDATE = re.compile(r"[A-Za-z0-9_\-.]{16,}")
+
+
+def find_leaks(secrets: set[str], places: dict[str, str]) -> list[tuple[str, str]]:
+    """(where, the secret's first 8 characters) for each secret found in a place's text."""
+    return sorted((where, token[:8] + "…") for where, text in places.items()
+                  for token in set(CANDIDATE.findall(text)) & secrets)
+
+
+def leaks(*roots: Path) -> list[tuple[str, str]]:
+    """Every token the run's sandboxes issued that appears in clear in what the run logged and
+    printed, or in a file under `roots`."""
+    secrets = issued_secrets()
+    if not secrets:
+        return []
+    if not SINK.lines:
+        return [("log records and command output", "the capture captured nothing")]
+    places = {"log records and command output": "\n".join(SINK.lines)}
+    places.update({str(path): text for path, text in leftover_text(*roots).items()})
+    return find_leaks(secrets, places)

@@ -91,8 +91,10 @@ def analytics_lock_held_by_a_run(database_url: str) -> bool:
         ).fetchone()[0] > 0
 
 
-def dbt_processes() -> list[str]:
-    out = subprocess.run(["pgrep", "-af", "xero-elt-dbt|bin/dbt build"], capture_output=True, text=True)
+def dbt_processes(sync: Sync) -> list[str]:
+    """The dbt processes the sync started (its session; other tests may be building beside it)."""
+    out = subprocess.run(["pgrep", "-s", str(sync.proc.pid), "-af", "xero-elt-dbt|bin/dbt build"],
+                         capture_output=True, text=True)
     return [line for line in out.stdout.splitlines() if "pgrep" not in line]
 
 
@@ -138,7 +140,7 @@ def test_killed_syncs_never_hold_the_next_one(platform):
     killed.append(live_run(instance, ANALYTICS_JOB_NAME).run_id)
     sync.kill()
     # dbt died with its parent (PR_SET_PDEATHSIG): nothing builds behind the next sync's back.
-    wait_until(lambda: not dbt_processes(), timeout=15, what="the killed sync's dbt to exit")
+    wait_until(lambda: not dbt_processes(sync), timeout=15, what="the killed sync's dbt to exit")
 
     # The next sync: bounded, correct, and it reaps every killed run.
     sync = Sync()

@@ -70,14 +70,14 @@ def test_a_killed_run_worker_is_failed_audited_retried_and_blocks_nothing(platfo
                                                tags={"dagster/partition": first}))
         return next((r for r in runs if LIVENESS_TAG in r.tags), None)
 
-    victim = wait_for(live_run_of_first, 180, "the daemon to launch the first tenant's first sync", daemon)
+    victim = wait_for(live_run_of_first, 300, "the daemon to launch the first tenant's first sync", daemon)
     worker_pid = int(victim.tags[LIVENESS_TAG].rsplit(":", 1)[1])
     os.kill(worker_pid, signal.SIGKILL)
 
     def reaped():
         run = instance.get_run_by_id(victim.run_id)
         return run.status == dg.DagsterRunStatus.FAILURE and run
-    wait_for(reaped, 150, "the crashed run to be marked failed", daemon)
+    wait_for(reaped, 240, "the crashed run to be marked failed", daemon)
 
     def audited():
         with psycopg.connect(platform.database_url) as conn:
@@ -94,7 +94,7 @@ def test_a_killed_run_worker_is_failed_audited_retried_and_blocks_nothing(platfo
                                                    statuses=[dg.DagsterRunStatus.SUCCESS]))
             done[tenant] = bool(runs)
         return all(done.values())
-    wait_for(every_tenant_synced, 240, "both tenants' syncs (the crashed one retried) to succeed", daemon)
+    wait_for(every_tenant_synced, 360, "both tenants' syncs (the crashed one retried) to succeed", daemon)
 
     def analytics_caught_up():
         runs = instance.get_runs(dg.RunsFilter(job_name=ANALYTICS_JOB_NAME))
@@ -102,7 +102,7 @@ def test_a_killed_run_worker_is_failed_audited_retried_and_blocks_nothing(platfo
                 and pending_loads(platform.database_url)[0] == 0
                 and not instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED,
                                                                   dg.DagsterRunStatus.STARTED])))
-    wait_for(analytics_caught_up, 240, "the analytics build after the extracts", daemon)
+    wait_for(analytics_caught_up, 360, "the analytics build after the extracts", daemon)
     retried = instance.get_runs(dg.RunsFilter(tags={"dagster/parent_run_id": victim.run_id}))
     assert retried and retried[0].status == dg.DagsterRunStatus.SUCCESS
     assert_invoices_equal_truth(platform)
