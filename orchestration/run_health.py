@@ -27,8 +27,10 @@ from orchestration.run_audit import audit_run
 
 LIVENESS_TAG = "xero-elt/liveness"
 IN_FLIGHT = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
-# A run that never took its liveness lock (killed while starting up) is dead after this long.
-START_GRACE_SECONDS = 120
+# A run that never took its liveness lock (killed while starting up) is dead after this long: as
+# long as run monitoring's start timeout (deploy/dagster.yaml), since a loaded machine may take a
+# while to start a run worker and load the definitions.
+START_GRACE_SECONDS = 180
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,9 @@ def _dead_reason(conn, record: dg.RunRecord, now: float) -> str | None:
     run = record.dagster_run
     worker = run.tags.get(LIVENESS_TAG)
     if worker is None:
-        started = record.start_time or record.create_timestamp.timestamp()
+        # Since it started, or else since it was launched (its last status change): not since it
+        # was created, which for a run that waited in the queue is long before its worker began.
+        started = record.start_time or record.update_timestamp.timestamp()
         if now - started > START_GRACE_SECONDS:
             return f"its worker never reported alive within {START_GRACE_SECONDS} s of the start"
         return None

@@ -28,6 +28,17 @@ def pytest_configure(config: pytest.Config) -> None:
     secret_watch.start()  # from the first test on: see no_token_in_clear_anywhere_in_the_run
 
 
+# The longest test files, longest first: with two workers taking a file at a time, starting them
+# early keeps one worker from running the longest file alone at the end. The rest keep their order.
+LONGEST_FIRST = ("test_daemon_recovery.py", "test_end_to_end.py", "test_canonical_invoices.py",
+                 "test_crash_recovery.py", "test_kpis.py", "test_incremental.py", "test_ui.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
+
+
 @pytest.fixture(scope="session", autouse=True)
 def dlt_data_dir(tmp_path_factory) -> Path:
     """dlt's working folders (one per tenant pipeline) of this session's own: two test files run at
