@@ -72,8 +72,17 @@ class TenantInfo(NamedTuple):
     tenant_name: str | None
     user_id: str
     status: str
-    status_reason: str | None = None  # why it is not active (a reauth's cause), if known
-    connected_at: datetime | None = None  # the last (re)connection
+
+
+class TenantConnection(NamedTuple):
+    """A connection whatever its status, as the orchestrator follows it."""
+
+    tenant_id: str
+    tenant_name: str | None
+    user_id: str
+    status: str
+    status_reason: str | None  # why it is not active (a reauth's cause), if known
+    connected_at: datetime  # the last (re)connection
 
 
 def _now() -> datetime:
@@ -387,7 +396,7 @@ class TokenVault:
             ).all()
         return [TenantInfo(r.tenant_id, r.tenant_name, str(r.user_id), r.status) for r in rows]
 
-    def all_tenants(self) -> list[TenantInfo]:
+    def all_tenants(self) -> list[TenantConnection]:
         """Every connection, whatever its status, with why it is not active and when it connected."""
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -396,8 +405,8 @@ class TokenVault:
                     "FROM app.xero_connections ORDER BY tenant_name NULLS LAST, tenant_id"
                 )
             ).all()
-        return [TenantInfo(r.tenant_id, r.tenant_name, str(r.user_id), r.status, r.status_reason,
-                           r.connected_at) for r in rows]
+        return [TenantConnection(r.tenant_id, r.tenant_name, str(r.user_id), r.status, r.status_reason,
+                                 r.connected_at) for r in rows]
 
     def tenant(self, tenant_id: str) -> TenantInfo | None:
         with self.engine.connect() as conn:
