@@ -31,7 +31,8 @@ def pytest_configure(config: pytest.Config) -> None:
 # The longest test files, longest first: with two workers taking a file at a time, starting them
 # early keeps one worker from running the longest file alone at the end. The rest keep their order.
 LONGEST_FIRST = ("test_end_to_end.py", "test_canonical_invoices.py", "test_crash_recovery.py",
-                 "test_demo.py", "test_ui.py", "test_daemon_recovery.py", "test_kpis.py", "test_incremental.py")
+                 "test_demo.py", "test_ui.py", "test_daemon_recovery.py", "test_kpis.py",
+                 "test_incremental.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
