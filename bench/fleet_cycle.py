@@ -7,6 +7,16 @@ one analytics build). Prints wall time, per-tenant cost, calls, 429s, peak memor
 overhead per tenant (an extract run's wall time minus the time inside its asset's step).
 
     .venv/bin/python bench/fleet_cycle.py --tenants 100 --invoices 200 --concurrency 4
+
+Figures (2026-12-02, 2 cores shared, CI's PostgreSQL 15, 100 tenants x 200 invoices, 4 at a time):
+    first sync (full): 217.6 s = 2.18 s per tenant; 600 calls, 0 429s; extract run 6.38 s mean,
+      of which Dagster 1.59 s; analytics build (all tenants at once) 28.3 s
+    daily cycle (2 invoices changed per tenant): 197.1 s = 1.97 s per tenant; 600 calls (one per
+      endpoint per tenant: the floor), 0 429s; extract run 5.99 s mean, Dagster 1.65 s; build 25.8 s
+    peak RSS 336 MB (this process; largest worker or dbt the same)
+    So 1,000 tenants would take ≈ 33 min here (not run): the cost is CPU per extract run (dlt's
+    fixed work per pipeline run ≈ 4.3 s, Dagster's ≈ 1.6 s), not Xero's budget (183 calls/min used
+    of 10,000).
 """
 
 from __future__ import annotations
