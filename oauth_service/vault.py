@@ -387,23 +387,18 @@ class TokenVault:
     # ------------------------------------------------------------------ tenants
     def active_tenants(self) -> list[TenantInfo]:
         """Every connection with status `active` (tenant_id, tenant_name, user_id, status)."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT tenant_id, tenant_name, user_id, status FROM app.xero_connections "
-                    "WHERE status = 'active' ORDER BY tenant_name NULLS LAST, tenant_id"
-                )
-            ).all()
-        return [TenantInfo(r.tenant_id, r.tenant_name, str(r.user_id), r.status) for r in rows]
+        return [TenantInfo(*t[:4]) for t in self.all_tenants(status="active")]
 
-    def all_tenants(self) -> list[TenantConnection]:
-        """Every connection, whatever its status, with why it is not active and when it connected."""
+    def all_tenants(self, status: str | None = None) -> list[TenantConnection]:
+        """Every connection (or those with `status`), with why it is not active and when it connected."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 text(
                     "SELECT tenant_id, tenant_name, user_id, status, status_reason, connected_at "
-                    "FROM app.xero_connections ORDER BY tenant_name NULLS LAST, tenant_id"
-                )
+                    "FROM app.xero_connections WHERE (CAST(:s AS varchar) IS NULL OR status = :s) "
+                    "ORDER BY tenant_name NULLS LAST, tenant_id"
+                ),
+                {"s": status},
             ).all()
         return [TenantConnection(r.tenant_id, r.tenant_name, str(r.user_id), r.status, r.status_reason,
                                  r.connected_at) for r in rows]
