@@ -6,11 +6,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test lint ui clean
 
-$(STAMP): pyproject.toml
+# The runtime packages at the versions the image ships (deploy/requirements.lock): the tests run
+# what production runs. After changing dependencies: `.venv/bin/python deploy/lock_requirements.py`.
+$(STAMP): pyproject.toml deploy/requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c deploy/requirements.lock -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     try:
+        from oauth_service.secret_source import apply_secrets
+
+        apply_secrets()  # settings held in AWS Secrets Manager, when <NAME>_SECRET_ID names them
         if args.command == "generate-key":
             from oauth_service.settings import generate_key
 

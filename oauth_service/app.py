@@ -131,7 +131,7 @@ class KpiPoint(BaseModel):
 
 class KpiSeries(BaseModel):
     kpi: str
-    unit: str | None = Field(description="currency, days, count or ratio (null before the first build)")
+    unit: str = Field(description="currency, days, count or ratio")
     currency: str | None = Field(description="The organisation's base currency, for currency KPIs")
     values: list[KpiPoint]
 
@@ -559,6 +559,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         response_model_by_alias=True,
         tags=["kpis"],
         responses={400: {"description": "A malformed month, from after to, or an unknown KPI"},
+                   401: {"description": "No bearer token, or one that is not valid"},
                    404: {"description": "No such tenant for this user"}},
     )
     def tenant_kpis(

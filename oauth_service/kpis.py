@@ -17,13 +17,18 @@ from sqlalchemy.exc import ProgrammingError
 
 from oauth_service.db import KPI_READER_ROLE
 
-KPI_NAMES: tuple[str, ...] = (
-    "revenue_invoiced", "credit_notes_issued", "revenue_net", "invoices_issued", "average_invoice_value",
-    "bills", "cash_collected", "receivables_outstanding", "receivables_current", "receivables_1_30",
-    "receivables_31_60", "receivables_61_90", "receivables_90_plus", "overdue_amount", "overdue_count",
-    "dso_days", "days_to_pay_avg", "days_to_pay_median", "active_clients", "new_clients",
-    "returning_clients", "top_client_share", "top5_client_share", "revenue_growth_mom", "revenue_growth_yoy",
-)
+# Each KPI's unit, as the table has it (a test keeps them equal): an empty series still has one.
+KPI_UNITS: dict[str, str] = {
+    "revenue_invoiced": "currency", "credit_notes_issued": "currency", "revenue_net": "currency",
+    "invoices_issued": "count", "average_invoice_value": "currency", "bills": "currency",
+    "cash_collected": "currency", "receivables_outstanding": "currency", "receivables_current": "currency",
+    "receivables_1_30": "currency", "receivables_31_60": "currency", "receivables_61_90": "currency",
+    "receivables_90_plus": "currency", "overdue_amount": "currency", "overdue_count": "count",
+    "dso_days": "days", "days_to_pay_avg": "days", "days_to_pay_median": "days", "active_clients": "count",
+    "new_clients": "count", "returning_clients": "count", "top_client_share": "ratio",
+    "top5_client_share": "ratio", "revenue_growth_mom": "ratio", "revenue_growth_yoy": "ratio",
+}
+KPI_NAMES: tuple[str, ...] = tuple(KPI_UNITS)
 MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 DEFAULT_MONTHS = 12
 
@@ -68,13 +73,34 @@ def _value(v: Decimal | None) -> str | None:
     return None if v is None else format(v, "f")
 
 
+class KpiTableUntrusted(RuntimeError):
+    """analytics.kpi_monthly is not a plain table: reading it could run its owner's code."""
+
+
+def _refuse_anything_but_a_plain_table(conn: Connection) -> None:
+    """The pipeline role owns analytics. Were kpi_monthly a view, or a table under row-level
+    security, reading it would run the pipeline's functions in this session, where
+    `set_config('role', ...)` takes back the service login's rights (tokens, audit log). Lock the
+    relation first (it cannot be swapped until the transaction ends), then read only a plain table."""
+    conn.execute(text("LOCK TABLE analytics.kpi_monthly IN ACCESS SHARE MODE"))
+    kind, row_security = conn.execute(text(
+        "SELECT relkind, relrowsecurity FROM pg_catalog.pg_class "
+        "WHERE oid = 'analytics.kpi_monthly'::pg_catalog.regclass")).one()
+    if kind != "r" or row_security:
+        raise KpiTableUntrusted(f"analytics.kpi_monthly is not a plain table (relkind {kind!r}, row "
+                                f"security {row_security}): not read, as its owner's code would run")
+
+
 def read_kpis(conn: Connection, tenant_id: str, query: KpiQuery) -> list[dict]:
     """The tenant's series, one entry per KPI asked for, each month of the range in order. Runs in
     `conn`'s transaction under the KPI reader role (SET LOCAL: the role ends with the transaction).
     Before the first analytics build there is no table yet: every series is empty."""
     conn.execute(text(f"SET LOCAL ROLE {KPI_READER_ROLE}"))
+    # Names resolve in the system catalog first, then nowhere the pipeline could add to.
+    conn.execute(text("SET LOCAL search_path = pg_catalog, pg_temp"))
     try:
         with conn.begin_nested():
+            _refuse_anything_but_a_plain_table(conn)
             rows = conn.execute(
                 text("SELECT kpi, period, value, unit, currency FROM analytics.kpi_monthly "
                      "WHERE tenant_id = :t AND period BETWEEN :a AND :b AND kpi = ANY(:k) "
@@ -85,7 +111,7 @@ def read_kpis(conn: Connection, tenant_id: str, query: KpiQuery) -> list[dict]:
         if "kpi_monthly" not in str(exc) or "does not exist" not in str(exc):
             raise
         rows = []
-    series: dict[str, dict] = {k: {"kpi": k, "unit": None, "currency": None, "values": []}
+    series: dict[str, dict] = {k: {"kpi": k, "unit": KPI_UNITS[k], "currency": None, "values": []}
                                for k in query.kpis}
     for kpi, period, value, unit, currency in rows:
         entry = series[kpi]

@@ -117,24 +117,59 @@ def _cmd_kpis(args: argparse.Namespace) -> int:
     periods = sorted({r[0] for r in rows})
     table = {(r[1], r[0]): r[2] for r in rows}
     units = {r[1]: (r[3], r[4]) for r in rows}
+    cells = {key: "-" if value is None else f"{value:,}" for key, value in table.items()}
     width = max(len(k) for k in KPI_NAMES) + 2
-    print(f"{'KPI':<{width}}{'unit':<13}" + "".join(f"{p:%Y-%m}".rjust(13) for p in periods))
+    column = max(len(c) for c in [*cells.values(), "YYYY-MM"]) + 2  # figures never run together
+    print(f"{'KPI':<{width}}{'unit':<10}" + "".join(f"{p:%Y-%m}".rjust(column) for p in periods))
     for kpi in KPI_NAMES:
         unit, currency = units.get(kpi, ("", None))
-        cells = "".join(("-" if table.get((kpi, p)) is None else f"{table[(kpi, p)]:,}").rjust(13)
-                        for p in periods)
-        print(f"{kpi:<{width}}{(currency or unit):<13}{cells}")
+        row = "".join(cells.get((kpi, p), "-").rjust(column) for p in periods)
+        print(f"{kpi:<{width}}{(currency or unit):<10}{row}")
     return 0
+
+
+def _months(value: str) -> int:
+    months = int(value)
+    if not 1 <= months <= 240:
+        raise argparse.ArgumentTypeError(f"--months must be between 1 and 240, got {months}")
+    return months
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    prepare_environment()
-    dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
-    argv = [dagster, "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
-    home = os.environ["DAGSTER_HOME"]
-    print(f"Dagster UI on http://{args.host}:{args.port} (instance: {home})", flush=True)
-    os.execv(dagster, argv)  # noqa: S606 - the webserver and the daemon, in the foreground
-    return 0
+    from orchestration.demo import run_ui
+
+    return run_ui(args.host, args.port)
+
+
+# The image's commands (orchestration/entrypoints.py; the Dockerfile and compose.yaml run them).
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from orchestration.entrypoints import migrate
+
+    return migrate()
+
+
+def _cmd_code_server(args: argparse.Namespace) -> int:
+    from orchestration.entrypoints import code_server
+
+    return code_server(args.host, args.port)
+
+
+def _cmd_webserver(args: argparse.Namespace) -> int:
+    from orchestration.entrypoints import webserver
+
+    return webserver(args.host, args.port, args.code_server)
+
+
+def _cmd_daemon(args: argparse.Namespace) -> int:
+    from orchestration.entrypoints import daemon
+
+    return daemon(args.code_server)
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    from orchestration.entrypoints import health
+
+    return health(args.what, args.host, args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,21 +204,66 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("kpis", help="a tenant's KPI table in the terminal")
     p.add_argument("--tenant", required=True, metavar="ID", help="a Xero tenant id")
-    p.add_argument("--months", type=int, default=12, help="how many months, ending with this one")
+    p.add_argument("--months", type=_months, default=12, help="how many months, ending with this one (1-240)")
     p.set_defaults(func=_cmd_kpis)
 
     p = sub.add_parser("dbt", help="dbt on the configured database, e.g. `xero-elt dbt docs generate`",
                        add_help=False)
     p.set_defaults(func=_cmd_dbt, passthrough=True)
 
-    p = sub.add_parser("ui", help="the Dagster webserver and daemon on the configured instance")
+    p = sub.add_parser("ui", help="the Dagster webserver and daemon on the configured instance (after the "
+                       "demo, with its local Xero and OAuth service)")
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--host", default="127.0.0.1")
     p.set_defaults(func=_cmd_ui)
+
+    code_server_help = ("HOST[:PORT] of `xero-elt code-server` (default: $XERO_ELT_CODE_SERVER; "
+                        "neither: load the code in a subprocess of this one)")
+
+    def image_command(name: str, text: str) -> argparse.ArgumentParser:  # described in --help too
+        return sub.add_parser(name, help=text, description=text)
+
+    p = image_command("migrate", "apply the app-schema migrations, ensure the logins the deployment names "
+                      "(APP_, PIPELINE_DATABASE_URL, DAGSTER_POSTGRES_URL), create and migrate Dagster's "
+                      "storage; then exit")
+    p.set_defaults(func=_cmd_migrate)
+
+    p = image_command("code-server", "the Dagster code location over gRPC (`dagster api grpc -m "
+                      "orchestration.definitions`); the runs are launched in it")
+    p.add_argument("--port", type=int, default=4000)
+    p.add_argument("--host", default="0.0.0.0", help="default: all interfaces (a container)")  # noqa: S104
+    p.set_defaults(func=_cmd_code_server)
+
+    p = image_command("webserver", "the Dagster UI alone (`dagster-webserver`)")
+    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--host", default="0.0.0.0", help="default: all interfaces (a container)")  # noqa: S104
+    p.add_argument("--code-server", metavar="HOST[:PORT]", help=code_server_help)
+    p.set_defaults(func=_cmd_webserver)
+
+    p = image_command("daemon", "the Dagster daemon alone (`dagster-daemon run`): schedules, sensors, the "
+                      "run queue, run monitoring and retries")
+    p.add_argument("--code-server", metavar="HOST[:PORT]", help=code_server_help)
+    p.set_defaults(func=_cmd_daemon)
+
+    p = image_command("health", "exit 0 if the process is healthy (the image's HEALTHCHECK): the service's "
+                      "/healthz, the webserver's /server_info, the code server's gRPC health, or the "
+                      "daemons' heartbeats in Dagster's storage")
+    p.add_argument("what", nargs="?", choices=["service", "webserver", "daemon", "code-server"],
+                   help="default: what this container runs (its process 1's command line)")
+    p.add_argument("--port", type=int, help="default: the port in that command line, else the command's own")
+    p.add_argument("--host", default="127.0.0.1")
+    p.set_defaults(func=_cmd_health)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from oauth_service.secret_source import apply_secrets
+
+    try:
+        apply_secrets()  # <VAR>_SECRET_ID given: <VAR> from AWS Secrets Manager, before any setting is read
+    except SettingsError as exc:
+        print(f"xero-elt: configuration error: {exc}", file=sys.stderr)
+        return 2
     argv = sys.argv[1:] if argv is None else argv
     level = os.environ.get("LOG_LEVEL", "WARNING").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from oauth_service.secret_source import apply_secrets
 from orchestration.assets.analytics import analytics_models
 from orchestration.assets.xero_raw import xero_raw_assets
 from orchestration.jobs import analytics_job, tenant_sync_job
@@ -16,6 +17,10 @@ from orchestration.sensors import (
     tenant_connections_sensor,
     xero_webhook_sensor,
 )
+
+# A code server and each run worker (a process per run) read the secrets the deployment names
+# (see oauth_service/secret_source.py) before any resource, sensor or step uses a setting.
+apply_secrets()
 
 defs = dg.Definitions(
     assets=[xero_raw_assets, analytics_models],

@@ -11,16 +11,31 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from decimal import Decimal
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import requests
 
+from oauth_service.settings import SettingsError
+from orchestration.locks import connect, lock_key
 from orchestration.net import free_loopback_port
-from orchestration.settings import DEMO_ENV_FILE, local_dir, prepare_environment, read_env_file
+from orchestration.settings import (
+    DEMO_ENV_FILE,
+    REPO_ROOT,
+    DemoWorld,
+    local_dir,
+    prepare_environment,
+    read_env_file,
+)
+from xero_sandbox import SandboxConfig, SandboxServer
 
 DEMO_USER_ID = "7d3c6f0e-2b1a-4c5d-9e8f-0a1b2c3d4e5f"
 DEMO_SEED = 2026
@@ -93,48 +108,69 @@ def dataset_fingerprint(sandbox) -> str:
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def run_demo(tenants: int = DEMO_TENANTS, invoices: int = DEMO_INVOICES, seed: int = DEMO_SEED) -> int:
-    from oauth_service.migrations import upgrade
+@dataclass
+class DemoPlatform:
+    sandbox: SandboxServer
+    service_url: str
+    connected: int  # organisations the demo user connected through the service
+    env: dict[str, str]  # what points a process (Dagster's, too) at this local Xero
+
+
+@contextmanager
+def demo_platform(world: DemoWorld) -> Iterator[DemoPlatform]:
+    """The demo's local Xero (the sandbox, over real HTTP) and the OAuth service, with the demo
+    user's organisations connected through the real authorization-code flow. The sandbox's data
+    set comes from `world`'s seed, so the demo and a later `xero-elt ui` see the same
+    organisations and data; connecting again gives the stored tokens to this sandbox, where they
+    refresh while it runs."""
     from oauth_service.server import ServiceServer
     from oauth_service.settings import Settings
+
+    demo = demo_settings()
+    config = SandboxConfig(seed=world.seed, tenants=world.tenants, invoices_per_tenant=world.invoices,
+                           client_id=demo["XERO_CLIENT_ID"], client_secret=demo["XERO_CLIENT_SECRET"])
+    with SandboxServer(config, host="127.0.0.1", port=0) as sandbox:
+        port = free_loopback_port()
+        env = {**sandbox.env(), **demo, "XERO_REDIRECT_URI": f"http://127.0.0.1:{port}/xero/auth/callback"}
+        os.environ.update(env)
+        with ServiceServer(Settings.from_env(), host="127.0.0.1", port=port) as service:
+            connected = connect_organisations(service.url, user_jwt(demo["AUTH_JWT_SECRET"], DEMO_USER_ID))
+            yield DemoPlatform(sandbox, service.url, connected, env)
+
+
+def run_demo(tenants: int = DEMO_TENANTS, invoices: int = DEMO_INVOICES, seed: int = DEMO_SEED) -> int:
+    from oauth_service.migrations import upgrade
     from orchestration.sync import sync_tenants
-    from xero_sandbox import SandboxConfig, SandboxServer
 
     embedded = not os.environ.get("DATABASE_URL")
     db = prepare_environment()
     print(f"database: {db.url}" + (" (embedded PostgreSQL, data under .local/)" if embedded else ""))
     upgrade(db.url)
     print("migrations: app schema at head")
+    world = DemoWorld(database=db.address, seed=seed, tenants=tenants, invoices=invoices)
+    world.save()  # `xero-elt ui` brings this world back
 
-    demo = demo_settings()
-    config = SandboxConfig(seed=seed, tenants=tenants, invoices_per_tenant=invoices,
-                           client_id=demo["XERO_CLIENT_ID"], client_secret=demo["XERO_CLIENT_SECRET"])
-    with SandboxServer(config, host="127.0.0.1", port=0) as sandbox:
+    with demo_platform(world) as platform:
+        sandbox = platform.sandbox
         print(f"sandbox: local Xero at {sandbox.url} with {len(sandbox.tenants)} organisations")
-        port = free_loopback_port()
-        os.environ.update({**sandbox.env(), **demo,
-                           "XERO_REDIRECT_URI": f"http://127.0.0.1:{port}/xero/auth/callback"})
-        settings = Settings.from_env()
-        with ServiceServer(settings, host="127.0.0.1", port=port) as service:
-            connected = connect_organisations(service.url, user_jwt(demo["AUTH_JWT_SECRET"], DEMO_USER_ID))
-            print(f"oauth: demo user {DEMO_USER_ID} connected {connected} organisations "
-                  f"through {service.url}")
-            # dbt's own progress lines go to a log file; the run's full log is on the Dagster instance.
-            log_path = local_dir() / "logs" / f"demo-sync-{time.strftime('%Y%m%d-%H%M%S')}.log"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            # Incremental syncs cannot see data that changed without a new UpdatedDateUTC: when the
-            # sandbox's dataset differs from the one this .local/ last loaded (another seed, a newer
-            # sandbox), re-read everything, as the product's periodic full re-sync would.
-            fingerprint = dataset_fingerprint(sandbox)
-            marker = local_dir() / "demo-dataset"
-            full_refresh = not marker.exists() or marker.read_text() != fingerprint
-            if full_refresh and marker.exists():
-                print("sync: the sandbox's data changed since the last demo: full refresh")
-            with open(log_path, "w") as log, contextlib.redirect_stdout(log):
-                results = sync_tenants([t.tenant_id for t in sandbox.tenants], full_refresh=full_refresh)
-            if all(r.success for r in results):
-                marker.write_text(fingerprint)
-            print(f"sync: {len(results)} tenants through Dagster (dbt output: {log_path})")
+        print(f"oauth: demo user {DEMO_USER_ID} connected {platform.connected} organisations "
+              f"through {platform.service_url}")
+        # dbt's own progress lines go to a log file; the run's full log is on the Dagster instance.
+        log_path = local_dir() / "logs" / f"demo-sync-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Incremental syncs cannot see data that changed without a new UpdatedDateUTC: when the
+        # sandbox's dataset differs from the one this .local/ last loaded (another seed, a newer
+        # sandbox), re-read everything, as the product's periodic full re-sync would.
+        fingerprint = dataset_fingerprint(sandbox)
+        marker = local_dir() / "demo-dataset"
+        full_refresh = not marker.exists() or marker.read_text() != fingerprint
+        if full_refresh and marker.exists():
+            print("sync: the sandbox's data changed since the last demo: full refresh")
+        with open(log_path, "w") as log, contextlib.redirect_stdout(log):
+            results = sync_tenants([t.tenant_id for t in sandbox.tenants], full_refresh=full_refresh)
+        if all(r.success for r in results):
+            marker.write_text(fingerprint)
+        print(f"sync: {len(results)} tenants through Dagster (dbt output: {log_path})")
 
         names = {t.tenant_id: t.tenant_name for t in sandbox.tenants}
         failures = 0
@@ -151,7 +187,52 @@ def run_demo(tenants: int = DEMO_TENANTS, invoices: int = DEMO_INVOICES, seed: i
                   f"(sandbox: {expected[0]}, {expected[1]}) {'matches' if matches else 'MISMATCH'}")
     print()
     print("Open the Dagster UI (runs, tenants, asset graph):  .venv/bin/xero-elt ui   → http://127.0.0.1:3000")
+    print("  (it brings this demo's local Xero and OAuth service back, so runs launched there work)")
     return 1 if failures else 0
+
+
+def run_ui(host: str, port: int) -> int:
+    """`xero-elt ui`: the Dagster webserver and daemon (`dagster dev`) on the configured instance.
+    In the demo's world (DEMO_MODE, see prepare_environment) the demo's local Xero and OAuth
+    service run beside them, in this process, for as long as the UI does: a backfill, a
+    re-execution or the schedule's next tick then calls the sandbox, never Xero's real hosts.
+    Outside demo mode nothing else starts."""
+    prepare_environment()
+    dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
+    argv = [dagster, "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", host, "-p", str(port)]
+    print(f"Dagster UI on http://{host}:{port} (instance: {os.environ['DAGSTER_HOME']})", flush=True)
+    if os.environ.get("DEMO_MODE") != "1":
+        os.execv(dagster, argv)  # noqa: S606 - the webserver and the daemon, in the foreground
+    world = DemoWorld.load() or DemoWorld("", DEMO_SEED, DEMO_TENANTS, DEMO_INVOICES)
+    # One local Xero per demo: a second would hand the demo's organisations new tokens that the
+    # first one's runs cannot use.
+    with connect(os.environ["DATABASE_URL"], "xero-elt ui (demo)") as conn:
+        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key("demo-ui"),)).fetchone()[0]:
+            raise SettingsError("another `xero-elt ui` serves this demo already (its local Xero holds the "
+                                "demo's tokens): stop it first, or use it")
+        return _run_ui_beside(world, argv)
+
+
+def _run_ui_beside(world: DemoWorld, argv: list[str]) -> int:
+    with demo_platform(world) as platform:
+        print(f"demo: local Xero at {platform.sandbox.url} and the OAuth service at {platform.service_url}; "
+              f"{platform.connected} demo organisations connected through them", flush=True)
+        # In a session of its own, so that stopping the UI stops every process dagster dev started
+        # (webserver, daemon, code servers, runs) before the local Xero they were calling.
+        dagster_dev = subprocess.Popen(argv, env=dict(os.environ), start_new_session=True)  # noqa: S603
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: _stop_session(dagster_dev))
+        return dagster_dev.wait()
+
+
+def _stop_session(leader: subprocess.Popen, grace_seconds: float = 20) -> None:
+    """Ctrl-C for the leader's whole session (dagster dev shuts its services down on it); whatever
+    is still running after the grace is killed."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(leader.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            leader.wait(grace_seconds)
+        os.killpg(leader.pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":

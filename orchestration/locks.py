@@ -56,12 +56,15 @@ def connect(database_url: str, application_name: str) -> psycopg.Connection:
 
 
 def lock_holder(conn: psycopg.Connection, key: int) -> str:
-    """Who holds advisory lock `key`: its session's application_name and pid, or 'nobody'."""
+    """Who holds advisory lock `key`: its session's application_name and pid, or 'nobody'.
+    Advisory locks belong to a database: the same key held in another database on the server (a
+    second deployment, another test run) is not this one's holder."""
     unsigned = key & 0xFFFFFFFFFFFFFFFF
     row = conn.execute(
         "SELECT a.application_name, a.pid, extract(epoch FROM now() - a.backend_start)::int "
         "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-        "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s AND l.objsubid = 1",
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s AND l.objsubid = 1 "
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         (unsigned >> 32, unsigned & 0xFFFFFFFF),
     ).fetchone()
     if row is None:

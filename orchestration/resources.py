@@ -15,7 +15,7 @@ from oauth_service.settings import Settings as ServiceSettings
 from oauth_service.vault import TokenVault
 from orchestration.dbt_project import DBT_EXECUTABLE, xero_dbt_project
 from orchestration.settings import RAW_SCHEMA
-from xero_source import SourceSettings, XeroClient, xero_source
+from xero_source import AppBudget, SourceSettings, XeroClient, xero_source
 
 
 @cache
@@ -50,13 +50,15 @@ class XeroPipelineResource(dg.ConfigurableResource):
 
     raw_schema: str = RAW_SCHEMA
 
-    def client(self, tenant_id: str, vault: TokenVault) -> XeroClient:
-        """The tenant's Xero client; its `stats` say what the run cost (calls, bytes, limits left)."""
+    def client(self, tenant_id: str, vault: TokenVault, app_budget: AppBudget | None = None) -> XeroClient:
+        """The tenant's Xero client; its `stats` say what the run cost (calls, bytes, limits left).
+        `app_budget`: Xero's app-wide minute, shared with every other tenant's extract."""
         return XeroClient(
             tenant_id,
             token_provider=lambda: vault.access_token_for(tenant_id),
             token_rejected=lambda token: vault.access_token_rejected(tenant_id, token),
             settings=SourceSettings.from_env(),
+            app_budget=app_budget,
         )
 
     def source(self, client: XeroClient, full_refresh: bool = False):

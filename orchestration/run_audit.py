@@ -28,12 +28,15 @@ ACTIONS = {
 def audit_run(instance: dg.DagsterInstance, run: dg.DagsterRun, detail: dict | None = None,
               engine: Engine | None = None) -> bool:
     """Record a run's start or end once; return False when it was already recorded. An end's row
-    carries the run's figures (duration, records loaded, Xero calls), read from its own events."""
+    carries the run's figures (duration, records loaded, Xero calls), read from its own events, and
+    a failure's row its error (the writer's own, else the one the run's events tell)."""
     action = ACTIONS.get(run.status)
     if action is None:
         return False
     if run.status != dg.DagsterRunStatus.STARTED:
         detail = {**run_figures(instance, run.run_id), **(detail or {})}
+    if run.status == dg.DagsterRunStatus.FAILURE and not detail.get("error"):
+        detail.update(failure_detail(instance, run.run_id))
     if engine is None:
         from orchestration.resources import TokenVaultResource
 
@@ -87,19 +90,24 @@ def _int(value) -> int:
     return int(getattr(value, "value", value) or 0)
 
 
-GENERIC_FAILURE = "This run has been marked as failed from outside the execution context."
-
-
-def failure_detail(instance: dg.DagsterInstance, run_id: str, message: str | None) -> dict:
-    """What the audit row says of a failed run. When the run was failed from outside (its process
-    died under the daemon's code server, which says so in an engine event), that event is the reason."""
-    if message and message.strip() != GENERIC_FAILURE:
-        return {"error": message[:500]}
-    crash = [e.message for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
-             if e.message and "Run execution process" in e.message]
+def failure_detail(instance: dg.DagsterInstance, run_id: str) -> dict:
+    """Why a run failed, from its events: the first failed step's error (e.g. "partition … refused
+    before any extract"); else, for a run failed from outside because its process died under the
+    daemon's code server, the engine event that says so; else the run's own failure message."""
+    kinds = dg.DagsterEventType
+    logs = instance.all_logs(run_id, of_type={kinds.STEP_FAILURE, kinds.ENGINE_EVENT, kinds.RUN_FAILURE})
+    for entry in logs:
+        event = entry.dagster_event
+        if event.event_type == dg.DagsterEventType.STEP_FAILURE and event.step_failure_data.error:
+            error = event.step_failure_data.error
+            cause = error.cause.message if error.cause and not error.message.strip() else ""
+            return {"error": (error.message.strip() or cause)[:500]}
+    crash = [e.message for e in logs if e.dagster_event.event_type == dg.DagsterEventType.ENGINE_EVENT
+             and e.message and "Run execution process" in e.message]
     if crash:
         return {"error": f"{crash[-1]} (its worker died)"[:500], "crashed": True}
-    return {"error": (message or "")[:500]}
+    failures = [e.message for e in logs if e.dagster_event.event_type == dg.DagsterEventType.RUN_FAILURE]
+    return {"error": (failures[-1] if failures else "failed, with no reason recorded")[:500]}
 
 
 def _launcher(run: dg.DagsterRun) -> str:

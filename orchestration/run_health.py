@@ -2,7 +2,9 @@
 
 A run worker (the process executing a run: `xero-elt sync`, or the daemon's run worker) holds a
 PostgreSQL advisory lock keyed by its run id for as long as it runs (`RunLivenessResource`), and
-tags the run once it holds it. The lock dies with the process. So a run still STARTED in
+tags the run once it holds it; `xero-elt sync` takes the lock before it even creates the run
+(`live_in_process_run`), so a sync killed while a run starts leaves no run alive-looking. The lock
+dies with the process. So a run still STARTED in
 Dagster's storage whose lock anyone can take has no worker left: `reap_dead_runs` marks it
 FAILURE with the reason, frees any concurrency slot it held and audits it. `xero-elt sync` reaps
 before it starts; in the daemon the `recover_crashed_runs` sensor reaps every minute, and run
@@ -15,6 +17,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,13 +42,45 @@ def _liveness_key(run_id: str) -> int:
     return lock_key(f"run:{run_id}")
 
 
+# Run ids whose liveness lock this process already holds (see `live_in_process_run`).
+_held_here: set[str] = set()
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 @contextmanager
-def hold_run_liveness(instance: dg.DagsterInstance, run_id: str, database_url: str) -> Iterator[None]:
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+def _liveness_lock(run_id: str, database_url: str) -> Iterator[bool]:
+    """Hold the run's liveness lock; yields whether it was taken here (False: already held here)."""
+    if run_id in _held_here:
+        yield False
+        return
     with connect(database_url, f"xero-elt run {run_id}") as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_liveness_key(run_id),))  # unique per run: no wait
-        instance.add_run_tags(run_id, {LIVENESS_TAG: worker})
+        _held_here.add(run_id)
+        try:
+            yield True
+        finally:
+            _held_here.discard(run_id)
+
+
+@contextmanager
+def hold_run_liveness(instance: dg.DagsterInstance, run_id: str, database_url: str) -> Iterator[None]:
+    with _liveness_lock(run_id, database_url) as taken_here:
+        if taken_here:
+            instance.add_run_tags(run_id, {LIVENESS_TAG: _worker_name()})
         yield
+
+
+@contextmanager
+def live_in_process_run(database_url: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A new run id and its liveness tag, the lock held before the run exists: for a run this process
+    executes itself (`execute_in_process`). A process killed between creating the run and starting
+    its steps then leaves a run the reaper sees dead at once, not one it must give the start grace."""
+    run_id = str(uuid.uuid4())  # as Dagster makes them
+    with _liveness_lock(run_id, database_url):
+        yield run_id, {LIVENESS_TAG: _worker_name()}
 
 
 class RunLivenessResource(dg.ConfigurableResource):

@@ -15,7 +15,7 @@ from orchestration.extract_ledger import pending_loads
 from orchestration.jobs import ANALYTICS_JOB_NAME, SYNC_JOBS, analytics_job, tenant_sync_job
 from orchestration.partitions import add_tenant_partitions, tenant_tags
 from orchestration.resources import TokenVaultResource
-from orchestration.run_audit import audit_run, failure_detail
+from orchestration.run_audit import audit_run
 from orchestration.run_health import reap_dead_runs
 from orchestration.settings import webhook_quiet_seconds
 
@@ -153,10 +153,10 @@ audit_canceled_runs = _audit_sensor(dg.DagsterRunStatus.CANCELED, "audit_cancele
 @dg.run_failure_sensor(
     monitored_jobs=[tenant_sync_job, analytics_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Writes an app.audit_log row, with the error, for each sync run that fails or whose "
+                "process died.",
 )
 def audit_failed_runs(context: dg.RunFailureSensorContext):
     # Also sees runs whose process died: the code server, run monitoring or recover_crashed_runs
     # marks them FAILURE.
-    run = context.dagster_run
-    audit_run(context.instance, run,
-              detail=failure_detail(context.instance, run.run_id, context.failure_event.message))
+    audit_run(context.instance, context.dagster_run)

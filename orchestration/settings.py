@@ -7,11 +7,13 @@ under `.local/`, the dbt connection derived from `DATABASE_URL`, telemetry off.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 
 from oauth_service.settings import SettingsError  # one error type for every bad setting
 
@@ -30,6 +32,7 @@ TELEMETRY_OFF = {
 }
 
 DEMO_ENV_FILE = "demo.env"
+DEMO_WORLD_FILE = "demo-world.json"
 
 # How many tenants `xero-elt sync` extracts at once. Xero allows 60 calls a minute per tenant and
 # 10,000 a minute per app: at most 166 tenants can call at full speed together. On one machine the
@@ -50,6 +53,20 @@ def sync_concurrency(requested: int | None = None, environ=os.environ) -> int:
         raise SettingsError(f"the sync concurrency ({SYNC_CONCURRENCY}, --concurrency) must be a whole "
                             f"number from 1 to {ceiling} (Xero's app-wide limit over its per-tenant one), "
                             f"not {raw!r}")
+    return int(raw)
+
+
+APP_MINUTE_LIMIT = "XERO_APP_MINUTE_LIMIT"
+
+
+def app_minute_limit(environ=os.environ) -> int:
+    """Xero's app-wide calls per minute (XERO_APP_MINUTE_LIMIT, default 10,000), shared by every
+    tenant's extract through PostgreSQL (orchestration/xero_budget.py); lower it to leave room
+    for another consumer of the same Xero app."""
+    raw = environ.get(APP_MINUTE_LIMIT, "").strip() or str(XERO_APP_CALLS_PER_MINUTE)
+    if not raw.isdigit() or not 1 <= int(raw) <= XERO_APP_CALLS_PER_MINUTE:
+        raise SettingsError(f"{APP_MINUTE_LIMIT} must be a whole number from 1 to "
+                            f"{XERO_APP_CALLS_PER_MINUTE}, not {raw!r}")
     return int(raw)
 
 
@@ -107,6 +124,32 @@ def local_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class DemoWorld:
+    """What `xero-elt demo` set up last: its database (no credentials) and its sandbox's data set,
+    so that `xero-elt ui` can bring the same local Xero back (orchestration/demo.py)."""
+
+    database: str  # host:port/database
+    seed: int
+    tenants: int
+    invoices: int
+
+    def save(self) -> None:
+        (local_dir() / DEMO_WORLD_FILE).write_text(json.dumps(dataclasses.asdict(self)) + "\n")
+
+    @classmethod
+    def load(cls) -> DemoWorld | None:
+        path = local_dir() / DEMO_WORLD_FILE
+        return cls(**json.loads(path.read_text())) if path.exists() else None
+
+
+def is_demo_database(db: DatabaseUrl, *, embedded: bool) -> bool:
+    """Whether `db` is the one the demo set up: the embedded one (the demo's default), or the one
+    its last run named (a demo run with DATABASE_URL set)."""
+    world = DemoWorld.load()
+    return embedded or (world is not None and world.database == db.address)
+
+
+@dataclass(frozen=True)
 class DatabaseUrl:
     """A parsed `postgresql://` URL, with what dbt's profile and Dagster's storage need."""
 
@@ -156,9 +199,25 @@ class DatabaseUrl:
     def database(self) -> str:
         return self._parts.path.strip("/")
 
+    @property
+    def address(self) -> str:
+        """host:port/database: which database, without credentials."""
+        return f"{self.host}:{self.port}/{self.database}"
+
     def with_database(self, database: str) -> DatabaseUrl:
         p = self._parts
         return DatabaseUrl(urlunsplit((p.scheme, p.netloc, "/" + database, p.query, "")))
+
+    def in_utc(self) -> DatabaseUrl:
+        """The same URL with its sessions in UTC. Dagster's storage writes run timestamps with
+        CURRENT_TIMESTAMP into `timestamp without time zone` and reads them back as UTC: on a
+        server whose time zone is not UTC (an RDS parameter group, say) a run created a second ago
+        looks hours old, and run monitoring fails it for "taking too long to start"."""
+        p = self._parts
+        if "options" in parse_qs(p.query):  # the operator's own session options stand
+            return self
+        query = "&".join(q for q in (p.query, "options=" + quote("-c timezone=UTC")) if q)
+        return DatabaseUrl(urlunsplit((p.scheme, p.netloc, p.path, query, "")))
 
     def dbt_env(self) -> dict[str, str]:
         """dbt's profile reads its connection from these (decoded, unlike the URL)."""
@@ -206,18 +265,13 @@ def prepare_environment(environ: dict[str, str] | None = None, *, dagster: bool 
     for key, value in TELEMETRY_OFF.items():
         env.setdefault(key, value)
 
-    if env.get("DATABASE_URL"):
-        db = DatabaseUrl.parse(env["DATABASE_URL"])
+    environ_database = env.get("DATABASE_URL") or None
+    if environ_database:
+        db = DatabaseUrl.parse(environ_database)
     elif env.get("XERO_ELT_EMBEDDED_POSTGRES", "1") == "0":
         raise SettingsError("DATABASE_URL is required (the embedded PostgreSQL is switched off by "
                             "XERO_ELT_EMBEDDED_POSTGRES=0)")
     else:
-        # The embedded database is the demo's world: use the demo's secrets (written by the demo)
-        # so the UI's sensors and later commands can read the tokens it stored.
-        demo_env = local_dir() / DEMO_ENV_FILE
-        if demo_env.exists():
-            for key, value in read_env_file(demo_env).items():
-                env.setdefault(key, value)
         from orchestration.local_postgres import LocalPostgres
 
         server = DatabaseUrl(LocalPostgres(local_dir()).ensure_running())
@@ -225,6 +279,12 @@ def prepare_environment(environ: dict[str, str] | None = None, *, dagster: bool 
         db = server.with_database("xero_elt")
         env["DATABASE_URL"] = db.url
 
+    # The demo's database is the demo's world: use the demo's secrets (written by the demo) so the
+    # UI's sensors and runs and later commands can read the tokens it stored.
+    demo_env = local_dir() / DEMO_ENV_FILE
+    if demo_env.exists() and is_demo_database(db, embedded=environ_database is None):
+        for key, value in read_env_file(demo_env).items():
+            env.setdefault(key, value)
     env.update(db.dbt_env())
     if dagster:
         _prepare_dagster(env, db)
@@ -240,7 +300,8 @@ def _prepare_dagster(env, db: DatabaseUrl) -> None:
         dagster_url = DatabaseUrl.parse(env["DAGSTER_POSTGRES_URL"], "DAGSTER_POSTGRES_URL")
     # dagster-postgres speaks psycopg2 (its NOTIFY is psycopg2-only); SQLAlchemy 2.1's default
     # driver for a bare postgresql:// is psycopg 3, so name the driver.
-    env["DAGSTER_POSTGRES_URL"] = dagster_url.url.replace("postgresql://", "postgresql+psycopg2://", 1)
+    env["DAGSTER_POSTGRES_URL"] = dagster_url.in_utc().url.replace("postgresql://",
+                                                                   "postgresql+psycopg2://", 1)
 
     home = Path(env.setdefault("DAGSTER_HOME", str(local_dir() / "dagster")))
     home.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from orchestration.jobs import ANALYTICS_JOB_NAME, SYNC_JOB_NAME, SYNC_JOBS, syn
 from orchestration.lifetime import die_with_parent
 from orchestration.partitions import add_tenant_partitions, checked_tenant_id
 from orchestration.run_audit import audit_run
-from orchestration.run_health import reap_dead_runs
+from orchestration.run_health import live_in_process_run, reap_dead_runs
 from orchestration.settings import ANALYTICS_SCHEMA, RAW_SCHEMA, sync_concurrency
 
 
@@ -76,17 +76,19 @@ def tenant_figures(database_url: str, tenant_id: str) -> tuple[int, Decimal, int
 
 def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, log_level: str, *,
              partition_key: str | None = None, ops: dict | None = None) -> dg.ExecuteInProcessResult:
-    return job.execute_in_process(
-        partition_key=partition_key,
-        instance=instance,
-        raise_on_error=False,
-        run_config={
-            **({"ops": ops} if ops else {}),
-            # The run's full log is on the instance (the UI); the terminal gets warnings and the summary.
-            "loggers": {"console": {"config": {"log_level": log_level}}},
-        },
-        tags={"xero-elt/launched-by": "xero-elt sync"},
-    )
+    with live_in_process_run(os.environ["DATABASE_URL"]) as (run_id, liveness):
+        return job.execute_in_process(
+            partition_key=partition_key,
+            instance=instance,
+            raise_on_error=False,
+            run_id=run_id,
+            run_config={
+                **({"ops": ops} if ops else {}),
+                # The run's full log is on the instance (the UI); the terminal gets warnings and the summary.
+                "loggers": {"console": {"config": {"log_level": log_level}}},
+            },
+            tags={"xero-elt/launched-by": "xero-elt sync", **liveness},
+        )
 
 
 def _extract(job: dg.JobDefinition, instance: dg.DagsterInstance, tenant_id: str, full_refresh: bool,

@@ -32,7 +32,8 @@ def pytest_configure(config: pytest.Config) -> None:
 # early keeps one worker from running the longest file alone at the end. The rest keep their order.
 LONGEST_FIRST = ("test_end_to_end.py", "test_canonical_invoices.py", "test_crash_recovery.py",
                  "test_demo.py", "test_ui.py", "test_daemon_recovery.py", "test_kpis.py",
-                 "test_incremental.py")
+                 "test_incremental.py", "test_faults_end_to_end.py", "test_source_resume.py",
+                 "test_source_pacing.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -56,7 +56,7 @@ def test_sync_exits_non_zero_when_a_tenant_fails(create_database, tmp_path):
     progress = rf"^\[1/1\] {stranger}: extract FAILED in [\d.]+ s \(run [0-9a-f-]{{36}}\)$"
     assert re.search(progress, out, re.M), out
     assert re.search(rf"^{stranger}\s+FAILED\s+0\s+0\s+0\s+[\d.]+\s+[0-9a-f]{{8}}$", out, re.M), out
-    assert re.search(rf"^{stranger}: step xero_raw: .*not connected", out, re.M | re.S), out
+    assert re.search(rf"^{stranger}: step extract_xero_tenant: .*not connected", out, re.M | re.S), out
     assert "0 of 1 tenant(s) synced, 1 FAILED" in out
     # Nothing was extracted: no analytics build was started for nothing.
     assert "analytics build" not in out

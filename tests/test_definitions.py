@@ -42,12 +42,25 @@ def test_raw_assets_are_partitioned_by_tenant_and_dbt_assets_are_not():
         node = graph.get(key)
         assert isinstance(node.partitions_def, dg.DynamicPartitionsDefinition), key
         assert node.partitions_def.name == TENANT_PARTITIONS_NAME
-        assert node.group_name == "xero_raw", key
+        assert node.group_name == "raw_xero", key
     # One set-based build serves every tenant: the dbt assets follow every tenant partition.
     for key in DBT_ASSETS:
         node = graph.get(key)
         assert node.partitions_def is None, key
-        assert node.group_name == "analytics", key
+        # Grouped by layer, each group named after its schema, the key's prefix.
+        assert node.group_name == key.path[0] and key.path[0] in ("staging", "analytics"), key
+
+
+def test_every_asset_is_described_owned_and_tagged_by_its_layer():
+    graph = asset_graph()
+    layers = {"raw_xero": "raw", "staging": "staging", "analytics": "marts"}
+    for key in raw_keys() | DBT_ASSETS:
+        node = graph.get(key)
+        assert node.description and len(node.description) > 20, key
+        assert node.tags.get("layer") == layers[key.path[0]], (key, node.tags)
+        assert node.owners and all(o.startswith("team:") for o in node.owners), key
+    assert {o for k in DBT_ASSETS if k.path[0] == "analytics" for o in graph.get(k).owners} \
+        == {"team:analytics-engineering"}
 
 
 def test_every_asset_says_how_fresh_the_daily_sync_keeps_it():
@@ -104,7 +117,7 @@ def test_the_extract_job_is_per_tenant_and_extracts_only():
     assert job.op_retry_policy is not None and job.op_retry_policy.max_retries >= 1
     assert _selected_assets(job) == raw_keys()
     # No dbt in an extract run (not even dbt's source tests): the analytics build is a job of its own.
-    assert {node.name for node in job.graph.nodes} == {"xero_raw"}
+    assert {node.name for node in job.graph.nodes} == {"extract_xero_tenant"}
 
 
 def test_the_analytics_job_builds_every_dbt_asset_at_once():
@@ -209,3 +222,30 @@ def test_loading_the_definitions_writes_nothing_to_the_shared_dlt_folder(tmp_pat
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert not (shared / "pipelines" / "xero_template").exists()
+
+
+def test_every_check_schedule_sensor_and_job_says_what_it_does():
+    graph = asset_graph()
+    for check in graph.asset_check_keys:
+        assert (graph.get_check_spec(check).description or "").strip(), check
+    for item in (*defs.schedules, *defs.sensors, *(defs.resolve_job_def(n) for n in (SYNC_JOB_NAME,
+                                                                                     ANALYTICS_JOB_NAME))):
+        assert len((item.description or "").strip()) > 20, item.name
+
+
+def test_no_definition_shows_as_unserializable_in_the_ui():
+    """What the webserver receives from the code location (its snapshot): every metadata value
+    serialises as itself, except the three objects dagster-dbt 0.29 keeps in its assets' metadata
+    and reads back when a build runs (the manifest, the translator, the project): known, listed."""
+    import re
+
+    from dagster._core.remote_representation.external_data import RepositorySnap
+    from dagster._serdes import serialize_value
+
+    snapshot = serialize_value(RepositorySnap.from_def(defs.get_repository_def()))
+    unserializable = set(re.findall(r'"\[(\w+)\] \(unserializable\)"\}, "label": "([\w/]+)"', snapshot))
+    assert unserializable == {("DbtManifestWrapper", "dagster_dbt/manifest"),
+                              ("XeroDbtTranslator", "dagster_dbt/dagster_dbt_translator"),
+                              ("DbtProject", "dagster_dbt/project")}, unserializable
+    assert snapshot.count("(unserializable)") == 3 * len(DBT_ASSETS)  # on the dbt models alone
+    assert "DltSource" not in snapshot and "[Pipeline]" not in snapshot

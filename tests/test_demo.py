@@ -21,9 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 FOREIGN = ("XERO_", "AUTH_", "APP_", "DEMO_", "TOKEN_", "DAGSTER_", "DATABASE_URL", "DBT_PG_", "PGTZ")
 
 
-def run_demo(env: dict[str, str]) -> str:
+def run_demo(env: dict[str, str], *args: str) -> str:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN)}
-    done = subprocess.run([str(BIN / "xero-elt"), "demo"], env={**clean, **env}, cwd=REPO,
+    done = subprocess.run([str(BIN / "xero-elt"), "demo", *args], env={**clean, **env}, cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     secret_watch.record(done.stdout + done.stderr)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

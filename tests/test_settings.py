@@ -62,6 +62,10 @@ def test_a_deployment_without_a_database_fails_instead_of_starting_an_embedded_o
         ({"XERO_PAGE_SIZE": "a lot"}, "XERO_PAGE_SIZE must be a whole number"),
         ({"XERO_PAGE_SIZE": "5000"}, "XERO_PAGE_SIZE must be between 1 and 1000"),
         ({"XERO_API_URL": "api.xero.com/api.xro/2.0"}, "XERO_API_URL must be an http(s) URL"),
+        ({"XERO_MINUTE_LIMIT": "sixty"}, "XERO_MINUTE_LIMIT must be a whole number"),
+        ({"XERO_DAY_RESERVE": "-1"}, "XERO_DAY_RESERVE must be between 0 and 5000"),
+        ({"XERO_RATE_WINDOW_SECONDS": "0"}, "XERO_RATE_WINDOW_SECONDS must be between 1 and 3600"),
+        ({"XERO_MAX_RETRIES_PER_RUN": "many"}, "XERO_MAX_RETRIES_PER_RUN must be a whole number"),
     ],
 )
 def test_source_settings_errors_name_the_variable(variables, message):
@@ -77,13 +81,47 @@ def test_prepare_environment_uses_a_given_database(database_url, tmp_path):
     db = prepare_environment(env)
     assert db.url == DatabaseUrl.parse(database_url).url
     dagster_db = f"{db.database}_dagster"
-    assert env["DAGSTER_POSTGRES_URL"] == db.with_database(dagster_db).url.replace(
+    assert env["DAGSTER_POSTGRES_URL"] == db.with_database(dagster_db).in_utc().url.replace(
         "postgresql://", "postgresql+psycopg2://")
     with psycopg.connect(db.url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(dagster_db)))
     assert (tmp_path / "dagster" / "dagster.yaml").exists()
     assert env["RUNTIME__DLTHUB_TELEMETRY"] == "false" and env["DO_NOT_TRACK"] == "1"
     assert env["DBT_PG_DATABASE"] == db.database
+
+
+def test_dagsters_storage_keeps_run_times_right_on_a_server_not_in_utc(create_database, tmp_path):
+    """Dagster stores run times as CURRENT_TIMESTAMP without a zone and reads them as UTC. On a
+    database whose default zone is west of UTC a new run looked 8 hours old: run monitoring failed
+    it for taking too long to start, and the crash reaper took it for dead."""
+    import time
+
+    import dagster as dg
+
+    dagster_url = create_database("dagster")
+    with psycopg.connect(dagster_url, autocommit=True) as conn:
+        name = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute(sql.SQL("ALTER DATABASE {} SET timezone TO 'America/Los_Angeles'").format(
+            sql.Identifier(name)))
+    env = {"DATABASE_URL": dagster_url, "DAGSTER_POSTGRES_URL": dagster_url,
+           "DAGSTER_HOME": str(tmp_path / "dagster")}
+    prepare_environment(env)
+    with psycopg.connect(env["DAGSTER_POSTGRES_URL"].replace("+psycopg2", "")) as conn:
+        assert conn.execute("SHOW timezone").fetchone()[0] == "UTC"
+    with psycopg.connect(dagster_url) as conn:  # anyone else's session keeps the server's zone
+        assert conn.execute("SHOW timezone").fetchone()[0] == "America/Los_Angeles"
+
+    from dagster._core.test_utils import environ
+
+    with environ(env):
+        instance = dg.DagsterInstance.get()
+        try:
+            run = instance.create_run_for_job(dg.GraphDefinition(name="noop", node_defs=[]).to_job())
+            [record] = instance.get_run_records(dg.RunsFilter(run_ids=[run.run_id]))
+            assert abs(record.create_timestamp.timestamp() - time.time()) < 60
+            assert abs(record.update_timestamp.timestamp() - time.time()) < 60
+        finally:
+            instance.dispose()
 
 
 def test_prepare_environment_rejects_a_bad_dagster_url(database_url, tmp_path):
@@ -117,6 +155,24 @@ def test_the_sync_concurrency_is_bounded_by_xeros_limits():
             sync_concurrency(bad, environ={})
     with pytest.raises(SettingsError, match="XERO_SYNC_CONCURRENCY"):
         sync_concurrency(environ={SYNC_CONCURRENCY: "many"})
+
+
+def test_xeros_limits_come_from_settings():
+    from orchestration.settings import app_minute_limit
+    from xero_source import SourceSettings
+
+    settings = SourceSettings.from_env({})
+    assert (settings.minute_limit, settings.minute_margin, settings.rate_window_seconds,
+            settings.day_reserve, settings.max_retries_per_run) == (60, 2, 60, 250, 60)
+    fast = SourceSettings.from_env({"XERO_MINUTE_LIMIT": "2", "XERO_RATE_WINDOW_SECONDS": "10",
+                                    "XERO_DAY_RESERVE": "0"})
+    assert (fast.minute_limit, fast.minute_margin, fast.rate_window_seconds) == (2, 1, 10)
+    assert fast.day_reserve == 0
+    assert app_minute_limit(environ={}) == 10_000
+    assert app_minute_limit(environ={"XERO_APP_MINUTE_LIMIT": "500"}) == 500
+    for bad in ("0", "10001", "lots"):
+        with pytest.raises(SettingsError, match=f"XERO_APP_MINUTE_LIMIT must be .*'{bad}'"):
+            app_minute_limit(environ={"XERO_APP_MINUTE_LIMIT": bad})
 
 
 def test_the_daily_sync_time_and_zone_come_from_settings():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -239,7 +240,23 @@ def _damaged(answer: Response, fault: Fault | None) -> Response:
         return Response(cut, answer.status_code, media_type=answer.media_type)
     if kind == "malformed":  # a proxy's HTML error page, served as if it were the API's answer
         return Response(BAD_GATEWAY, 200, media_type=answer.media_type)
+    if kind in ("bad_date", "bad_amount") and answer.status_code == 200 and answer.media_type == JSON:
+        return Response(_spoil_first_record(answer.body, kind), 200, media_type=JSON)
     return answer
+
+
+def _spoil_first_record(body: bytes, kind: str) -> bytes:
+    """The page's first record with a date that is no date, or an amount that is not a number."""
+    doc = json.loads(body)
+    records = next((v for v in doc.values() if isinstance(v, list) and v), None)
+    if records is None:
+        return body
+    first = records[0]
+    if kind == "bad_date":
+        first["Date"] = "/Date(not-a-date)/"
+    else:
+        first["Total" if "Total" in first else "Amount"] = "twelve"
+    return json.dumps(doc).encode()
 
 
 def _fault_response(f: Fault) -> Response:

@@ -4,7 +4,9 @@ Kinds: ``500``, ``501``, ``503`` (organisation offline, plain text, as Xero send
 without the quota being spent), ``slow`` (added wall-clock latency, recorded in the stats), ``drop``
 (connection closed part-way through the body), ``truncate`` (body cut short), ``malformed`` (an HTML error
 page instead of the answer), ``401`` (token rejected), ``403`` (connection revoked). The three body faults hit
-whatever the answer is (JSON, XML, an error), so a fault counted as fired is one a client saw.
+whatever the answer is (JSON, XML, an error), so a fault counted as fired is one a client saw. Two record
+faults spoil the first record of a JSON page, as a buggy upstream would: ``bad_date`` (its ``Date`` is no
+date) and ``bad_amount`` (its ``Total``, or ``Amount``, is not a number).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 
 from .config import FaultConfig
 
-KINDS = ("500", "501", "503", "429", "slow", "drop", "truncate", "malformed", "401", "403")
+KINDS = ("500", "501", "503", "429", "slow", "drop", "truncate", "malformed", "401", "403",
+         "bad_date", "bad_amount")
 
 
 @dataclass

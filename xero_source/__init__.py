@@ -11,9 +11,11 @@ so re-fetching a version merges away and a changed record adds a new version. Ne
 items, payments, …) stay JSON columns (`max_table_nesting=0`).
 """
 
-from xero_source.client import DailyLimitExceeded, EndpointStats, XeroApiError, XeroClient
+from xero_source.client import EndpointStats, XeroClient
+from xero_source.errors import DailyLimitExceeded, XeroApiError, XeroRequestRefused
+from xero_source.pacing import AppBudget
 from xero_source.settings import SourceSettings
-from xero_source.source import ENDPOINTS, xero_source
+from xero_source.source import ENDPOINTS, load_tenant, xero_source
 
-__all__ = ["ENDPOINTS", "DailyLimitExceeded", "EndpointStats", "SourceSettings", "XeroApiError", "XeroClient",
-           "xero_source"]
+__all__ = ["ENDPOINTS", "AppBudget", "DailyLimitExceeded", "EndpointStats", "SourceSettings", "XeroApiError",
+           "XeroClient", "XeroRequestRefused", "load_tenant", "xero_source"]

@@ -1,7 +1,9 @@
 """A small Xero accounting API client: paging, If-Modified-Since, rate limits and retries.
 
 It knows nothing of tokens' storage: it calls `token_provider()` before every request, so a
-token refreshed mid-sync (they live 30 minutes) is picked up, and on a 401 asks once more.
+token refreshed mid-sync (they live 30 minutes) is picked up, and on a 401 asks once more. It
+paces itself within Xero's limits (pacing.py) rather than waiting for 429s, and a run has one
+retry budget for all its requests, so a sick Xero cannot keep it busy for hours.
 """
 
 from __future__ import annotations
@@ -10,16 +12,20 @@ import json
 import logging
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from email.utils import format_datetime
 from typing import Any
 
 import requests
 
+from xero_source.errors import DailyLimitExceeded, XeroApiError, XeroRequestRefused
+from xero_source.pacing import LIMIT_HEADERS, AppBudget, TenantPacer, describe_wait
 from xero_source.settings import SourceSettings
 
 log = logging.getLogger(__name__)
@@ -30,10 +36,8 @@ TokenRejected = Callable[[str], None]  # told of a token Xero answered 401 to, b
 _TRANSIENT_NETWORK_ERRORS = (
     requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
 )
+MAX_TOKENS_REFUSED = 3  # different tokens answered 401 in one request before giving up
 _NET_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
-# What Xero says is left of each limit, on every answer (the names the run metadata uses).
-LIMIT_HEADERS = {"X-MinLimit-Remaining": "minute_limit_left", "X-DayLimit-Remaining": "day_limit_left",
-                 "X-AppMinLimit-Remaining": "app_minute_limit_left"}
 
 
 @dataclass
@@ -44,24 +48,13 @@ class EndpointStats:
     bytes: int = 0  # response bodies
     rate_limited: int = 0  # 429s met
     retries: int = 0  # requests sent again (429, 5xx, network, a 401 answered by a fresh token)
+    quarantined: int = 0  # records that could not be typed, kept in raw_xero.quarantine
     minute_limit_left: int | None = None  # as of the last answer
     day_limit_left: int | None = None
     app_minute_limit_left: int | None = None
 
     def as_dict(self) -> dict[str, int | None]:
         return asdict(self)
-
-
-class XeroApiError(RuntimeError):
-    """A request that could not be completed; the message names tenant, endpoint and page."""
-
-    def __init__(self, message: str, *, status: int | None = None):
-        super().__init__(message)
-        self.status = status
-
-
-class DailyLimitExceeded(XeroApiError):
-    """Xero's per-tenant daily limit is spent: retrying today only burns more of nothing."""
 
 
 def parse_net_date(value: str) -> datetime | None:
@@ -81,6 +74,8 @@ class XeroClient:
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         token_rejected: TokenRejected | None = None,
+        app_budget: AppBudget | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.tenant_id = tenant_id
         self.token_provider = token_provider
@@ -89,6 +84,15 @@ class XeroClient:
         self.session = session or requests.Session()
         self.sleep = sleep
         self.stats: dict[str, EndpointStats] = {}  # by endpoint path
+        s = self.settings
+        self.pacer = TenantPacer(tenant_id, s.minute_limit, s.minute_margin, s.rate_window_seconds,
+                                 s.day_reserve, app_budget, clock=clock, sleep=lambda t: self.sleep(t))
+        self.retries_left = s.max_retries_per_run
+        # Resources whose last load stopped at a chunk boundary: load again to go on (load_tenant).
+        self.unfinished: set[str] = set()
+        # Resources page ahead in threads of their own: Xero allows 5 calls in flight per tenant.
+        self.in_flight = threading.BoundedSemaphore(s.max_in_flight)
+        self._retry_lock = threading.Lock()
 
     @property
     def calls(self) -> int:
@@ -111,25 +115,29 @@ class XeroClient:
             headers["If-Modified-Since"] = format_datetime(modified_since.astimezone(UTC), usegmt=True)
         where = self._where(endpoint, page)
         stats = self.stats.setdefault(endpoint, EndpointStats())
-        refreshed_after_401 = False
+        refused: set[str] = set()  # tokens Xero answered 401 to
         attempt = 0
         while True:
             attempt += 1
             if attempt > 1:
                 stats.retries += 1
+                self._spend_retry(where)
+            self.pacer.before_call(where)
             token = self.token_provider()
             headers["Authorization"] = f"Bearer {token}"
             try:
-                resp = self.session.get(url, params=params, headers=headers,
-                                        timeout=self.settings.request_timeout_seconds)
+                with self.in_flight:
+                    resp = self.session.get(url, params=params, headers=headers,
+                                            timeout=self.settings.request_timeout_seconds)
             except _TRANSIENT_NETWORK_ERRORS as exc:
                 self._backoff_or_raise(attempt, where, f"connection failed ({type(exc).__name__})")
                 continue
             stats.calls += 1
             stats.bytes += len(resp.content)
-            for header, name in LIMIT_HEADERS.items():
-                if (left := resp.headers.get(header, "")).isdigit():
-                    setattr(stats, name, int(left))
+            self.pacer.after_answer(resp.headers)
+            for name in LIMIT_HEADERS.values():
+                if name in self.pacer.left:
+                    setattr(stats, name, self.pacer.left[name])
             status = resp.status_code
             if status == 200:
                 try:
@@ -139,30 +147,48 @@ class XeroClient:
                     continue
             if status == 304:
                 return {}
-            if status == 401 and not refreshed_after_401:
-                # Expired between provider and request, or earlier than recorded: ask once more.
-                refreshed_after_401 = True
+            if status == 401 and token not in refused and len(refused) < MAX_TOKENS_REFUSED:
+                # Expired between provider and request, or earlier than recorded, or renewed by
+                # another worker meanwhile: report it and ask for a token again. A token refused
+                # twice (the provider could not renew it) is the connection's end, not a retry.
+                refused.add(token)
                 if self.token_rejected is not None:
                     self.token_rejected(token)
                 continue
             if status == 429:
                 stats.rate_limited += 1
                 problem = resp.headers.get("X-Rate-Limit-Problem", "")
-                retry_after = float(resp.headers.get("Retry-After", "60") or 60)
+                retry_after = self.pacer.retry_after(resp.headers)
                 if problem.lower() == "day":
+                    resets = datetime.now(UTC) + timedelta(seconds=retry_after)
                     raise DailyLimitExceeded(
-                        f"Xero's daily call limit is exhausted for {where}; retry after "
-                        f"{retry_after:.0f} s (tomorrow's allowance)", status=429)
+                        f"Xero's daily call limit is exhausted for {where}; it frees up "
+                        f"{describe_wait(retry_after)} (about {resets:%Y-%m-%d %H:%M} UTC)", status=429)
                 if attempt > self.settings.max_retries:
                     raise XeroApiError(f"still rate limited ({problem or 'unknown'}) after "
                                        f"{attempt - 1} retries: {where}", status=429)
                 log.warning("rate limited (%s) on %s; waiting %.1f s", problem, where, retry_after)
-                self.sleep(min(retry_after, self.settings.max_retry_wait_seconds))
+                self.pacer.wait_out_429(min(retry_after, self.settings.max_retry_wait_seconds))
                 continue
             if status in (500, 502, 503, 504):
                 self._backoff_or_raise(attempt, where, f"HTTP {status}", status)
                 continue
+            if status in (401, 403, 404):
+                why = {401: "Xero refused the renewed token too (the connection must be renewed)",
+                       403: "Xero refused access (the organisation withdrew it, or a scope is missing)",
+                       404: "Xero does not know this resource"}[status]
+                raise XeroRequestRefused(f"HTTP {status} for {where}: {why}: {_error_text(resp)}",
+                                         status=status)
             raise XeroApiError(f"HTTP {status} from Xero for {where}: {_error_text(resp)}", status=status)
+
+    def _spend_retry(self, where: str) -> None:
+        """One budget for the whole run: a Xero that fails every other call ends the run, with the
+        pages already loaded kept, rather than retrying each request up to its own limit."""
+        with self._retry_lock:
+            if self.retries_left <= 0:
+                raise XeroApiError(f"the run's retry budget ({self.settings.max_retries_per_run} retries) "
+                                   f"is spent: {where}")
+            self.retries_left -= 1
 
     def _backoff_or_raise(self, attempt: int, where: str, reason: str, status: int | None = None) -> None:
         if attempt > self.settings.max_retries:
@@ -172,19 +198,39 @@ class XeroClient:
         self.sleep(delay)
 
     def paged(self, endpoint: str, collection: str, modified_since: datetime | None = None,
-              params: dict[str, Any] | None = None) -> Iterator[list[dict[str, Any]]]:
-        """Yield each page's records until the first page shorter than the page size."""
-        page = 1
+              params: dict[str, Any] | None = None, pause_at: int | None = None
+              ) -> Iterator[list[dict[str, Any]]]:
+        """Yield each page's records until the first page shorter than the page size.
+
+        The next page is fetched while the caller handles this one (one page ahead, in a thread of
+        its own), so Xero's latency overlaps the loading. Nothing is fetched ahead past page
+        `pause_at` (where the caller may stop: a chunk's end), so stopping there wastes no call."""
         size = self.settings.page_size
-        while True:
-            body = self.get(endpoint, {**(params or {}), "page": page, "pageSize": size},
-                            modified_since, page)
+
+        def fetch(page: int) -> list[dict[str, Any]]:
+            body = self.get(endpoint, {**(params or {}), "page": page, "pageSize": size}, modified_since,
+                            page)
             records = body.get(collection, [])
-            if records:
-                yield records
-            if len(records) < size:
-                return
-            page += 1
+            left = self.pacer.left
+            log.info("tenant %s %s page %d: %d record(s); limits left: minute %s, day %s, app minute %s",
+                     self.tenant_id, endpoint, page, len(records), left.get("minute_limit_left"),
+                     left.get("day_limit_left"), left.get("app_minute_limit_left"))
+            return records
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"xero-{endpoint}") as ahead:
+            page = 1
+            pending: Future | None = ahead.submit(fetch, page)
+            while pending is not None:
+                records = pending.result()
+                more = len(records) == size
+                pending = ahead.submit(fetch, page + 1) if more and page != pause_at else None
+                if records:
+                    yield records
+                if not more:
+                    return
+                page += 1
+                if pending is None:  # the caller went on past the pause
+                    pending = ahead.submit(fetch, page)
 
 
 def _error_text(resp: requests.Response) -> str:

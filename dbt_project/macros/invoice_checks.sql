@@ -17,8 +17,17 @@
   end
 {%- endmacro %}
 
+{% macro uuid_fit(column, canonical_name) -%}
+  case when {{ column }} !~* {{ uuid_pattern() }} then
+    '{{ canonical_name }} ' || quote_literal(left({{ column }}, 100)) || ' is not a UUID'
+  end
+{%- endmacro %}
+
 {#- A UUID from Xero's JSON, or null when the value is not one (never a failed cast for everyone). -#}
 {% macro safe_uuid(expression) -%}
-  case when ({{ expression }}) ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-       then ({{ expression }})::uuid end
+  case when ({{ expression }}) ~* {{ uuid_pattern() }} then ({{ expression }})::uuid end
+{%- endmacro %}
+
+{% macro uuid_pattern() -%}
+  '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
 {%- endmacro %}

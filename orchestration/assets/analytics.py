@@ -13,24 +13,50 @@ import shutil
 from collections.abc import Iterator
 
 import dagster as dg
+import psycopg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
+from psycopg import sql
 
 from oauth_service.vault import TenantNotConnected
 from orchestration.dbt_project import ensure_manifest, keep_partial_parse, xero_dbt_project
 from orchestration.extract_ledger import database_now, publish_extracts
 from orchestration.freshness import DAILY_SYNC_FRESHNESS
+from orchestration.jobs import LAYER_OWNERS, LAYERS
 from orchestration.kpi_trends import kpi_trends_markdown
 from orchestration.locks import LockWaitTimeout, analytics_lock
 from orchestration.resources import TokenVaultResource
 from orchestration.run_health import RunLivenessResource
 from orchestration.settings import dbt_connection_env
 
-ANALYTICS_GROUP = "analytics"
+TABLE_NAME = "dagster/table_name"
 
 
 class XeroDbtTranslator(DagsterDbtTranslator):
     def get_group_name(self, dbt_resource_props) -> str | None:
-        return ANALYTICS_GROUP
+        """The schema: `staging`, or `analytics` for the marts (see orchestration/jobs.py); the web
+        app's connections table, a dbt source, stands in group `app`."""
+        return dbt_resource_props.get("schema")
+
+    def get_owners(self, dbt_resource_props) -> list[str]:
+        layer = LAYERS.get(self.get_group_name(dbt_resource_props))
+        return LAYER_OWNERS[layer] if layer else []
+
+    def get_tags(self, dbt_resource_props) -> dict[str, str]:
+        layer = LAYERS.get(self.get_group_name(dbt_resource_props))
+        return {**super().get_tags(dbt_resource_props), **({"layer": layer} if layer else {})}
+
+    def get_asset_check_spec(self, asset_spec, manifest, unique_id, project) -> dg.AssetCheckSpec | None:
+        """A dbt test as a check, saying in words what it holds (its own description, else its kind
+        and column) and that it covers every tenant's rows: the build is set-based."""
+        spec = super().get_asset_check_spec(asset_spec, manifest, unique_id, project)
+        if spec is None:
+            return None
+        test = manifest["nodes"].get(unique_id, {})
+        kind = (test.get("test_metadata") or {}).get("name") or test.get("name", unique_id)
+        column = test.get("column_name")
+        said = test.get("description") or (f"dbt test `{kind}`" + (f" on `{column}`" if column else "")
+                                           + f" of {asset_spec.key.to_user_string()}")
+        return spec._replace(description=f"{said}; over every tenant's rows (one set-based build).")
 
     def get_asset_spec(self, manifest, unique_id, project) -> dg.AssetSpec:
         spec = super().get_asset_spec(manifest, unique_id, project)
@@ -41,7 +67,7 @@ class XeroDbtTranslator(DagsterDbtTranslator):
         table = f"{node['schema']}.{name}" if node else None
         return spec.replace_attributes(
             freshness_policy=DAILY_SYNC_FRESHNESS,
-            metadata={**spec.metadata, **({"dagster/table_name": table} if table else {})},
+            metadata={**spec.metadata, **({TABLE_NAME: table} if table else {})},
         )
 
 
@@ -78,6 +104,7 @@ def analytics_models(context: dg.AssetExecutionContext, config: AnalyticsBuildCo
     except LockWaitTimeout as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
     if invocation.is_successful():
+        events = _with_row_counts(context, events, database_url, _rows_changed(invocation))
         events = [_with_kpi_trends(context, e, database_url) for e in events]
     yield from events
     if not invocation.is_successful():
@@ -98,6 +125,43 @@ def analytics_models(context: dg.AssetExecutionContext, config: AnalyticsBuildCo
 
 
 KPI_ASSET = dg.AssetKey(["analytics", "kpi_monthly"])
+
+
+def _rows_changed(invocation) -> dict[str, int]:
+    """dbt's rows affected per model in this build (what its incremental merge inserted), by unique id."""
+    results = invocation.get_artifact("run_results.json").get("results", [])
+    return {r["unique_id"]: int(r["adapter_response"]["rows_affected"]) for r in results
+            if (r.get("adapter_response") or {}).get("rows_affected") is not None}
+
+
+def _with_row_counts(context: dg.AssetExecutionContext, events: list, database_url: str,
+                     rows_changed: dict[str, int]) -> list:
+    """Each table model's materialisation carries its rows after the build (dagster/row_count) and
+    the rows this build wrote (dbt/rows_changed, dbt's rows affected). dagster-dbt's own
+    fetch_row_counts cannot serve here: it names tables by the manifest's database, which is kept
+    the same whatever database a process builds (XeroDbtTranslator)."""
+    specs = context.assets_def.specs_by_key
+    tables = {e.output_name: specs[context.asset_key_for_output(e.output_name)].metadata[TABLE_NAME]
+              for e in events if isinstance(e, dg.Output)}
+    counts = {}
+    with psycopg.connect(database_url) as conn:
+        for output, table in tables.items():
+            schema, name = table.split(".", 1)
+            kind = conn.execute("SELECT c.relkind FROM pg_class c JOIN pg_namespace n "
+                                "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+                                (schema, name)).fetchone()
+            if kind and kind[0] in ("r", "p"):  # tables only: counting a view runs its query
+                counts[output] = conn.execute(
+                    sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name))).fetchone()[0]
+
+    def counted(e):
+        metadata = {**e.metadata, "dagster/row_count": dg.MetadataValue.int(counts[e.output_name])}
+        unique_id = getattr(e.metadata.get("unique_id"), "text", None)
+        if unique_id in rows_changed:
+            metadata["dbt/rows_changed"] = dg.MetadataValue.int(rows_changed[unique_id])
+        return dg.Output(e.value, e.output_name, data_version=e.data_version, tags=e.tags, metadata=metadata)
+
+    return [counted(e) if isinstance(e, dg.Output) and e.output_name in counts else e for e in events]
 
 
 def _with_kpi_trends(context: dg.AssetExecutionContext, event, database_url: str):

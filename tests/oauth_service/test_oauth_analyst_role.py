@@ -281,7 +281,8 @@ def _privileges(conn: psycopg.Connection) -> dict[str, object]:
             "SELECT has_table_privilege(%s, 'analytics.older', 'SELECT')", (ANALYST_ROLE,)
         ).fetchone()[0],
         "default privileges": conn.execute(
-            "SELECT count(*) FROM pg_default_acl WHERE defaclnamespace = 'analytics'::regnamespace"
+            "SELECT count(*) FROM pg_default_acl WHERE defaclnamespace = 'analytics'::regnamespace "
+            "AND defaclrole = to_regrole(current_user)"  # 0006 adds the pipeline role's own
         ).fetchone()[0],
     }
 

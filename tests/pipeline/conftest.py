@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import dagster as dg
 import psycopg
 import pytest
+from psycopg import sql
 
 from oauth_service.db import create_app_login, drop_app_login
 from oauth_service.migrations import upgrade
@@ -52,10 +53,17 @@ def platform_env(database_url: str, sandbox: SandboxServer, service_port: int) -
         "APP_ORIGIN": "http://localhost:3000",
         "DEMO_MODE": "0",
         "XERO_WEBHOOK_KEY": WEBHOOK_KEY,
-        # Every session (dlt, dbt, ours) in a time zone west of UTC: a date cast that depends on
-        # the session's zone shows up as a day lost.
-        "PGTZ": "America/Los_Angeles",
     }
+
+
+def in_a_zone_west_of_utc(database_url: str) -> None:
+    """Every session on the warehouse (dlt, dbt, the service, ours) in a time zone west of UTC, as
+    a server whose default zone is not UTC would have them: a date cast that depends on the
+    session's zone shows up as a day lost. (Dagster's storage pins its own sessions to UTC.)"""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        name = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute(sql.SQL("ALTER DATABASE {} SET timezone TO 'America/Los_Angeles'").format(
+            sql.Identifier(name)))
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +74,7 @@ def platform_factory(create_database: Callable[[str], str], tmp_path_factory
 
     def start(**sandbox_options) -> Platform:
         database_url = create_database("pipe")
+        in_a_zone_west_of_utc(database_url)
         upgrade(database_url)
         # The service and the vault (and so the run audit) use a least-privilege login, as in
         # production; dlt and dbt write raw and analytics as the owner.

@@ -47,8 +47,8 @@ def _expected(sandbox, tenant_id: str, today: date) -> dict[tuple[date, str], De
     docs = [i for i in invoices
             if i["Status"] in ("AUTHORISED", "PAID") and i["Type"] in ("ACCREC", "ACCPAY")]
 
-    def to_base(doc) -> Decimal:  # a document's own rate (invoice or credit note)
-        return Decimal(1) if doc["CurrencyCode"] == base else 1 / _dec(doc["CurrencyRate"])
+    def to_base(amount, doc) -> Decimal:  # divided by the document's own rate (invoice or credit note)
+        return _dec(amount) if doc["CurrencyCode"] == base else _dec(amount) / _dec(doc["CurrencyRate"])
 
     sales = [d for d in docs if d["Type"] == "ACCREC"]
     bills = [d for d in docs if d["Type"] == "ACCPAY"]
@@ -80,28 +80,28 @@ def _expected(sandbox, tenant_id: str, today: date) -> dict[tuple[date, str], De
         cid = d["Contact"]["ContactID"]
         first_sale[cid] = min(first_sale.get(cid, date.max), _month(date_of(d)))
 
-    def net_unrounded(period: date) -> Decimal:
-        total = sum((_dec(d["SubTotal"]) * to_base(d) for d in sales if _month(date_of(d)) == period),
-                    Decimal(0))
-        return total - sum((_dec(c["SubTotal"]) * to_base(c) for c in credits
-                            if _month(_day(c["Date"])) == period), Decimal(0))
+    def net_of(period: date) -> Decimal:
+        total = sum((to_base(d["SubTotal"], d) for d in sales if _month(date_of(d)) == period), Decimal(0))
+        credit = sum((to_base(c["SubTotal"], c) for c in credits if _month(_day(c["Date"])) == period),
+                     Decimal(0))
+        return _round(total, 2) - _round(credit, 2)  # revenue_invoiced - credit_notes_issued, as defined
 
     out: dict[tuple[date, str], Decimal | None] = {}
     for period in periods:
         end = _add_months(period, 1) - timedelta(days=1)
         as_of = min(end, today)
         in_month = [d for d in sales if _month(date_of(d)) == period]
-        revenue = sum((_dec(d["SubTotal"]) * to_base(d) for d in in_month), Decimal(0))
-        credit = sum((_dec(c["SubTotal"]) * to_base(c) for c in credits if _month(_day(c["Date"])) == period),
+        revenue = sum((to_base(d["SubTotal"], d) for d in in_month), Decimal(0))
+        credit = sum((to_base(c["SubTotal"], c) for c in credits if _month(_day(c["Date"])) == period),
                      Decimal(0))
-        bills_sum = sum((_dec(d["SubTotal"]) * to_base(d) for d in bills if _month(date_of(d)) == period),
+        bills_sum = sum((to_base(d["SubTotal"], d) for d in bills if _month(date_of(d)) == period),
                         Decimal(0))
         cash = Decimal(0)
         for pay in payments:
             if _month(_day(pay["Date"])) == period:
                 inv = by_id[pay["Invoice"]["InvoiceID"]]
-                rate = Decimal(1) if inv["CurrencyCode"] == base else 1 / _dec(pay["CurrencyRate"])
-                cash += _dec(pay["Amount"]) * rate
+                rate = Decimal(1) if inv["CurrencyCode"] == base else _dec(pay["CurrencyRate"])
+                cash += _dec(pay["Amount"]) / rate
         buckets = defaultdict(Decimal)
         overdue_count = 0
         for d in sales:
@@ -109,7 +109,7 @@ def _expected(sandbox, tenant_id: str, today: date) -> dict[tuple[date, str], De
                 continue
             settled = sum((a for when, a in settlements[d["InvoiceID"]] if when <= as_of), Decimal(0))
             outstanding = _dec(d["Total"]) - settled
-            value = outstanding * to_base(d)
+            value = to_base(outstanding, d)
             due = _day(d.get("DueDate"))
             late = (as_of - due).days if due else 0
             buckets["receivables_outstanding"] += value
@@ -120,7 +120,7 @@ def _expected(sandbox, tenant_id: str, today: date) -> dict[tuple[date, str], De
             if late > 0:
                 buckets["overdue_amount"] += value
                 overdue_count += outstanding != 0
-        sales_90 = sum((_dec(d["Total"]) * to_base(d) for d in sales
+        sales_90 = sum((to_base(d["Total"], d) for d in sales
                         if as_of - timedelta(days=90) < date_of(d) <= as_of), Decimal(0))
         paid = [(_day(d["FullyPaidOnDate"]) - date_of(d)).days for d in sales
                 if d.get("FullyPaidOnDate") and _month(_day(d["FullyPaidOnDate"])) == period]
@@ -129,12 +129,12 @@ def _expected(sandbox, tenant_id: str, today: date) -> dict[tuple[date, str], De
         window = [d for d in sales if _add_months(period, -11) <= date_of(d) < _add_months(period, 1)]
         per_client: dict[str, Decimal] = defaultdict(Decimal)
         for d in window:
-            per_client[d["Contact"]["ContactID"]] += _dec(d["SubTotal"]) * to_base(d)
+            per_client[d["Contact"]["ContactID"]] += to_base(d["SubTotal"], d)
         ranked = sorted(per_client.values(), reverse=True)
         total_12m = sum(ranked, Decimal(0))
-        net = _round(net_unrounded(period), 2)
-        prev = _round(net_unrounded(_add_months(period, -1)), 2)
-        last_year = _round(net_unrounded(_add_months(period, -12)), 2)
+        net = net_of(period)
+        prev = net_of(_add_months(period, -1))
+        last_year = net_of(_add_months(period, -12))
 
         def growth(that: Decimal, this: Decimal = net) -> Decimal | None:
             return None if not that else _round((this - that) / that, 6)

@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from orchestration.dbt_project import DBT_EXECUTABLE
 from orchestration.settings import DBT_PROJECT_DIR, REPO_ROOT, dbt_connection_env
@@ -28,6 +29,18 @@ XERO_ELT = str(Path(sys.executable).with_name("xero-elt"))
 @pytest.fixture(scope="module")
 def platform(platform_factory):
     return platform_factory(invoices_per_tenant=300, seed=23)
+
+
+def test_the_data_set_has_what_the_table_must_handle(platform):
+    invoices = [i for t in platform.tenant_ids
+                for i in platform.sandbox.records(t, "Invoices", include_deleted=True)]
+    statuses = {"DRAFT", "SUBMITTED", "AUTHORISED", "PAID", "VOIDED", "DELETED"}
+    assert {i["Status"] for i in invoices} >= statuses
+    assert {i["Type"] for i in invoices} == {"ACCREC", "ACCPAY"}
+    assert len({i["CurrencyCode"] for i in invoices}) >= 3
+    assert any(0 < i["AmountPaid"] < i["Total"] for i in invoices)  # part payments
+    assert any(i["AmountCredited"] for i in invoices)  # credit notes allocated
+    assert any(i.get("FullyPaidOnDate") for i in invoices if i["Status"] == "PAID")
 
 
 def test_a_full_sync_equals_xero_field_by_field(platform):
@@ -110,6 +123,64 @@ def test_two_tenants_syncs_that_overlap_converge(platform):
     assert pending[0] == 0
 
 
+# The seed's definition of the table: (data type, length or (precision, scale)).
+SEED_COLUMNS = {
+    "id": ("uuid", None), "xero_invoice_id": ("character varying", 255),
+    "xero_connection_id": ("uuid", None), "invoice_number": ("character varying", 100),
+    "client_name": ("character varying", 255), "amount": ("numeric", (12, 2)),
+    "tax_amount": ("numeric", (12, 2)), "invoice_date": ("date", None), "due_date": ("date", None),
+    "paid_date": ("date", None), "status": ("character varying", 50), "line_items": ("jsonb", None),
+    "synced_at": ("timestamp without time zone", None), "created_at": ("timestamp without time zone", None),
+    "updated_at": ("timestamp without time zone", None),
+}
+
+
+def seed_schema_differences(database_url: str) -> list[str]:
+    """How the built analytics.invoices differs from the seed's table, read from the catalog."""
+    with psycopg.connect(database_url) as conn:
+        columns = {r[0]: r[1:] for r in conn.execute(
+            "SELECT column_name, data_type, character_maximum_length, numeric_precision, numeric_scale "
+            "FROM information_schema.columns WHERE table_schema = 'analytics' AND table_name = 'invoices'")}
+        constraints = {(r[0], r[1]) for r in conn.execute(
+            "SELECT c.contype, pg_get_constraintdef(c.oid) FROM pg_constraint c "
+            "WHERE c.conrelid = 'analytics.invoices'::regclass")}
+        indexes = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes "
+                                    "WHERE schemaname = 'analytics' AND tablename = 'invoices'").fetchall())
+    problems = []
+    for name, (data_type, size) in SEED_COLUMNS.items():
+        if name not in columns:
+            problems.append(f"column {name} missing")
+            continue
+        got_type, length, precision, scale = columns[name]
+        got_size = (length if isinstance(size, int) else (precision, scale) if isinstance(size, tuple)
+                    else None)
+        if (got_type, got_size) != (data_type, size):
+            problems.append(f"column {name}: {got_type} {got_size}, the seed's is {data_type} {size}")
+    for want in [("p", "PRIMARY KEY (id)"), ("u", "UNIQUE (xero_invoice_id)"),
+                 ("f", "FOREIGN KEY (xero_connection_id) REFERENCES app.xero_connections(id)")]:
+        if want not in constraints:
+            problems.append(f"constraint {want[1]} missing ({sorted(constraints)})")
+    for name, column in [("idx_invoices_xero_connection_id", "xero_connection_id"),
+                         ("idx_invoices_status", "status")]:
+        if f"({column})" not in indexes.get(name, ""):
+            problems.append(f"index {name} on ({column}) missing ({sorted(indexes)})")
+    if not any(d.endswith("(tenant_id)") for d in indexes.values()):
+        problems.append("no index on tenant_id")
+    return problems
+
+
+def test_the_table_is_the_seeds_after_a_build_and_after_a_full_refresh(platform):
+    assert seed_schema_differences(platform.database_url) == []
+    before = row_times(platform.database_url)
+    since = utc_now(platform.database_url)
+    assert build_analytics(platform, full_refresh=True).success
+    # Rebuilt from all raw data: the same table, the same values, every row written anew.
+    assert seed_schema_differences(platform.database_url) == []
+    assert_invoices_equal_truth(platform)
+    assert set(row_times(platform.database_url)) == set(before)
+    assert sum(synced_since(platform.database_url, since).values()) == len(before)
+
+
 def insert_raw_version(database_url: str, invoice_id: str, **changes) -> str:
     """A new version of an invoice as a load of its own (what a sync of a changed record leaves)."""
     with psycopg.connect(database_url) as conn:
@@ -128,12 +199,13 @@ def insert_raw_version(database_url: str, invoice_id: str, **changes) -> str:
     return load_id
 
 
-def build_analytics(platform) -> dg.ExecuteInProcessResult:
+def build_analytics(platform, full_refresh: bool = False) -> dg.ExecuteInProcessResult:
     from orchestration.definitions import defs
     from orchestration.jobs import ANALYTICS_JOB_NAME
 
-    return defs.resolve_job_def(ANALYTICS_JOB_NAME).execute_in_process(instance=platform.instance,
-                                                                        raise_on_error=False)
+    return defs.resolve_job_def(ANALYTICS_JOB_NAME).execute_in_process(
+        instance=platform.instance, raise_on_error=False,
+        run_config={"ops": {"analytics_models": {"config": {"full_refresh": full_refresh}}}})
 
 
 def test_values_that_do_not_fit_are_quarantined_never_truncated(platform):
@@ -141,8 +213,8 @@ def test_values_that_do_not_fit_are_quarantined_never_truncated(platform):
     with psycopg.connect(platform.database_url) as conn:
         victims = [r[0] for r in conn.execute(
             "SELECT xero_invoice_id FROM analytics.invoices WHERE tenant_id = %s AND status = 'AUTHORISED' "
-            "AND amount_paid = 0 AND amount_credited = 0 ORDER BY xero_invoice_id LIMIT 2", (tenant,))]
-    huge, long_number = victims
+            "AND amount_paid = 0 AND amount_credited = 0 ORDER BY xero_invoice_id LIMIT 3", (tenant,))]
+    huge, long_number, odd_contact = victims
     # Xero's own answer: an amount over DECIMAL(12,2) (an edit through the sandbox's API).
     platform.sandbox.advance_clock(3600)
     platform.sandbox.mutate(tenant, "edit_invoice", invoice_id=huge,
@@ -153,6 +225,9 @@ def test_values_that_do_not_fit_are_quarantined_never_truncated(platform):
     # And a number longer than VARCHAR(100), as a new raw version.
     insert_raw_version(platform.database_url, long_number, invoice_number="N" * 120,
                        updated_date_utc=datetime.now(UTC))
+    insert_raw_version(platform.database_url, odd_contact,
+                       contact=Jsonb({"ContactID": "C-42", "Name": "Odd"}),
+                       updated_date_utc=datetime.now(UTC))
     assert build_analytics(platform).success
     with psycopg.connect(platform.database_url) as conn:
         quarantined = dict(conn.execute(
@@ -160,10 +235,11 @@ def test_values_that_do_not_fit_are_quarantined_never_truncated(platform):
             (tenant,)).fetchall())
         in_canonical = {r[0] for r in conn.execute(
             "SELECT xero_invoice_id FROM analytics.invoices WHERE xero_invoice_id = ANY(%s)", (victims,))}
-    assert set(quarantined) == {huge, long_number}
+    assert set(quarantined) == {huge, long_number, odd_contact}
     assert quarantined[huge].startswith("amount 2") and "does not fit DECIMAL(12,2)" in quarantined[huge], \
         quarantined[huge]
     assert quarantined[long_number] == "invoice_number is 120 characters, over VARCHAR(100)"
+    assert quarantined[odd_contact] == "contact_id 'C-42' is not a UUID"
     assert not in_canonical  # never truncated, and no stale older version left behind
 
     # The next clean version replaces it.

@@ -86,7 +86,7 @@ def analytics_lock_held_by_a_run(database_url: str) -> bool:
     with psycopg.connect(database_url) as conn:
         return conn.execute(
             "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted "
+            "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() "
             "AND a.application_name LIKE 'xero-elt run % analytics'"
         ).fetchone()[0] > 0
 
@@ -135,10 +135,16 @@ def test_killed_syncs_never_hold_the_next_one(platform):
 
     # 3. During the dbt build, while it holds the analytics lock.
     sync = Sync("--full-refresh")
-    wait_until(lambda: analytics_lock_held_by_a_run(db), timeout=180, what="a dbt build holding the lock")
-    time.sleep(1.0)  # dbt is building
-    killed.append(live_run(instance, ANALYTICS_JOB_NAME).run_id)
+
+    def building():
+        """The build's run, once it holds the lock and its dbt process is running (not a fixed
+        sleep: on a fast machine the whole build is over within a second)."""
+        run = live_run(instance, ANALYTICS_JOB_NAME)
+        return run if run and analytics_lock_held_by_a_run(db) and dbt_processes(sync) else None
+
+    run = wait_until(building, timeout=180, what="a dbt build holding the lock")
     sync.kill()
+    killed.append(run.run_id)
     # dbt died with its parent (PR_SET_PDEATHSIG): nothing builds behind the next sync's back.
     wait_until(lambda: not dbt_processes(sync), timeout=15, what="the killed sync's dbt to exit")
 
@@ -168,7 +174,7 @@ def test_a_sync_waiting_for_a_live_holder_says_so_sleeps_and_gives_up(platform):
         before, started = cpu_seconds(sync.proc.pid), time.monotonic()
         time.sleep(4)
         used = (cpu_seconds(sync.proc.pid) - before) / (time.monotonic() - started)
-        assert used < 0.10, f"waiting used {used:.0%} of a core"
+        assert used < 0.05, f"waiting used {used:.0%} of a core"  # a few percent at most
         code = sync.wait(timeout=120)
     assert code == 1, sync.output
     assert "gave up after 8 s waiting for" in sync.output, sync.output

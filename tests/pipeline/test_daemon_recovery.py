@@ -1,7 +1,8 @@
 """The same through the daemon: a run worker that the daemon launched (here for the tenant
-connections sensor's first syncs) is killed with SIGKILL; the recover_crashed_runs sensor marks its run failed
-and audits it, the run is retried and succeeds, nothing is left waiting, the analytics build
-follows, and every tenant's data equals the sandbox's."""
+connections sensor's first syncs) is killed with SIGKILL; the recover_crashed_runs sensor marks
+its run failed and audits it, the run is retried and succeeds, nothing is left waiting, the
+analytics build follows, every tenant's data equals the sandbox's, and the schedule's next tick
+(every minute here) syncs every tenant again."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -36,7 +38,7 @@ def daemon(platform, tmp_path):
     log = open(tmp_path / "daemon.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([DAGSTER_DAEMON, "run", "-w", str(REPO_ROOT / "workspace.yaml")],
                             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env=dict(os.environ))
+                            env={**os.environ, "XERO_SYNC_SCHEDULE": "* * * * *"})
     yield tmp_path / "daemon.log"
     os.killpg(proc.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -78,6 +80,7 @@ def test_a_killed_run_worker_is_failed_audited_retried_and_blocks_nothing(platfo
         run = instance.get_run_by_id(victim.run_id)
         return run.status == dg.DagsterRunStatus.FAILURE and run
     wait_for(reaped, 240, "the crashed run to be marked failed", daemon)
+    reaped_at = datetime.now(UTC)
 
     def audited():
         with psycopg.connect(platform.database_url) as conn:
@@ -106,3 +109,11 @@ def test_a_killed_run_worker_is_failed_audited_retried_and_blocks_nothing(platfo
     retried = instance.get_runs(dg.RunsFilter(tags={"dagster/parent_run_id": victim.run_id}))
     assert retried and retried[0].status == dg.DagsterRunStatus.SUCCESS
     assert_invoices_equal_truth(platform)
+
+    def scheduled_runs_succeeded():
+        return all(
+            any(r.status == dg.DagsterRunStatus.SUCCESS for r in instance.get_runs(dg.RunsFilter(
+                job_name=SYNC_JOB_NAME, created_after=reaped_at,
+                tags={"dagster/partition": tenant, "dagster/schedule_name": "daily_tenant_sync"})))
+            for tenant in (first, second))
+    wait_for(scheduled_runs_succeeded, 240, "every tenant's next scheduled run to succeed", daemon)

@@ -289,6 +289,33 @@ def test_a_tenant_that_is_not_connected_fails_once_clearly_and_is_audited(platfo
     assert {a for a in audit_rows(platform.database_url) if a[1] == result.run_id} == failed
 
 
+def xero_calls(sandbox) -> int:
+    return sandbox.stats()["totalCalls"]
+
+
+@pytest.mark.parametrize("made_up", ["not-a-tenant", "7d1e0c52-5a1f-4b0e-9d57-3c1f2a9b8e10"])
+def test_a_partition_added_by_hand_is_refused_before_any_extract(platform, made_up):
+    """What the UI's "Add partition" allows: a key with no connection behind it."""
+    from orchestration.definitions import defs
+    from orchestration.partitions import TENANT_PARTITIONS_NAME
+    from orchestration.run_audit import audit_run
+
+    platform.instance.add_dynamic_partitions(TENANT_PARTITIONS_NAME, [made_up])
+    calls = xero_calls(platform.sandbox)
+    result = defs.resolve_job_def(SYNC_JOB_NAME).execute_in_process(
+        instance=platform.instance, partition_key=made_up, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    assert f"partition '{made_up}' refused before any extract" in failure.message, failure.message
+    assert ("is not a Xero tenant id" if made_up == "not-a-tenant" else "is not connected") in failure.message
+    assert xero_calls(platform.sandbox) == calls  # nothing was asked of Xero
+    assert retried(platform.instance, result.run_id) == []  # and it is not retried
+    audit_run(platform.instance, platform.instance.get_run_by_id(result.run_id))  # as the daemon's sensor
+    assert "refused before any extract" in audit_metadata(platform.database_url, "sync_run_failed",
+                                                          result.run_id)["error"]
+    platform.instance.delete_dynamic_partition(TENANT_PARTITIONS_NAME, made_up)
+
+
 def test_schedule_and_sensors_request_the_runs_the_daemon_needs(platform):
     from orchestration.definitions import defs
 
@@ -327,7 +354,7 @@ def _check_tenant_sensor_and_schedule(platform, instance, defs):
         assert {r.run_key for r in runs} == {f"{t}:2026-11-{day}T02:00" for t in platform.tenant_ids}
         for r in runs:
             assert r.tags["xero-elt/tenant_name"] == names[r.partition_key]
-            full = r.run_config["ops"]["xero_raw"]["config"]["full_refresh"]
+            full = r.run_config["ops"]["extract_xero_tenant"]["config"]["full_refresh"]
             assert r.tags["xero-elt/full_refresh"] == str(full).lower()
             if full:
                 full_days[r.partition_key].append(when.weekday())
@@ -384,7 +411,7 @@ def _check_recover_crashed_runs(platform, instance, defs):
     """The daemon's reaper: a run whose worker died is marked failed; a live one is left alone."""
     from dagster._core.test_utils import create_run_for_test
 
-    from orchestration.run_health import LIVENESS_TAG, hold_run_liveness
+    from orchestration.run_health import LIVENESS_TAG, hold_run_liveness, live_in_process_run
 
     sensor = defs.resolve_sensor_def("recover_crashed_runs")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
@@ -396,9 +423,19 @@ def _check_recover_crashed_runs(platform, instance, defs):
         tags={LIVENESS_TAG: "gone-host:1", "dagster/partition": platform.tenant_ids[0]})
     live = create_run_for_test(instance, job_name=ANALYTICS_JOB_NAME, status=dg.DagsterRunStatus.STARTED)
     with hold_run_liveness(instance, live.run_id, platform.database_url):
+        # A run this process executes itself is alive from its creation, before its steps start.
+        with live_in_process_run(platform.database_url) as (run_id, liveness):
+            starting = create_run_for_test(instance, job_name=SYNC_JOB_NAME, run_id=run_id,
+                                           status=dg.DagsterRunStatus.STARTING, tags=liveness)
+            with dg.build_sensor_context(instance=instance) as context:
+                assert "1 crashed run(s) marked failed" in sensor.evaluate_tick(context).skip_message
+            assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
+            assert instance.get_run_by_id(live.run_id).status == dg.DagsterRunStatus.STARTED
+            assert instance.get_run_by_id(starting.run_id).status == dg.DagsterRunStatus.STARTING
+        # Its process gone before the run started: dead at once, without the start grace.
         with dg.build_sensor_context(instance=instance) as context:
             assert "1 crashed run(s) marked failed" in sensor.evaluate_tick(context).skip_message
-        assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert instance.get_run_by_id(starting.run_id).status == dg.DagsterRunStatus.FAILURE
         assert instance.get_run_by_id(live.run_id).status == dg.DagsterRunStatus.STARTED
     [audited] = [a for a in audit_rows(platform.database_url) if a[1] == dead.run_id]
     assert audited == ("sync_run_failed", dead.run_id, "FAILURE", platform.tenant_ids[0], SYNC_JOB_NAME)
@@ -693,3 +730,116 @@ def test_a_failed_build_does_not_count_as_a_sync(platform):
     assert last_syncs(db)[tenant_id] > before
     assert pending_loads(db)[0] == 0
     assert_invoices_equal_truth(platform)
+
+
+def test_a_malformed_record_from_xero_is_quarantined_counted_and_healed(platform):
+    """Through the sync job: Xero sends an invoice whose Total is not a number. The run succeeds,
+    the rest loads, the raw asset's materialisation counts the record as quarantined, and the
+    next clean read of it (here the tenant's full re-read) clears the quarantine."""
+    db, instance = platform.database_url, platform.instance
+    ensure_synced(platform)
+    tenant = platform.tenant_ids[0]
+    edited = authorised_invoice(platform, tenant)
+    platform.sandbox.advance_clock(TICK)
+    platform.sandbox.mutate(tenant, "edit_invoice", invoice_id=edited["InvoiceID"], reference="spoilt")
+    platform.sandbox.add_fault("bad_amount", endpoint="Invoices", tenant_id=tenant, page=1, times=1)
+
+    [result] = sync_tenants([tenant], instance=instance)
+    assert result.success, result.error
+    records = instance.get_records_for_run(result.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+    [invoices] = [r.event_log_entry.asset_materialization for r in records.records
+                  if r.event_log_entry.asset_materialization.asset_key.path[-1] == "invoices"]
+    assert invoices.metadata["xero/quarantined"].value == 1
+    with psycopg.connect(db) as conn:
+        rows = conn.execute("SELECT tenant_id, endpoint, reason FROM raw_xero.quarantine").fetchall()
+    assert len(rows) == 1 and rows[0][:2] == (tenant, "Invoices") and "is not a number" in rows[0][2]
+    # The tenant's data-quality check on its invoices fails, naming the record and why.
+    [evaluation] = [e.dagster_event.event_specific_data for e in instance.all_logs(
+        result.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        if e.dagster_event.event_specific_data.asset_key == INVOICES_RAW]
+    assert not evaluation.passed and evaluation.partition == tenant
+    assert evaluation.metadata["quarantined"].value == 1 and "is not a number" in evaluation.metadata[
+        "records"].value
+    assert tenant_check_status(instance, INVOICES_RAW)[tenant] == FAILED
+    # Another tenant's run passes its own check and leaves this tenant's failure shown as it is.
+    [other] = sync_tenants([platform.tenant_ids[1]], instance=instance)
+    assert other.success, other.error
+    status = tenant_check_status(instance, INVOICES_RAW)  # other partitions: made up by earlier tests
+    assert {t: status.get(t) for t in platform.tenant_ids} == {tenant: FAILED,
+                                                               platform.tenant_ids[1]: SUCCEEDED}, status
+
+    [healed] = sync_tenants([tenant], full_refresh=True, instance=instance)
+    assert healed.success, healed.error
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM raw_xero.quarantine").fetchone()[0] == 0
+    assert tenant_check_status(instance, INVOICES_RAW)[tenant] == SUCCEEDED
+    assert_invoices_equal_truth(platform)
+
+
+INVOICES_RAW = dg.AssetKey(["raw_xero", "invoices"])
+FAILED, SUCCEEDED = "FAILED", "SUCCEEDED"
+
+
+def tenant_check_status(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> dict[str, str]:
+    """The latest `no_quarantined_records` result of each tenant (partition), as Dagster stores it."""
+    check = dg.AssetCheckKey(asset_key, "no_quarantined_records")
+    return {info.partition_key: info.latest_execution_status.value
+            for info in instance.event_log_storage.get_asset_check_partition_info([check])}
+
+
+def test_a_large_resource_loads_in_chunks_through_the_sync_job(platform, monkeypatch):
+    """Pages of 50 and 2 pages a chunk: every resource with more than 100 records loads in several
+    dlt loads, each committing its progress; the raw asset still counts every row it loaded, and
+    the canonical table equals Xero's."""
+    ensure_synced(platform)
+    monkeypatch.setenv("XERO_PAGE_SIZE", "50")
+    monkeypatch.setenv("XERO_PAGES_PER_CHUNK", "2")
+    tenant = platform.tenant_ids[1]
+    with psycopg.connect(platform.database_url) as conn:
+        loads_before = conn.execute("SELECT count(*) FROM raw_xero._dlt_loads").fetchone()[0]
+    [result] = sync_tenants([tenant], full_refresh=True, instance=platform.instance)
+    assert result.success, result.error
+    invoices = len(list(platform.sandbox.records(tenant, "Invoices", include_deleted=True)))
+    assert invoices > 100 and result.fetched["invoices"] >= invoices  # every chunk's rows counted
+    with psycopg.connect(platform.database_url) as conn:
+        loads = conn.execute("SELECT count(*) FROM raw_xero._dlt_loads").fetchone()[0] - loads_before
+    assert loads >= 2  # the first chunk of every resource, then the rest chunk by chunk
+    assert_invoices_equal_truth(platform)
+
+
+def test_each_dbt_models_materialisation_counts_its_rows(platform):
+    """What a data engineer reads on a dbt asset: the table's rows after the build, and the rows the
+    build changed (dbt's rows affected)."""
+    ensure_synced(platform)
+    tenant = platform.tenant_ids[0]
+    platform.sandbox.advance_clock(TICK)
+    invoice_id = authorised_invoice(platform, tenant)["InvoiceID"]
+    platform.sandbox.mutate(tenant, "edit_invoice", invoice_id=invoice_id, reference="counted")
+    [result] = sync_tenants([tenant], instance=platform.instance)
+    assert result.success, result.error
+    records = platform.instance.get_records_for_run(result.analytics_run_id,
+                                                    of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    by_key = {r.event_log_entry.asset_materialization.asset_key.to_user_string():
+              r.event_log_entry.asset_materialization.metadata for r in records}
+    with psycopg.connect(platform.database_url) as conn:
+        for key, table in (("analytics/invoices", "analytics.invoices"),
+                           ("analytics/kpi_monthly", "analytics.kpi_monthly")):
+            count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608 - fixed names
+            assert by_key[key]["dagster/row_count"].value == count, (key, by_key[key])
+    # The build rewrote the edited invoice (and what the If-Modified-Since overlap re-read changed).
+    assert by_key["analytics/invoices"]["dbt/rows_changed"].value >= 1, by_key["analytics/invoices"]
+
+
+def test_every_assets_table_name_names_a_real_table(platform):
+    """`dagster/table_name` on every asset's definition (the catalog, lineage and column views)
+    names a table or view that exists in the database the pipeline builds."""
+    from orchestration.definitions import defs
+
+    ensure_synced(platform)
+    graph = defs.resolve_asset_graph()
+    tables = {key: graph.get(key).metadata.get("dagster/table_name") for key in graph.get_all_asset_keys()}
+    assert all(tables.values()), [key for key, table in tables.items() if not table]
+    with psycopg.connect(platform.database_url) as conn:
+        missing = [table for table in tables.values()
+                   if conn.execute("SELECT to_regclass(%s)", (str(table),)).fetchone()[0] is None]
+    assert missing == []

@@ -4,9 +4,11 @@ incremental sync that pays, voids, deletes and edits invoices."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections import Counter
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,10 +16,11 @@ import dagster as dg
 import psycopg
 import pytest
 import requests
+import sqlalchemy
 import yaml
 
-from oauth_service.db import KPI_READER_ROLE
-from oauth_service.kpis import KPI_NAMES
+from oauth_service.db import KPI_READER_ROLE, make_engine
+from oauth_service.kpis import KPI_NAMES, KPI_UNITS, KpiQuery, read_kpis
 from orchestration.demo import user_jwt
 from orchestration.settings import DBT_PROJECT_DIR
 from orchestration.sync import sync_tenants
@@ -58,8 +61,13 @@ def kpi_differences(platform) -> list[str]:
             expected = want[key]
             if (value is None) != (expected is None) or (value is not None and Decimal(value) != expected):
                 problems.append(f"{tenant_id} {key[0]} {key[1]}: ours {value}, expected {expected}")
-            if (currency == base) != (unit == "currency"):
+            if unit != KPI_UNITS[key[1]] or (currency == base) != (unit == "currency"):
                 problems.append(f"{tenant_id} {key}: unit {unit} currency {currency}")
+        for period in {p for p, _ in got}:  # the contract's identity, to the cent
+            invoiced, credited, net = (got.get((period, k), (None,))[0] for k in (
+                "revenue_invoiced", "credit_notes_issued", "revenue_net"))
+            if net != invoiced - credited:
+                problems.append(f"{tenant_id} {period}: revenue_net {net} <> {invoiced} - {credited}")
     return problems
 
 
@@ -96,9 +104,44 @@ def test_every_kpi_equals_the_independent_computation(platform):
     assert not problems, f"{len(problems)} difference(s):\n" + "\n".join(problems[:40])
 
 
+def every_kind_of_change(platform, tenant_id: str, day) -> list[dict]:
+    """One of each change that moves KPIs, aimed where it hurts: the earliest document that can be
+    voided (in these data sets the tenant's first, so its first month moves), amounts and a due
+    date edited, a back-dated part payment, a payment deleted (a PAID invoice open again from its
+    payment's date), a credit note allocated, a draft deleted."""
+    invoices = sorted(platform.sandbox.records(tenant_id, "Invoices"), key=lambda i: _day(i["Date"]))
+    counted = [i for i in invoices if i["Status"] in ("AUTHORISED", "PAID")]
+    untouched = [i for i in counted if i["Status"] == "AUTHORISED" and not i["AmountPaid"]
+                 and not i["AmountCredited"]]
+    sales = [i for i in untouched if i["Type"] == "ACCREC"]
+    first, edited, moved_due, part_paid, credited = untouched[0], *sales[-4:]
+    payment = next(p for p in platform.sandbox.records(tenant_id, "Payments")
+                   if p["Status"] == "AUTHORISED" and _day(p["Date"]) < day.replace(day=1))
+    draft = next(i for i in invoices if i["Status"] == "DRAFT")
+    paid_on = max(_day(part_paid["Date"]), day.replace(day=1) - timedelta(days=40))
+    return [
+        {"action": "void_invoice", "invoice_id": first["InvoiceID"]},
+        {"action": "edit_invoice", "invoice_id": edited["InvoiceID"],
+         "lines": [{"description": "Edited", "quantity": 3, "unit_amount": "123.45",
+                    "account_code": "200"}]},
+        {"action": "edit_invoice", "invoice_id": moved_due["InvoiceID"],
+         "due_date": (_day(moved_due["Date"]) - timedelta(days=75)).isoformat()},
+        {"action": "pay_invoice", "invoice_id": part_paid["InvoiceID"], "amount": "10.00",
+         "date": paid_on.isoformat()},
+        {"action": "delete_payment", "payment_id": payment["PaymentID"]},
+        {"action": "create_credit_note", "invoice_id": credited["InvoiceID"], "amount": "5.00"},
+        {"action": "delete_invoice", "invoice_id": draft["InvoiceID"]},
+    ]
+
+
 def test_after_paying_voiding_deleting_and_editing_every_kpi_still_matches(platform):
+    day = today(platform.database_url)
     for tenant_id in platform.tenant_ids:
         platform.sandbox.advance_clock(3600)
+        changes = every_kind_of_change(platform, tenant_id, day)
+        applied = platform.sandbox.mutate(tenant_id, "batch", mutations=changes)["applied"]
+        assert len(applied) == len(changes)
+        platform.sandbox.advance_clock(60)
         platform.sandbox.mutate(tenant_id, "random", count=25, seed=5)
     results = sync_tenants(instance=platform.instance)
     assert all(r.success for r in results), [r.error for r in results]
@@ -195,28 +238,64 @@ def test_the_kpi_reader_role_reads_the_kpi_table_only(platform):
                 conn.execute(f"SELECT 1 FROM {table} LIMIT 1")  # noqa: S608
 
 
+def test_the_endpoint_reads_as_the_kpi_reader_role(platform):
+    tenant = platform.tenant_ids[0]
+    query = KpiQuery.parse(None, None, None, today(platform.database_url))
+    engine = make_engine(platform.database_url, pool_size=1)
+    try:
+        with engine.connect() as conn, conn.begin():
+            series = read_kpis(conn, tenant, query)
+            assert conn.execute(sqlalchemy.text("SELECT current_user")).scalar() == KPI_READER_ROLE
+            refused = pytest.raises(sqlalchemy.exc.ProgrammingError, match="permission denied")
+            with refused, conn.begin_nested():
+                conn.execute(sqlalchemy.text("SELECT 1 FROM app.xero_connections LIMIT 1"))
+    finally:
+        engine.dispose()
+    assert [len(s["values"]) for s in series] == [12] * len(KPI_NAMES)
+
+
+def test_the_endpoint_is_in_the_openapi_document(platform):
+    spec = requests.get(f"{platform.service_url}/openapi.json", timeout=30).json()
+    route = spec["paths"]["/xero/tenants/{tenant_id}/kpis"]["get"]
+    assert {"200", "400", "401", "404"} <= set(route["responses"])
+    assert {p["name"] for p in route["parameters"]} >= {"tenant_id", "from", "to", "kpi"}
+
+
 def test_the_kpi_names_are_the_dictionarys():
     doc = yaml.safe_load((DBT_PROJECT_DIR / "models" / "marts" / "_kpis.yml").read_text())
     column = next(c for c in doc["models"][0]["columns"] if c["name"] == "kpi")
     accepted = next(t["accepted_values"]["arguments"]["values"] for t in column["data_tests"]
                     if isinstance(t, dict) and "accepted_values" in t)
     assert tuple(accepted) == KPI_NAMES
-    for name in KPI_NAMES:
-        assert name in doc["models"][0]["description"], name
+    assert doc["models"][0]["description"] == "{{ doc('kpi_dictionary') }}"
+    dictionary = (DBT_PROJECT_DIR / "models" / "marts" / "kpi_dictionary.md").read_text()
+    rows = [line for line in dictionary.splitlines() if line.startswith("| `")]
+    defined = {name for row in rows for name in re.findall(r"`(\w+)`", row.split(" | ")[0])}
+    assert defined == set(KPI_NAMES)
+    for row in rows:  # each with its unit and a definition
+        names, unit, meaning = row.strip("| ").split(" | ")
+        assert {u.strip() for u in unit.split(",")} <= {KPI_UNITS[n] for n in re.findall(r"`(\w+)`", names)}
+        assert len(meaning) > 40, row
 
 
 def test_the_cli_prints_a_tenants_kpi_table(platform):
     tenant = platform.tenant_ids[0]
-    out = subprocess.run([str(Path(sys.executable).with_name("xero-elt")), "kpis", "--tenant", tenant,
-                          "--months", "3"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    xero_elt = str(Path(sys.executable).with_name("xero-elt"))
     table = kpi_table(platform.database_url, tenant)
     last = max(p for p, _ in table)
-    assert lines[0].split()[-1] == f"{last:%Y-%m}" and len(lines[0].split()) == 2 + 3
-    cash = next(line for line in lines if line.startswith("cash_collected"))
-    assert cash.split()[-1] == f"{table[(last, 'cash_collected')][0]:,}"
-    assert len(lines) == 1 + len(KPI_NAMES)
+    for months, args in ((3, ["--months", "3"]), (12, [])):  # 12 by default
+        out = subprocess.run([xero_elt, "kpis", "--tenant", tenant, *args], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0].split()[-1] == f"{last:%Y-%m}" and len(lines[0].split()) == 2 + months
+        cash = next(line for line in lines if line.startswith("cash_collected"))
+        assert cash.split()[-1] == f"{table[(last, 'cash_collected')][0]:,}"
+        assert len(cash.split()) == 2 + months  # every figure its own column
+        assert len(lines) == 1 + len(KPI_NAMES)
+    bad = subprocess.run([xero_elt, "kpis", "--tenant", tenant, "--months", "0"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "--months must be between 1 and 240" in bad.stderr
 
 
 def test_the_kpi_asset_shows_each_tenants_trend_in_dagster(platform):

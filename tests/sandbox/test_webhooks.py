@@ -129,8 +129,14 @@ def test_failed_delivery_is_retried(xero_sandbox_factory) -> None:
         )
         sb.mutate(sb.tenants[0].tenant_id, "create_invoice")
         assert len(rec.wait_for(1)) == 1
-        [delivery] = sb.webhook_deliveries()
-        assert delivery["delivered"] and delivery["statuses"] == [500, 500, 200]
+        # The receiver keeps the body before it answers 200; the sandbox records the delivery only
+        # once it has read that answer, so wait for the sandbox's own record.
+        deadline = time.monotonic() + 10
+        while not (deliveries := sb.webhook_deliveries())[0]["delivered"]:
+            assert time.monotonic() < deadline, f"the sandbox never recorded the delivery: {deliveries}"
+            time.sleep(0.02)
+        [delivery] = deliveries
+        assert delivery["statuses"] == [500, 500, 200]
     finally:
         rec.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -114,3 +115,25 @@ def test_minute_limit_waits_as_told(xero_sandbox_factory):
     pages = list(client.paged("Invoices", "Invoices"))
     assert sum(len(p) for p in pages) == 50
     assert sleeps and all(0 < s <= 60 for s in sleeps)
+
+
+def test_the_next_page_is_fetched_while_the_caller_handles_this_one(sandbox):
+    client, _, _ = make_client(sandbox, page_size=50)
+    pages = client.paged("Invoices", "Invoices")
+    first = next(pages)
+    # While the caller still holds page 1, page 2 is asked for (a bounded wait, no timing).
+    deadline = time.monotonic() + 30
+    while invoice_calls(sandbox) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert invoice_calls(sandbox) == 2 and len(first) == 50
+    assert sum(len(p) for p in pages) == 230 - 50
+    assert invoice_calls(sandbox) == 5  # 50+50+50+50+30: nothing asked twice, nothing after the short page
+
+
+def test_nothing_is_fetched_ahead_past_the_pause(sandbox):
+    client, _, _ = make_client(sandbox, page_size=50)
+    pages = client.paged("Invoices", "Invoices", pause_at=2)
+    assert [len(next(pages)) for _ in range(2)] == [50, 50]
+    time.sleep(0.5)  # a prefetch, had there been one, would have been sent by now
+    pages.close()  # the caller stops at the pause, as a chunk ends
+    assert invoice_calls(sandbox) == 2

@@ -6,8 +6,8 @@
     unique_key='id',
     indexes=[{'columns': ['tenant_id']}],
     post_hook=[
-      "create index if not exists idx_invoices_xero_connection_id on {{ this }} (xero_connection_id)",
-      "create index if not exists idx_invoices_status on {{ this }} (status)",
+      "{{ named_index('idx_invoices_xero_connection_id', 'xero_connection_id') }}",
+      "{{ named_index('idx_invoices_status', 'status') }}",
       "{{ drop_quarantined_invoices() }}",
     ],
 ) }}
@@ -54,10 +54,10 @@ shaped as (
         s.line_items,
         s.tenant_id,
         s.invoice_type::varchar(20)                                 as invoice_type,
-        s.contact_id,
+        s.contact_id::uuid                                          as contact_id,
         s.reference,
         s.currency_code::varchar(3)                                 as currency_code,
-        s.currency_rate::numeric(28, 10)                            as currency_rate,
+        s.currency_rate                                             as currency_rate,
         s.sub_total::decimal(12, 2)                                 as sub_total,
         s.amount_due::decimal(12, 2)                                as amount_due,
         s.amount_paid::decimal(12, 2)                               as amount_paid,

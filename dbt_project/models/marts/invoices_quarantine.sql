@@ -5,7 +5,7 @@
 select
     tenant_id,
     'Invoices'::text                                   as endpoint,
-    invoice_id::varchar(255)                           as xero_invoice_id,
+    invoice_id                                         as xero_invoice_id,  -- as sent: never cut
     invoice_number,
     status,
     quarantine_reason                                  as reason,

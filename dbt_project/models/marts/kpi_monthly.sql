@@ -1,6 +1,6 @@
 -- The coaching KPIs, one row per tenant, calendar month and KPI, in the organisation's base
 -- currency (each document's amount divided by its own CurrencyRate), money rounded to the cent
--- once, at the end of each sum. Definitions, in a coach's words: models/marts/_kpis.yml.
+-- once, at the end of each sum. Definitions, in a coach's words: models/marts/kpi_dictionary.md.
 --
 -- Incremental, set-based across tenants. A month's KPIs depend only on documents dated up to its
 -- "as of" day (the month's last day, or today), so a run recomputes, per tenant:
@@ -9,6 +9,8 @@
 --   - every month, when the organisation changed (its base currency converts everything);
 --   - from the month of its last build, when that was before today (the as-of day moved: the
 --     current month's receivables age every day, and a new month begins).
+-- A changed tenant's months before its (new) first month, or all of them when nothing counts any
+-- more, are deleted by the post-hook: a full build would not have them.
 -- Tenants with none of these are not read at all. Each aggregate is grouped first and expanded
 -- only over the months it can reach, so the work grows with documents, not documents x months.
 -- Read only when incremental, so declared for the parser:
@@ -19,6 +21,7 @@
 {{ config(
     unique_key=['tenant_id', 'period', 'kpi'],
     indexes=[{'columns': ['tenant_id', 'period', 'kpi'], 'unique': True}],
+    post_hook=["{{ drop_kpi_months_before_first_activity() }}"],
 ) }}
 
 {%- set today = "(now() at time zone 'UTC')::date" %}
@@ -53,7 +56,7 @@ touched as (
 ),
 
 built as (
-    select tenant_id, min(period) as built_from, max(computed_on) as computed_on
+    select tenant_id, max(computed_on) as computed_on
     from {{ this }} group by tenant_id
 ),
 
@@ -75,7 +78,7 @@ documents as (  -- sales invoices and bills that count: AUTHORISED and PAID only
         i.tenant_id, i.xero_connection_id, i.xero_invoice_id, i.invoice_type, i.contact_id,
         i.invoice_date, i.due_date, i.paid_date, i.amount as total, i.sub_total, i.currency_code,
         i.base_currency,
-        case when i.currency_code = i.base_currency then 1 else 1 / nullif(i.currency_rate, 0) end as to_base,
+        case when i.currency_code = i.base_currency then 1 else nullif(i.currency_rate, 0) end as rate,
         {%- if is_incremental() %}
         r.from_period
     from {{ ref('invoices') }} as i
@@ -92,8 +95,7 @@ sales as (select * from documents where invoice_type = 'ACCREC'),
 credit_notes as (
     select
         c.tenant_id, c.credit_note_type, c.credit_note_date, c.sub_total, c.allocations,
-        case when c.currency_code = o.base_currency then 1 else 1 / nullif(c.currency_rate, 0) end
-            as to_base
+        case when c.currency_code = o.base_currency then 1 else nullif(c.currency_rate, 0) end as rate
     from {{ ref('stg_xero__credit_notes') }} as c
     left join {{ ref('stg_xero__organisation') }} as o on o.tenant_id = c.tenant_id
     where c.status in ('AUTHORISED', 'PAID')
@@ -105,8 +107,8 @@ credit_notes as (
 payments as (  -- on sales invoices; converted at the payment's own rate for cash collected
     select
         p.tenant_id, p.invoice_id as xero_invoice_id, p.payment_date, p.amount,
-        p.amount * case when d.currency_code = d.base_currency then 1
-                        else 1 / nullif(p.currency_rate, 0) end as amount_base
+        p.amount / case when d.currency_code = d.base_currency then 1
+                        else nullif(p.currency_rate, 0) end as amount_base
     from {{ ref('stg_xero__payments') }} as p
     join sales as d on d.tenant_id = p.tenant_id and d.xero_invoice_id = p.invoice_id
     where p.status = 'AUTHORISED'
@@ -115,7 +117,8 @@ payments as (  -- on sales invoices; converted at the payment's own rate for cas
 -- What settles a sales invoice, in the invoice's currency, each on its own date: its payments
 -- and the credit allocated to it; as (day, amount) arrays per invoice, read in place below.
 settlements as (
-    select tenant_id, xero_invoice_id, array_agg(settled_on) as settled_on, array_agg(amount) as amount
+    select tenant_id, xero_invoice_id, array_agg(settled_on) as settled_on, array_agg(amount) as amount,
+           max(settled_on) as last_settled_on
     from (
         select tenant_id, xero_invoice_id, payment_date as settled_on, amount from payments
         union all
@@ -131,31 +134,25 @@ settlements as (
     group by 1, 2
 ),
 
+-- Every tenant with a document that counts (a sales invoice, a bill or a customer credit note),
+-- from its first month.
 tenants as (
-    select tenant_id, max(xero_connection_id::text)::uuid as xero_connection_id,
-           max(base_currency) as base_currency, max(from_period) as from_period,
-           least(min(date_trunc('month', invoice_date))::date,
-                 (select min(date_trunc('month', credit_note_date))::date from credit_notes c
-                  where c.tenant_id = d.tenant_id)) as first_period
-    from documents as d
-    group by tenant_id
+    select f.tenant_id, c.id as xero_connection_id, o.base_currency, f.first_period,
+           {{ "r.from_period" if is_incremental() else "'-infinity'::date" }} as from_period
+    from ({{ kpi_first_periods("select tenant_id from recompute" if is_incremental() else none) }}) as f
+    {%- if is_incremental() %}
+    join recompute as r on r.tenant_id = f.tenant_id
+    {%- endif %}
+    left join {{ source('app', 'xero_connections') }} as c on c.tenant_id = f.tenant_id
+    left join {{ ref('stg_xero__organisation') }} as o on o.tenant_id = f.tenant_id
 ),
 
 -- Which (tenant, month) pairs this run computes.
 scope as (
     select t.tenant_id, t.xero_connection_id, t.base_currency, m.period::date as period
     from tenants as t
-    {%- if is_incremental() %}
-    left join built on built.tenant_id = t.tenant_id
-    {%- endif %}
-    cross join lateral generate_series(
-        {%- if is_incremental() %}
-        -- months built earlier than the tenant's first document now are recomputed too (to 0)
-        greatest(least(t.first_period, built.built_from), t.from_period),
-        {%- else %}
-        t.first_period,
-        {%- endif %}
-        date_trunc('month', {{ today }})::date, interval '1 month') as m(period)
+    cross join lateral generate_series(greatest(t.first_period, t.from_period),
+                                       date_trunc('month', {{ today }})::date, interval '1 month') as m(period)
 ),
 
 -- Below, each document is expanded only over the months it can reach (from the tenant's first
@@ -166,20 +163,20 @@ scope as (
 
 sales_month as (
     select tenant_id, date_trunc('month', invoice_date)::date as period,
-           sum(sub_total * to_base) as revenue_invoiced,
+           sum(sub_total / rate) as revenue_invoiced,
            count(*) as invoices_issued,
            count(distinct contact_id) as active_clients
     from sales group by 1, 2
 ),
 
 bills_month as (
-    select tenant_id, date_trunc('month', invoice_date)::date as period, sum(sub_total * to_base) as bills
+    select tenant_id, date_trunc('month', invoice_date)::date as period, sum(sub_total / rate) as bills
     from documents where invoice_type = 'ACCPAY' group by 1, 2
 ),
 
 credit_month as (
     select tenant_id, date_trunc('month', credit_note_date)::date as period,
-           sum(sub_total * to_base) as credit_notes_issued
+           sum(sub_total / rate) as credit_notes_issued
     from credit_notes where credit_note_type = 'ACCRECCREDIT' group by 1, 2
 ),
 
@@ -189,37 +186,40 @@ cash_month as (
 ),
 
 -- Each sales invoice still open at a month's "as of" day: Total less what settled it by then.
--- An invoice can only be open from its own month to the month it was fully paid (a PAID
--- invoice's last settlement is on its FullyPaidOnDate), so only those months are expanded.
--- Materialised: `outstanding` is read by every bucket below.
+-- An invoice can only be open from its own month to the month of its last settlement, when it is
+-- PAID (its FullyPaidOnDate, or a later-dated payment or allocation: Xero takes back-dated and
+-- forward-dated ones), so only those months are expanded. Materialised: `outstanding` is read
+-- by every bucket below.
 open_invoices as materialized (
-    select d.tenant_id, m.period, m.as_of, d.due_date, d.to_base,
+    select d.tenant_id, m.period, m.as_of, d.due_date, d.rate,
            case when x.settled_on is null then d.total
                 else d.total - coalesce((select sum(u.amount)
                                          from unnest(x.settled_on, x.amount) as u(settled_on, amount)
                                          where u.settled_on <= m.as_of), 0)
            end as outstanding
     from sales as d
+    left join settlements as x on x.tenant_id = d.tenant_id and x.xero_invoice_id = d.xero_invoice_id
     cross join lateral (
         select p::date as period, {{ as_of_p }} as as_of
         from generate_series(greatest(date_trunc('month', d.invoice_date), d.from_period),
-                             least(date_trunc('month', coalesce(d.paid_date, {{ today }})), {{ this_month }}),
+                             least(date_trunc('month', case when d.paid_date is null then {{ today }}
+                                                            else greatest(d.paid_date, x.last_settled_on) end),
+                                   {{ this_month }}),
                              interval '1 month') as p
     ) as m
-    left join settlements as x on x.tenant_id = d.tenant_id and x.xero_invoice_id = d.xero_invoice_id
-    where d.invoice_date <= m.as_of and (d.paid_date is null or d.paid_date > m.as_of)
+    where d.invoice_date <= m.as_of
 ),
 
 receivables_month as (
     select tenant_id, period,
-           sum(outstanding * to_base) as receivables_outstanding,
-           sum(outstanding * to_base) filter (where as_of - due_date <= 0 or due_date is null)
+           sum(outstanding / rate) as receivables_outstanding,
+           sum(outstanding / rate) filter (where as_of - due_date <= 0 or due_date is null)
                as receivables_current,
-           sum(outstanding * to_base) filter (where as_of - due_date between 1 and 30) as receivables_1_30,
-           sum(outstanding * to_base) filter (where as_of - due_date between 31 and 60) as receivables_31_60,
-           sum(outstanding * to_base) filter (where as_of - due_date between 61 and 90) as receivables_61_90,
-           sum(outstanding * to_base) filter (where as_of - due_date > 90) as receivables_90_plus,
-           sum(outstanding * to_base) filter (where as_of - due_date > 0) as overdue_amount,
+           sum(outstanding / rate) filter (where as_of - due_date between 1 and 30) as receivables_1_30,
+           sum(outstanding / rate) filter (where as_of - due_date between 31 and 60) as receivables_31_60,
+           sum(outstanding / rate) filter (where as_of - due_date between 61 and 90) as receivables_61_90,
+           sum(outstanding / rate) filter (where as_of - due_date > 90) as receivables_90_plus,
+           sum(outstanding / rate) filter (where as_of - due_date > 0) as overdue_amount,
            count(*) filter (where as_of - due_date > 0 and outstanding <> 0) as overdue_count
     from open_invoices
     group by 1, 2
@@ -229,7 +229,7 @@ receivables_month as (
 -- months whose as-of day is within 89 days after it.
 trailing_sales as (
     select d.tenant_id, m.period, sum(d.total) as sales_90_days
-    from (select tenant_id, invoice_date, max(from_period) as from_period, sum(total * to_base) as total
+    from (select tenant_id, invoice_date, max(from_period) as from_period, sum(total / rate) as total
           from sales group by 1, 2) as d
     cross join lateral (
         select p::date as period, {{ as_of_p }} as as_of
@@ -252,7 +252,7 @@ paid_month as (
 clients_month as (  -- clients whose first sales invoice ever is in the month
     select tenant_id, first_period as period, count(*) as new_clients
     from (select tenant_id, contact_id, min(date_trunc('month', invoice_date))::date as first_period
-          from sales group by 1, 2) as first_sale
+          from sales where contact_id is not null group by 1, 2) as first_sale
     group by 1, 2
 ),
 
@@ -261,7 +261,7 @@ clients_month as (  -- clients whose first sales invoice ever is in the month
 client_revenue_12m as (
     select c.tenant_id, m.period::date as period, c.contact_id, sum(c.revenue) as revenue
     from (select tenant_id, contact_id, date_trunc('month', invoice_date) as period,
-                 max(from_period) as from_period, sum(sub_total * to_base) as revenue
+                 max(from_period) as from_period, sum(sub_total / rate) as revenue
           from sales group by 1, 2, 3) as c
     cross join lateral generate_series(greatest(c.period, c.from_period),
                                        least(c.period + interval '11 months', {{ this_month }}),
@@ -280,10 +280,12 @@ concentration as (
 ),
 
 -- Revenue net of every month the growth ratios look back to (computed here, not read from the
--- table, so a recomputed month never compares with a stale one).
+-- table, so a recomputed month never compares with a stale one): exactly the rounded
+-- revenue_invoiced less the rounded credit_notes_issued, as the dictionary defines it.
 net_month as (
     select tenant_id, period,
-           round(coalesce(sm.revenue_invoiced, 0) - coalesce(cm.credit_notes_issued, 0), 2) as revenue_net
+           round(coalesce(sm.revenue_invoiced, 0), 2) - round(coalesce(cm.credit_notes_issued, 0), 2)
+               as revenue_net
     from sales_month as sm full join credit_month as cm using (tenant_id, period)
 ),
 

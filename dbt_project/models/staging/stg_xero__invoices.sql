@@ -7,8 +7,7 @@
       {'columns': ['tenant_id', 'invoice_id'], 'unique': True},
       {'columns': ['_dlt_load_id']},
     ],
-    post_hook=["create index if not exists stg_xero__invoices_quarantined_idx on {{ this }} (tenant_id)
-                where quarantine_reason is not null"],
+    post_hook=["{{ named_index('stg_xero__invoices_quarantined_idx', 'tenant_id', 'quarantine_reason is not null') }}"],
 ) }}
 
 with changed as (
@@ -27,7 +26,7 @@ typed as (
         type::text                                       as invoice_type,
         status::text                                     as status,
         status = 'DELETED'                               as is_deleted,
-        {{ safe_uuid("contact ->> 'ContactID'") }}       as contact_id,
+        (contact ->> 'ContactID')::text                  as contact_id,  -- checked below
         (contact ->> 'Name')::text                       as contact_name,
         reference::text                                  as reference,
         (date at time zone 'UTC')::date                  as invoice_date,
@@ -56,6 +55,8 @@ checked as (
             {{ text_fit('invoice_number', 'invoice_number', 100) }},
             {{ text_fit('contact_name', 'client_name', 255) }},
             {{ text_fit('status', 'status', 50) }},
+            {{ text_fit('invoice_type', 'invoice_type', 20) }},
+            {{ uuid_fit('contact_id', 'contact_id') }},
             {{ text_fit('currency_code', 'currency_code', 3) }},
             {{ money_fit('total', 'amount') }},
             {{ money_fit('total_tax', 'tax_amount') }},

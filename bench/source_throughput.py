@@ -1,0 +1,123 @@
+"""Benchmark: one tenant's invoices extracted and loaded into PostgreSQL (xero_source + dlt alone),
+limits off, the sandbox in a process of its own (`xero-elt sandbox`), so this process is the
+pipeline alone: wall time, invoices/s, calls, bytes and this process's peak RSS, per size.
+
+    .venv/bin/python bench/source_throughput.py --invoices 10000 100000
+
+Each size runs in a fresh child process (so peak RSS is that size's). The database: a new one on
+$TEST_DATABASE_URL's server (default postgresql://postgres@127.0.0.1:5432/postgres), dropped after.
+
+Figures (2026-12-06, 2 cores, a test suite running beside it, PostgreSQL 15, page size 1000,
+100 pages a chunk): see the session's closing note (issue: xero_source at Xero's limits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import psycopg
+import requests
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from orchestration.net import free_loopback_port  # noqa: E402
+from orchestration.resources import dlt_credentials  # noqa: E402
+from orchestration.settings import DatabaseUrl  # noqa: E402
+
+CLIENT = ("sandbox-client-id", "sandbox-client-secret")  # the sandbox's public defaults
+REDIRECT = "http://127.0.0.1:1/callback"
+
+
+def token_for(base: str) -> str:
+    """The authorization-code flow over HTTP, as the OAuth service runs it (the sandbox consents)."""
+    scope = "openid offline_access accounting.invoices.read"
+    answer = requests.get(f"{base}/identity/connect/authorize", allow_redirects=False, timeout=30, params={
+        "response_type": "code", "client_id": CLIENT[0], "redirect_uri": REDIRECT, "scope": scope,
+        "state": "bench"})
+    code = parse_qs(urlsplit(answer.headers["Location"]).query)["code"][0]
+    tokens = requests.post(f"{base}/connect/token", auth=CLIENT, timeout=30, data={
+        "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT})
+    tokens.raise_for_status()
+    return tokens.json()["access_token"]
+
+
+def measure(invoices: int, database_url: str) -> dict:
+    """In this (child) process: the sandbox beside it, then the load."""
+    import dlt
+
+    from xero_source import SourceSettings, XeroClient, load_tenant
+
+    port = free_loopback_port()
+    xero_elt = str(Path(sys.executable).with_name("xero-elt"))
+    sandbox = subprocess.Popen([xero_elt, "sandbox", "--port", str(port), "--tenants", "1", "--invoices",
+                                str(invoices), "--seed", "7", "--no-rate-limits"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 900
+        while True:
+            try:
+                tenants = requests.get(f"{base}/__sandbox/tenants", timeout=5).json()
+                break
+            except requests.RequestException:
+                if time.monotonic() > deadline or sandbox.poll() is not None:
+                    raise RuntimeError("the sandbox did not start") from None
+                time.sleep(0.5)
+        tenant_id = tenants[0]["tenantId"]
+        token = token_for(base)
+        client = XeroClient(tenant_id, lambda: token, SourceSettings(api_url=f"{base}/api.xro/2.0"))
+        name = f"bench_{uuid.uuid4().hex[:8]}"
+        pipelines_dir = tempfile.mkdtemp(prefix="xero-elt-bench-")
+        pipeline = dlt.pipeline(pipeline_name=name, dataset_name=name, pipelines_dir=pipelines_dir,
+                                destination=dlt.destinations.postgres(credentials=dlt_credentials(database_url)))
+        started = time.perf_counter()
+        rows = load_tenant(pipeline, client, resources=("invoices",))
+        wall = time.perf_counter() - started
+        return {"invoices": rows.get("invoices", 0), "seconds": wall, "calls": client.calls,
+                "bytes": client.bytes_received,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=60)
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        print(json.dumps(measure(int(sys.argv[2]), sys.argv[3])))
+        return
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--invoices", type=int, nargs="+", default=[10_000, 100_000])
+    args = parser.parse_args()
+    server = DatabaseUrl.parse(os.environ.get("TEST_DATABASE_URL",
+                                              "postgresql://postgres@127.0.0.1:5432/postgres"))
+    name = f"xero_elt_bench_source_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        for n in args.invoices:
+            child = [sys.executable, __file__, "--child", str(n), server.with_database(name).url]
+            out = subprocess.run(child, capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            rate = r["invoices"] / r["seconds"]
+            print(f"{n:>9,} invoices: {r['seconds']:.1f} s into PostgreSQL = {rate:,.0f} invoices/s; "
+                  f"{r['calls']} calls, {r['bytes'] / 1e6:,.1f} MB; peak RSS {r['peak_rss_mb']:.0f} MB",
+                  flush=True)
+    finally:
+        with psycopg.connect(server.url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+if __name__ == "__main__":
+    main()
