@@ -235,17 +235,17 @@ def test_every_check_schedule_sensor_and_job_says_what_it_does():
 
 def test_no_definition_shows_as_unserializable_in_the_ui():
     """What the webserver receives from the code location (its snapshot): every metadata value
-    serialises as itself, except the three objects dagster-dbt 0.29 keeps in its assets' metadata
-    and reads back when a build runs (the manifest, the translator, the project): known, listed."""
+    serialises as itself. dagster-dbt's manifest, translator and project objects, which it keeps in
+    its assets' metadata by default, are left out (the dbt step hands them to dbt itself)."""
     import re
 
     from dagster._core.remote_representation.external_data import RepositorySnap
     from dagster._serdes import serialize_value
 
     snapshot = serialize_value(RepositorySnap.from_def(defs.get_repository_def()))
-    unserializable = set(re.findall(r'"\[(\w+)\] \(unserializable\)"\}, "label": "([\w/]+)"', snapshot))
-    assert unserializable == {("DbtManifestWrapper", "dagster_dbt/manifest"),
-                              ("XeroDbtTranslator", "dagster_dbt/dagster_dbt_translator"),
-                              ("DbtProject", "dagster_dbt/project")}, unserializable
-    assert snapshot.count("(unserializable)") == 3 * len(DBT_ASSETS)  # on the dbt models alone
-    assert "DltSource" not in snapshot and "[Pipeline]" not in snapshot
+    unserializable = re.findall(r'"([^"]*)\(unserializable\)"\}, "label": "([^"]+)"', snapshot)
+    assert "(unserializable)" not in snapshot, unserializable
+    # The snapshot does carry the assets' metadata (the test is not looking at an empty one).
+    labels = re.findall(r'"label": "([^"]+)"', snapshot)
+    assert labels.count("dagster/table_name") >= len(DBT_ASSETS) + 6
+    assert "dagster_dbt/unique_id" in labels

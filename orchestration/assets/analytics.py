@@ -15,6 +15,14 @@ from collections.abc import Iterator
 import dagster as dg
 import psycopg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
+from dagster_dbt.asset_utils import (
+    DAGSTER_DBT_MANIFEST_METADATA_KEY,
+    DAGSTER_DBT_PROJECT_METADATA_KEY,
+    DAGSTER_DBT_TRANSLATOR_METADATA_KEY,
+    DBT_DEFAULT_SELECT,
+    get_subset_selection_for_context,
+)
+from dagster_dbt.dbt_manifest import validate_manifest
 from psycopg import sql
 
 from oauth_service.vault import TenantNotConnected
@@ -65,10 +73,22 @@ class XeroDbtTranslator(DagsterDbtTranslator):
         # snapshot, which "Re-execute" compares) stay the same whatever database a process builds.
         name = node.get("alias") or node.get("identifier") or node.get("name")
         table = f"{node['schema']}.{name}" if node else None
+        # dagster-dbt keeps the manifest, the translator and the project as Python objects in every
+        # model's metadata, for its own use at run time; the UI can only show them as
+        # "(unserializable)". They stay out: analytics_models hands them to dbt itself.
+        metadata = {k: v for k, v in spec.metadata.items() if k not in RUNTIME_ONLY_METADATA}
         return spec.replace_attributes(
             freshness_policy=DAILY_SYNC_FRESHNESS,
-            metadata={**spec.metadata, **({TABLE_NAME: table} if table else {})},
+            metadata={**metadata, **({TABLE_NAME: table} if table else {})},
         )
+
+
+RUNTIME_ONLY_METADATA = (DAGSTER_DBT_MANIFEST_METADATA_KEY, DAGSTER_DBT_TRANSLATOR_METADATA_KEY,
+                         DAGSTER_DBT_PROJECT_METADATA_KEY)
+MANIFEST = validate_manifest(ensure_manifest())
+TRANSLATOR = XeroDbtTranslator(
+    settings=DagsterDbtTranslatorSettings(enable_asset_checks=True, enable_source_tests_as_checks=False)
+)
 
 
 class AnalyticsBuildConfig(dg.Config):
@@ -76,16 +96,10 @@ class AnalyticsBuildConfig(dg.Config):
     """Rebuild every model from all raw data (after a model change), instead of from pending loads."""
 
 
-@dbt_assets(
-    manifest=ensure_manifest(),
-    project=xero_dbt_project,
-    # dbt tests are checks of the models they test. Source tests stay dbt's own (they run in every
-    # build): as checks of the tenant-partitioned raw assets they would pull the dbt step into
-    # each tenant's extract run.
-    dagster_dbt_translator=XeroDbtTranslator(
-        settings=DagsterDbtTranslatorSettings(enable_asset_checks=True, enable_source_tests_as_checks=False)
-    ),
-)
+# dbt tests are checks of the models they test (TRANSLATOR). Source tests stay dbt's own (they run
+# in every build): as checks of the tenant-partitioned raw assets they would pull the dbt step into
+# each tenant's extract run.
+@dbt_assets(manifest=MANIFEST, project=xero_dbt_project, dagster_dbt_translator=TRANSLATOR)
 def analytics_models(context: dg.AssetExecutionContext, config: AnalyticsBuildConfig, dbt: DbtCliResource,
                      token_vault: TokenVaultResource, run_liveness: RunLivenessResource) -> Iterator:
     # dbt runs as a subprocess of whichever process runs this step: give it the pipeline's database.
@@ -98,14 +112,15 @@ def analytics_models(context: dg.AssetExecutionContext, config: AnalyticsBuildCo
         with analytics_lock(holder=f"xero-elt run {context.run.run_id} analytics", database_url=database_url,
                             announce=context.log.warning):
             built_from = database_now(database_url)
-            invocation = dbt.cli(args, context=context, raise_on_error=False)
-            events = list(invocation.stream())
+            invocation = dbt.cli([*args, *_selection(context)], manifest=MANIFEST,
+                                 dagster_dbt_translator=TRANSLATOR, raise_on_error=False)
+            events = [e for e in map(_as_result, invocation.stream()) if _was_asked_for(context, e)]
             keep_partial_parse(invocation.target_path)
     except LockWaitTimeout as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
     if invocation.is_successful():
         events = _with_row_counts(context, events, database_url, _rows_changed(invocation))
-        events = [_with_kpi_trends(context, e, database_url) for e in events]
+        events = [_with_kpi_trends(e, database_url) for e in events]
     yield from events
     if not invocation.is_successful():
         raise build_failure(invocation)  # its target folder (dbt.log, run_results.json) stays
@@ -127,6 +142,40 @@ def analytics_models(context: dg.AssetExecutionContext, config: AnalyticsBuildCo
 KPI_ASSET = dg.AssetKey(["analytics", "kpi_monthly"])
 
 
+def _selection(context: dg.AssetExecutionContext) -> list[str]:
+    """dbt's --select (and --indirect-selection) for the models and checks this step was asked
+    for: the whole project, or the subset a person picked in the UI. dbt.cli is given the manifest
+    and translator, not the context: with a context it looks for them in the assets' metadata,
+    which leaves them out (RUNTIME_ONLY_METADATA)."""
+    selection, indirect = get_subset_selection_for_context(
+        context=context, manifest=MANIFEST, select=DBT_DEFAULT_SELECT, exclude=None, selector=None,
+        dagster_dbt_translator=TRANSLATOR, current_dbt_indirect_selection_env=None)
+    return [*selection, *(["--indirect-selection", indirect] if indirect else [])]
+
+
+def _as_result(event):
+    """dbt's events as this step's results. A model's result is a MaterializeResult, not an Output:
+    the table is the result, and there is no value for an IO manager to store (nor a "Handled
+    output" log line per model)."""
+    if isinstance(event, dg.AssetMaterialization):
+        return dg.MaterializeResult(asset_key=event.asset_key, metadata=event.metadata)
+    if isinstance(event, dg.AssetCheckEvaluation):
+        return dg.AssetCheckResult(asset_key=event.asset_key, check_name=event.check_name,
+                                   passed=event.passed, severity=event.severity, metadata=event.metadata,
+                                   description=event.description)
+    return event
+
+
+def _was_asked_for(context: dg.AssetExecutionContext, event) -> bool:
+    """dbt's indirect selection runs tests of the selected models that the step was not asked
+    for; their results are not this step's to report."""
+    if isinstance(event, dg.MaterializeResult):
+        return event.asset_key in context.selected_asset_keys
+    if isinstance(event, dg.AssetCheckResult):
+        return dg.AssetCheckKey(event.asset_key, event.check_name) in context.selected_asset_check_keys
+    return True
+
+
 def _rows_changed(invocation) -> dict[str, int]:
     """dbt's rows affected per model in this build (what its incremental merge inserted), by unique id."""
     results = invocation.get_artifact("run_results.json").get("results", [])
@@ -141,36 +190,36 @@ def _with_row_counts(context: dg.AssetExecutionContext, events: list, database_u
     fetch_row_counts cannot serve here: it names tables by the manifest's database, which is kept
     the same whatever database a process builds (XeroDbtTranslator)."""
     specs = context.assets_def.specs_by_key
-    tables = {e.output_name: specs[context.asset_key_for_output(e.output_name)].metadata[TABLE_NAME]
-              for e in events if isinstance(e, dg.Output)}
+    tables = {e.asset_key: specs[e.asset_key].metadata[TABLE_NAME]
+              for e in events if isinstance(e, dg.MaterializeResult)}
     counts = {}
     with psycopg.connect(database_url) as conn:
-        for output, table in tables.items():
+        for key, table in tables.items():
             schema, name = table.split(".", 1)
             kind = conn.execute("SELECT c.relkind FROM pg_class c JOIN pg_namespace n "
                                 "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
                                 (schema, name)).fetchone()
             if kind and kind[0] in ("r", "p"):  # tables only: counting a view runs its query
-                counts[output] = conn.execute(
+                counts[key] = conn.execute(
                     sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name))).fetchone()[0]
 
-    def counted(e):
-        metadata = {**e.metadata, "dagster/row_count": dg.MetadataValue.int(counts[e.output_name])}
+    def counted(e: dg.MaterializeResult) -> dg.MaterializeResult:
+        metadata = {**e.metadata, "dagster/row_count": dg.MetadataValue.int(counts[e.asset_key])}
         unique_id = getattr(e.metadata.get("unique_id"), "text", None)
         if unique_id in rows_changed:
             metadata["dbt/rows_changed"] = dg.MetadataValue.int(rows_changed[unique_id])
-        return dg.Output(e.value, e.output_name, data_version=e.data_version, tags=e.tags, metadata=metadata)
+        return dg.MaterializeResult(asset_key=e.asset_key, metadata=metadata)
 
-    return [counted(e) if isinstance(e, dg.Output) and e.output_name in counts else e for e in events]
+    return [counted(e) if isinstance(e, dg.MaterializeResult) and e.asset_key in counts else e
+            for e in events]
 
 
-def _with_kpi_trends(context: dg.AssetExecutionContext, event, database_url: str):
+def _with_kpi_trends(event, database_url: str):
     """The KPI asset's materialisation carries each tenant's trend (orchestration/kpi_trends.py)."""
-    if not isinstance(event, dg.Output) or context.asset_key_for_output(event.output_name) != KPI_ASSET:
+    if not isinstance(event, dg.MaterializeResult) or event.asset_key != KPI_ASSET:
         return event
     trends = dg.MetadataValue.md(kpi_trends_markdown(database_url))
-    return dg.Output(event.value, event.output_name, data_version=event.data_version, tags=event.tags,
-                     metadata={**event.metadata, "kpi_trends": trends})
+    return dg.MaterializeResult(asset_key=event.asset_key, metadata={**event.metadata, "kpi_trends": trends})
 
 
 def build_failure(invocation) -> Exception:

@@ -828,6 +828,30 @@ def test_each_dbt_models_materialisation_counts_its_rows(platform):
             assert by_key[key]["dagster/row_count"].value == count, (key, by_key[key])
     # The build rewrote the edited invoice (and what the If-Modified-Since overlap re-read changed).
     assert by_key["analytics/invoices"]["dbt/rows_changed"].value >= 1, by_key["analytics/invoices"]
+    # A model's result is its table: no value goes through an IO manager ("Handled output" lines).
+    from orchestration.assets.analytics import analytics_models
+
+    assert set(by_key) == {key.to_user_string() for key in analytics_models.keys}
+    assert not platform.instance.get_records_for_run(result.analytics_run_id,
+                                                     of_type=dg.DagsterEventType.HANDLED_OUTPUT).records
+
+
+def test_one_model_built_from_the_ui_reports_that_model_and_its_checks_only(platform):
+    """A data engineer picks one dbt asset in the UI and materialises it: dbt builds that model and
+    its tests, and the run reports them, not the models dbt was not asked for."""
+    from orchestration.definitions import defs
+
+    ensure_synced(platform)
+    kpis = dg.AssetKey(["analytics", "kpi_monthly"])
+    result = defs.resolve_job_def(ANALYTICS_JOB_NAME).execute_in_process(
+        instance=platform.instance, asset_selection=[kpis], raise_on_error=False)
+    assert result.success
+    built = {m.asset_key for m in result.get_asset_materialization_events()
+             for m in [m.event_specific_data.materialization]}
+    assert built == {kpis}
+    checked = {e.asset_key for e in result.get_asset_check_evaluations()}
+    assert checked == {kpis} and len(result.get_asset_check_evaluations()) >= 3
+    assert all(e.passed for e in result.get_asset_check_evaluations())
 
 
 def test_every_assets_table_name_names_a_real_table(platform):
