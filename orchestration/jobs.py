@@ -23,6 +23,19 @@ LAYERS = {RAW_GROUP: "raw", STAGING_GROUP: "staging", MARTS_GROUP: "marts"}  # g
 # analytics engineers for the canonical table and the coaching metrics.
 LAYER_OWNERS = {"raw": ["team:data-platform"], "staging": ["team:data-platform"],
                 "marts": ["team:analytics-engineering"]}
+
+
+def raw_asset_key(table: str) -> dg.AssetKey:
+    """A raw table's asset: `raw_xero/xero_invoices` for `raw_xero.invoices`. The name differs from
+    the canonical `analytics/invoices`, as the graph labels a node by its key's last part."""
+    return dg.AssetKey([RAW_GROUP, f"xero_{table}"])
+
+
+def raw_table(key: dg.AssetKey) -> str:
+    """The table of a raw asset (raw_asset_key's inverse)."""
+    return key.path[-1].removeprefix("xero_")
+
+
 EXTRACT_OP_NAME = "extract_xero_tenant"  # the op that materialises them, one tenant per run
 
 # Xero answers 429/5xx at times; the client retries requests, this retries a failed step.

@@ -21,7 +21,7 @@ import dagster as dg
 import psycopg
 from dagster._core.instance.ref import InstanceRef
 
-from orchestration.jobs import ANALYTICS_JOB_NAME, SYNC_JOB_NAME, SYNC_JOBS, sync_ops_config
+from orchestration.jobs import ANALYTICS_JOB_NAME, SYNC_JOB_NAME, SYNC_JOBS, raw_table, sync_ops_config
 from orchestration.lifetime import die_with_parent
 from orchestration.partitions import add_tenant_partitions, checked_tenant_id
 from orchestration.run_audit import audit_run
@@ -101,7 +101,7 @@ def _extract(job: dg.JobDefinition, instance: dg.DagsterInstance, tenant_id: str
         key = mat.asset_key
         rows = mat.materialization.metadata.get("rows_loaded")
         if key and key.path[0] == RAW_SCHEMA:
-            fetched[key.path[-1]] = int(rows.value) if rows is not None else 0
+            fetched[raw_table(key)] = int(rows.value) if rows is not None else 0
     audit_run(instance, instance.get_run_by_id(run.run_id),
               detail={"fetched": fetched, "full_refresh": full_refresh})
     return TenantSyncResult(tenant_id, run.run_id, run.success, fetched, error=_run_error(run),

@@ -8,11 +8,11 @@ import dagster as dg
 import yaml
 
 from orchestration.definitions import defs
-from orchestration.jobs import ANALYTICS_JOB_NAME, SYNC_JOB_NAME
+from orchestration.jobs import ANALYTICS_JOB_NAME, SYNC_JOB_NAME, raw_asset_key
 from orchestration.partitions import TENANT_PARTITIONS_NAME, checked_tenant_id, tenant_partitions
 from orchestration.settings import DAGSTER_YAML_TEMPLATE, DBT_PROJECT_DIR
 
-RAW_INVOICES = dg.AssetKey(["raw_xero", "invoices"])
+RAW_INVOICES = dg.AssetKey(["raw_xero", "xero_invoices"])
 INVOICES = dg.AssetKey(["analytics", "invoices"])
 QUARANTINE = dg.AssetKey(["analytics", "invoices_quarantine"])
 KPI_MONTHLY = dg.AssetKey(["analytics", "kpi_monthly"])
@@ -30,7 +30,7 @@ def asset_graph():
 def raw_keys() -> set[dg.AssetKey]:
     from xero_source import ENDPOINTS
 
-    return {dg.AssetKey(["raw_xero", name]) for name in ENDPOINTS}
+    return {raw_asset_key(name) for name in ENDPOINTS}
 
 
 def test_raw_assets_are_partitioned_by_tenant_and_dbt_assets_are_not():
@@ -80,7 +80,7 @@ def test_every_xero_endpoint_is_a_raw_asset_feeding_its_staging_model():
     for name in ENDPOINTS:
         staging = dg.AssetKey(["staging", f"stg_xero__{name}"])
         # The dbt source is the dlt asset itself (meta.dagster.asset_key), not a separate node.
-        assert graph.get(staging).parent_keys == {dg.AssetKey(["raw_xero", name])}, name
+        assert graph.get(staging).parent_keys == {raw_asset_key(name)}, name
     # The canonical invoices need the organisation (base currency) and the connection (its id).
     assert graph.get(INVOICES).parent_keys == {dg.AssetKey(["staging", "stg_xero__invoices"]),
                                                dg.AssetKey(["staging", "stg_xero__organisation"]),
@@ -205,7 +205,7 @@ def test_the_definitions_are_the_same_whatever_database_a_process_builds(tmp_pat
     tables = seen[0]["tables"]
     assert tables["analytics/invoices"] == "analytics.invoices"
     assert tables["staging/stg_xero__invoices"] == "staging.stg_xero__invoices"
-    assert tables["raw_xero/invoices"] == "raw_xero.invoices"
+    assert tables["raw_xero/xero_invoices"] == "raw_xero.invoices"
     assert manifest.stat().st_mtime == parsed_at  # not parsed again for another database
 
 
@@ -249,3 +249,12 @@ def test_no_definition_shows_as_unserializable_in_the_ui():
     labels = re.findall(r'"label": "([^"]+)"', snapshot)
     assert labels.count("dagster/table_name") >= len(DBT_ASSETS) + 6
     assert "dagster_dbt/unique_id" in labels
+
+
+def test_no_two_assets_share_a_name_in_the_graph():
+    """The asset graph labels a node by its key's last part: the raw and the canonical invoices
+    must not both read `invoices`."""
+    keys = defs.resolve_asset_graph().get_all_asset_keys()
+    labels = [key.path[-1] for key in keys]
+    assert len(labels) == len(set(labels)), sorted(label for label in labels if labels.count(label) > 1)
+    assert {"xero_invoices", "stg_xero__invoices", "invoices"} <= set(labels)

@@ -16,7 +16,7 @@ from psycopg import sql
 from oauth_service.vault import ReauthRequired, TenantNotConnected
 from orchestration.extract_ledger import record_extract
 from orchestration.freshness import DAILY_SYNC_FRESHNESS
-from orchestration.jobs import EXTRACT_OP_NAME, LAYER_OWNERS, LAYERS, RAW_GROUP
+from orchestration.jobs import EXTRACT_OP_NAME, LAYER_OWNERS, LAYERS, RAW_GROUP, raw_asset_key, raw_table
 from orchestration.locks import LockWaitTimeout, tenant_lock
 from orchestration.partitions import checked_tenant_id, tenant_partitions
 from orchestration.resources import TokenVaultResource, XeroPipelineResource
@@ -45,7 +45,7 @@ class XeroDltTranslator(DagsterDltTranslator):
     def get_asset_spec(self, data: DltResourceTranslatorData) -> dg.AssetSpec:
         spec = super().get_asset_spec(data)
         return spec.replace_attributes(
-            key=dg.AssetKey([RAW_SCHEMA, data.resource.name]),
+            key=raw_asset_key(data.resource.name),
             deps=[],  # Xero itself is not an asset here
             group_name=RAW_GROUP,
             owners=LAYER_OWNERS[LAYERS[RAW_GROUP]],
@@ -97,7 +97,7 @@ with warnings.catch_warnings():
     QUARANTINE_CHECKS = [
         dg.AssetCheckSpec(
             QUARANTINE_CHECK, asset=spec.key, partitions_def=tenant_partitions,
-            description=(f"Every {spec.key.path[-1]} record Xero sent for the tenant could be typed and "
+            description=(f"Every {raw_table(spec.key)} record Xero sent for the tenant could be typed and "
                          f"loaded: none of them waits in {RAW_SCHEMA}.{QUARANTINE_TABLE}. A record's next "
                          "clean version takes it out, and the check passes again."))
         for spec in _RAW_SPECS]
@@ -162,11 +162,11 @@ def xero_raw_assets(
     waiting = quarantined_records(database_url, tenant_id)
     for result in results:
         yield extract_result(result, client, tenant_id, tenant.tenant_name if tenant else None, database,
-                             more_rows.get(result.asset_key.path[-1], 0))
+                             more_rows.get(raw_table(result.asset_key), 0))
         if context.selected_asset_check_keys and any(
                 k.asset_key == result.asset_key for k in context.selected_asset_check_keys):
             yield quarantine_check(result.asset_key, tenant_id, tenant.tenant_name if tenant else None,
-                                   waiting.get(ENDPOINTS[result.asset_key.path[-1]].path, []))
+                                   waiting.get(ENDPOINTS[raw_table(result.asset_key)].path, []))
 
 
 def quarantined_records(database_url: str, tenant_id: str) -> dict[str, list[tuple[str, str]]]:
@@ -225,21 +225,25 @@ def connected_tenant_id(partition_key: str, vault) -> str:
 def extract_result(result: dg.MaterializeResult, client: XeroClient, tenant_id: str,
                    tenant_name: str | None, database: str,
                    later_chunks_rows: int = 0) -> dg.MaterializeResult:
-    """dagster-dlt's materialisation (of the first chunk), made true and useful: the table as
-    `<database>.raw_xero.<t>` on every tenant's (dlt names its destination type, and only when rows
-    were loaded), the rows loaded by every chunk (0 too), the tenant's name, and the endpoint's
-    Xero traffic in this run."""
-    table = result.asset_key.path[-1]
+    """dagster-dlt's materialisation (of the first chunk), made true and useful: the tenant's name,
+    the rows loaded by every chunk (0 too), the table as `<database>.raw_xero.<t>` on every tenant's
+    (dlt names its destination type, and only when rows were loaded), and the endpoint's Xero
+    traffic in this run; not dlt's load-job file paths."""
+    table = raw_table(result.asset_key)
     traffic = client.stats.get(ENDPOINTS[table].path, EndpointStats()).as_dict()
-    rows = (result.metadata or {}).get("rows_loaded")  # dlt's, when it loaded any
-    metadata = {
-        **(result.metadata or {}),
-        "rows_loaded": dg.MetadataValue.int(int(getattr(rows, "value", rows) or 0) + later_chunks_rows),
-        "tenant_id": tenant_id,
+    dlt = dict(result.metadata or {})
+    rows = dlt.pop("rows_loaded", None)  # dlt's, when it loaded any
+    # dlt's load jobs: file paths in the run worker's temporary folder, gone after the run.
+    dlt.pop("jobs", None)
+    dlt.pop(TABLE_NAME, None)  # `<destination type>.<dataset>.<table>`: replaced by the real one
+    metadata = {  # in the order the UI lists them: whose data, how much, from where, then dlt's
         "tenant_name": tenant_name or "",
+        "tenant_id": tenant_id,
+        "rows_loaded": dg.MetadataValue.int(int(getattr(rows, "value", rows) or 0) + later_chunks_rows),
+        TABLE_NAME: f"{database}.{RAW_SCHEMA}.{table}",
         **{f"xero/{name}": dg.MetadataValue.int(value)
            for name, value in traffic.items() if value is not None},
-        TABLE_NAME: f"{database}.{RAW_SCHEMA}.{table}",
+        **dlt,
     }
     return dg.MaterializeResult(asset_key=result.asset_key, metadata=metadata)
 

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from orchestration.extract_ledger import pending_loads
-from orchestration.jobs import ANALYTICS_JOB_NAME, SYNC_JOB_NAME
+from orchestration.jobs import ANALYTICS_JOB_NAME, SYNC_JOB_NAME, raw_table
 from orchestration.resources import TokenVaultResource
 from orchestration.settings import DatabaseUrl
 from orchestration.sync import sync_tenants
@@ -204,10 +204,12 @@ def test_two_tenants_land_exactly_once(platform):
         for event in instance.get_records_for_run(
                 r.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records:
             mat = event.event_log_entry.asset_materialization
-            table = mat.asset_key.path[-1]
+            table = raw_table(mat.asset_key)
             assert mat.metadata["dagster/table_name"].value == f"{database}.raw_xero.{table}"
             assert mat.metadata["rows_loaded"].value == r.fetched[table]
             assert mat.metadata["tenant_name"].text == names[r.tenant_id]
+            assert list(mat.metadata)[:2] == ["tenant_name", "tenant_id"]  # listed first in the UI
+            assert "jobs" not in mat.metadata  # dlt's load files, in a folder gone after the run
             assert mat.metadata["xero/calls"].value >= 1
             assert mat.metadata["xero/rate_limited"].value == 0
             calls += mat.metadata["xero/calls"].value
@@ -748,7 +750,7 @@ def test_a_malformed_record_from_xero_is_quarantined_counted_and_healed(platform
     assert result.success, result.error
     records = instance.get_records_for_run(result.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
     [invoices] = [r.event_log_entry.asset_materialization for r in records.records
-                  if r.event_log_entry.asset_materialization.asset_key.path[-1] == "invoices"]
+                  if r.event_log_entry.asset_materialization.asset_key == INVOICES_RAW]
     assert invoices.metadata["xero/quarantined"].value == 1
     with psycopg.connect(db) as conn:
         rows = conn.execute("SELECT tenant_id, endpoint, reason FROM raw_xero.quarantine").fetchall()
@@ -776,7 +778,7 @@ def test_a_malformed_record_from_xero_is_quarantined_counted_and_healed(platform
     assert_invoices_equal_truth(platform)
 
 
-INVOICES_RAW = dg.AssetKey(["raw_xero", "invoices"])
+INVOICES_RAW = dg.AssetKey(["raw_xero", "xero_invoices"])
 FAILED, SUCCEEDED = "FAILED", "SUCCEEDED"
 
 

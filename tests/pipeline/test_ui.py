@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -112,13 +113,13 @@ def ui(platform, tmp_path_factory):
 def test_the_ui_serves_the_assets_with_the_tenant_partitions(ui, platform):
     body = requests.post(f"{ui}/graphql", json={"query": ASSETS_QUERY}, timeout=30).json()
     by_key = {"/".join(n["assetKey"]["path"]): n for n in body["data"]["assetNodes"]}
-    assert {"raw_xero/invoices", "staging/stg_xero__invoices", "analytics/invoices",
+    assert {"raw_xero/xero_invoices", "staging/stg_xero__invoices", "analytics/invoices",
             "analytics/kpi_monthly"} <= set(by_key), body
     for key, node in by_key.items():
         # Extracts are per tenant; the dbt models are built for every tenant at once.
         want = sorted(platform.tenant_ids) if key.startswith("raw_xero/") else []
         assert sorted(node["partitionKeys"]) == want, key
-    assert by_key["raw_xero/invoices"]["groupName"] == "raw_xero"
+    assert by_key["raw_xero/xero_invoices"]["groupName"] == "raw_xero"
     assert by_key["analytics/invoices"]["groupName"] == "analytics"
 
 
@@ -131,13 +132,10 @@ def test_a_data_engineer_finds_what_they_look_for_in_a_browser(ui, platform, nam
     with sync_playwright() as pw:
         browser = _browser(pw)
         try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page = new_page(browser)
 
             def visit(name: str, path: str, ready: str) -> str:
                 page.goto(f"{ui}{path}", wait_until="networkidle")
-                skip = page.get_by_role("button", name="Skip")  # "Join the Dagster community"
-                if skip.count():
-                    skip.first.click()
                 page.get_by_text(ready, exact=False).first.wait_for(timeout=60_000)
                 page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
                 seen[name] = page.inner_text("body")
@@ -152,11 +150,17 @@ def test_a_data_engineer_finds_what_they_look_for_in_a_browser(ui, platform, nam
             assert group.count("100% filled") == 6
             assert group.count(f"{len(platform.tenant_ids)} partitions") == 6
             # A raw asset's partitions: every tenant, materialised, none failed.
-            parts = visit("partitions", "/assets/raw_xero/invoices?view=partitions", "Materialized (")
+            parts = visit("partitions", "/assets/raw_xero/xero_invoices?view=partitions", "Materialized (")
             assert f"Materialized ({len(platform.tenant_ids)})" in parts, parts[:2000]
             assert "Failed (0)" in parts
             for tenant in platform.tenant_ids:
                 assert tenant in parts, tenant
+            # Partition keys are tenant ids (stable; names change): a tenant's partition shows its
+            # name beside the id, in its materialisation.
+            for tenant, name in names.items():
+                page.get_by_text(re.compile(rf"^{tenant[:8]}.*…")).first.click()
+                page.get_by_text(name, exact=True).first.wait_for(timeout=60_000)
+                page.screenshot(path=str(tmp_path / f"partition-{tenant[:8]}.png"), full_page=True)
             # The runs: each tenant's extract under its name, with its last status.
             runs = visit("runs", "/runs", "xero_tenant_sync")
             for tenant, name in names.items():
@@ -194,12 +198,18 @@ def _browser(pw):
         "--disable-component-update", "--disable-sync", "--no-first-run"])
 
 
-def open_page(browser, ui: str, path: str):
+def new_page(browser):
+    """A page that skips Dagster's "Join the Dagster community" invitation whenever it shows up
+    (at load or seconds later) in front of what the test clicks."""
     page = browser.new_page(viewport={"width": 1600, "height": 1100})
+    page.add_locator_handler(page.get_by_text("Connect with thousands of other data practitioners"),
+                             lambda: page.get_by_role("button", name="Skip").first.click())
+    return page
+
+
+def open_page(browser, ui: str, path: str):
+    page = new_page(browser)
     page.goto(f"{ui}{path}", wait_until="networkidle")
-    skip = page.get_by_role("button", name="Skip")  # "Join the Dagster community"
-    if skip.count():
-        skip.first.click()
     return page
 
 
@@ -286,7 +296,7 @@ def test_one_tenants_failed_check_stays_shown_as_its_own_after_another_tenant_pa
         try:
             assert launch_tenant_from_ui(browser, ui, spoilt, tmp_path)["status"] == "SUCCESS"
             assert launch_tenant_from_ui(browser, ui, other, tmp_path)["status"] == "SUCCESS"
-            page = open_page(browser, ui, "/assets/raw_xero/invoices?view=checks"
+            page = open_page(browser, ui, "/assets/raw_xero/xero_invoices?view=checks"
                                           "&checkDetail=no_quarantined_records")
             page.locator("button[role=tab]#partitions").click()
             page.get_by_text("Failed (1)").wait_for(timeout=60_000)
@@ -303,6 +313,42 @@ def test_one_tenants_failed_check_stays_shown_as_its_own_after_another_tenant_pa
             browser.close()
 
 
+@needs_chromium
+def test_the_schedules_next_tick_launched_from_the_ui_succeeds(ui, platform, tmp_path):
+    """The schedule's page → "Preview tick result" evaluates its next tick as the daemon would at
+    02:00 and launches its runs: one per connected tenant, and they succeed against the demo's
+    local Xero."""
+    from playwright.sync_api import sync_playwright
+
+    before = {r["runId"] for r in sync_runs(ui)}
+    with sync_playwright() as pw:
+        browser = _browser(pw)
+        try:
+            page = open_page(browser, ui, "/locations/orchestration.definitions/schedules/daily_tenant_sync")
+            page.get_by_role("button", name="Preview tick result").click()
+            dialog = page.locator(".dagster-dialog")
+            # The tick to simulate: the next one (the list offers past ones first).
+            dialog.get_by_role("button", name=re.compile(r"\d:\d\d(:\d\d)? [AP]M UTC")).click()
+            tick = next_tick(ui)
+            page.get_by_role("menuitem", name=tick_label(tick)).click()
+            dialog.get_by_text(tick_label(tick)).wait_for(timeout=10_000)  # the one selected
+            dialog.get_by_role("button", name="Continue").click()
+            dialog.get_by_text(f"Requested runs ({len(platform.tenant_ids)})").wait_for(timeout=60_000)
+            page.screenshot(path=str(tmp_path / "schedule-tick.png"), full_page=True)
+            dialog.get_by_role("button", name="Launch all & commit tick result").click()
+            deadline, tenants = time.monotonic() + 60, len(platform.tenant_ids)
+            while len(new := [r for r in sync_runs(ui) if r["runId"] not in before]) < tenants:
+                assert time.monotonic() < deadline, new
+                time.sleep(1)
+        finally:
+            browser.close()
+    runs = [wait_for_run(ui, r["runId"]) for r in new]
+    tags = [{t["key"]: t["value"] for t in r["tags"]} for r in runs]
+    assert sorted(t["dagster/partition"] for t in tags) == platform.tenant_ids
+    assert all(t["xero-elt/tenant_name"] == platform.names[t["dagster/partition"]] for t in tags)
+    assert [r["status"] for r in runs] == ["SUCCESS"] * len(runs), runs
+
+
 RUNS_QUERY = """
 query {
   runsOrError(filter: {pipelineName: "xero_tenant_sync"}) {
@@ -312,12 +358,42 @@ query {
 """
 
 
+NEXT_TICK_QUERY = """
+query {
+  scheduleOrError(scheduleSelector: {repositoryLocationName: "orchestration.definitions",
+                  repositoryName: "__repository__", scheduleName: "daily_tenant_sync"}) {
+    ... on Schedule { futureTicks(limit: 1) { results { timestamp } } }
+  }
+}
+"""
+
+
+def next_tick(ui: str) -> int:
+    """The schedule's next tick, as a Unix timestamp (what the UI's tick list is keyed by)."""
+    body = requests.post(f"{ui}/graphql", json={"query": NEXT_TICK_QUERY}, timeout=30).json()
+    [tick] = body["data"]["scheduleOrError"]["futureTicks"]["results"]
+    assert tick["timestamp"] > time.time(), tick
+    return int(tick["timestamp"])
+
+
+def tick_label(timestamp: int) -> re.Pattern:
+    """How the UI writes a tick's time: `Dec 7, 2:00 AM UTC` (the year too when not this one, and
+    the seconds in some places)."""
+    at = datetime.fromtimestamp(timestamp, UTC)
+    return re.compile(rf"^{at:%b} {at.day},( {at.year},)? {at:%-I:%M}(:{at:%S})? {at:%p} UTC$")
+
+
+def sync_runs(ui: str) -> list[dict]:
+    """The extract job's runs, newest first (GraphQL, as the UI reads them)."""
+    return requests.post(f"{ui}/graphql", json={"query": RUNS_QUERY}, timeout=30).json(
+    )["data"]["runsOrError"]["results"]
+
+
 def wait_for_run(ui: str, short_id: str, timeout: float = 240) -> dict:
     """The run whose id starts with `short_id`, once it has finished."""
     deadline = time.monotonic() + timeout
     while True:
-        runs = requests.post(f"{ui}/graphql", json={"query": RUNS_QUERY}, timeout=30).json()
-        run = next(r for r in runs["data"]["runsOrError"]["results"] if r["runId"].startswith(short_id))
+        run = next(r for r in sync_runs(ui) if r["runId"].startswith(short_id))
         if run["status"] in ("SUCCESS", "FAILURE", "CANCELED") or time.monotonic() > deadline:
             return run
         time.sleep(2)
