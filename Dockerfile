@@ -85,6 +85,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN groupadd --gid 10001 app \
     && useradd --uid 10001 --gid app --no-create-home --home-dir /tmp --shell /usr/sbin/nologin app \
     && mkdir -p /var/lib/dagster && chown app:app /var/lib/dagster
+# The writable places of the read-only image. On ECS Fargate a task volume mounted at a VOLUME path
+# starts with the image's owner and mode there (so the app user can write /var/lib/dagster).
+VOLUME ["/tmp", "/var/lib/dagster"]
 
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /app /app

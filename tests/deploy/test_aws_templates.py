@@ -586,6 +586,31 @@ def test_every_container_runs_a_command_that_reads_its_secrets_first(ecs):
         assert migrate[variable] == {"Fn::ImportValue": {"Fn::Sub": "${DatabaseStack}-" + export}}
 
 
+def _image_env_and_volumes() -> tuple[dict[str, str], list[str]]:
+    """The runtime stage's ENV values and VOLUME paths, from the Dockerfile."""
+    runtime = (REPO / "Dockerfile").read_text().split(" AS runtime", 1)[1]
+    env = dict(re.findall(r"^\s*(?:ENV\s+)?([A-Z_]+)=(\S+)", runtime.replace("\\\n", "\n"), re.M))
+    [volumes] = re.findall(r"^VOLUME (\[.*\])$", runtime, re.M)
+    return env, json.loads(volumes)
+
+
+def test_every_container_runs_on_a_read_only_root_writing_only_to_its_task_volumes(ecs):
+    """As with compose's read_only: ECS mounts the task's own volumes where the image writes (its
+    VOLUMEs, which give them the image's owner), and every working folder the image names lies there."""
+    env, image_volumes = _image_env_and_volumes()
+    assert set(image_volumes) == {"/tmp", env["DAGSTER_HOME"]}
+    writable_settings = ("DAGSTER_HOME", "DLT_DATA_DIR", "DBT_TARGET_PATH", "DBT_LOG_PATH",
+                         "XERO_ELT_LOCAL_DIR", "HOME")
+    for name, r in _resources(ecs, "AWS::ECS::TaskDefinition").items():
+        [container] = r["Properties"]["ContainerDefinitions"]
+        assert container["ReadonlyRootFilesystem"] is True, name
+        declared = {v["Name"] for v in r["Properties"]["Volumes"]}
+        mounts = {m["ContainerPath"]: m["SourceVolume"] for m in container["MountPoints"]}
+        assert set(mounts) == set(image_volumes) and set(mounts.values()) <= declared, name
+        for setting in writable_settings:
+            assert any(Path(env[setting]).is_relative_to(m) for m in mounts), (name, setting)
+
+
 def test_xero_elt_applies_the_secrets_before_anything_else(monkeypatch):
     """The commands above rely on it: `xero-elt` reads V_SECRET_ID secrets before parsing a setting."""
     import oauth_service.secret_source as secret_source
