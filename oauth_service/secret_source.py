@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from oauth_service.settings import SettingsError
+from oauth_service.settings import SettingsError, whole_number
 
 log = logging.getLogger("oauth_service.secret_source")
 
@@ -205,12 +205,7 @@ def rds_database_url(ref: SecretRef, secret: dict[str, Any], scheme: str, query:
 
 # ---------------------------------------------------------------------- reading secrets
 def _ttl_seconds(environ: Mapping[str, str]) -> float:
-    raw = environ.get(TTL_VARIABLE, "").strip()
-    if not raw:
-        return DEFAULT_TTL_SECONDS
-    if not raw.isdigit():
-        raise SettingsError(f"{TTL_VARIABLE} must be a whole number of seconds, got {raw!r}")
-    return int(raw)
+    return whole_number(environ, TTL_VARIABLE, DEFAULT_TTL_SECONDS, unit="seconds")
 
 
 def _secret_string(ref: SecretRef, ttl: float) -> str:

@@ -79,6 +79,19 @@ class SettingsError(ValueError):
     """One or more missing or malformed settings; the message names every variable at fault."""
 
 
+def whole_number(environ: Mapping[str, str], variable: str, default: int, *, low: int = 0,
+                 high: int | None = None, unit: str = "") -> int:
+    """The whole number `variable` holds, `default` when it is unset or blank; else a SettingsError
+    naming it, its bounds and what it holds. (xero_source, a package of its own, has its own.)"""
+    raw = str(environ.get(variable, "")).strip()
+    if not raw:
+        return default
+    if raw.isdigit() and low <= int(raw) and (high is None or int(raw) <= high):
+        return int(raw)
+    bounds = f" from {low} to {high}" if high is not None else f" of at least {low}" if low else ""
+    raise SettingsError(f"{variable} must be a whole number{unit and ' of ' + unit}{bounds}, not {raw!r}")
+
+
 def is_loopback_host(host: str) -> bool:
     """THE loopback test (demo confinement, plain http to the sandbox): `localhost` or a loopback IP
     (127.0.0.0/8, ::1), any case, IPv6 with or without brackets. Not names under `.localhost`: where

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 
 import psycopg
 
+from oauth_service.settings import whole_number
+
 DEFAULT_WAIT_SECONDS = 900
 POLL_SECONDS = 1.0
 ANNOUNCE_EVERY_SECONDS = 30.0
@@ -39,11 +41,7 @@ def lock_key(name: str) -> int:
 
 
 def wait_seconds(variable: str) -> int:
-    raw = os.environ.get(variable, str(DEFAULT_WAIT_SECONDS))
-    try:
-        return max(0, int(raw))
-    except ValueError:
-        raise ValueError(f"{variable} must be a whole number of seconds, got {raw!r}") from None
+    return whole_number(os.environ, variable, DEFAULT_WAIT_SECONDS, unit="seconds")
 
 
 def connect(database_url: str, application_name: str) -> psycopg.Connection:

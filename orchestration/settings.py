@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit, urlunsplit
 
-from oauth_service.settings import SettingsError  # one error type for every bad setting
+from oauth_service.settings import SettingsError, whole_number  # one error type for every bad setting
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
@@ -63,11 +63,8 @@ def app_minute_limit(environ=os.environ) -> int:
     """Xero's app-wide calls per minute (XERO_APP_MINUTE_LIMIT, default 10,000), shared by every
     tenant's extract through PostgreSQL (orchestration/xero_budget.py); lower it to leave room
     for another consumer of the same Xero app."""
-    raw = environ.get(APP_MINUTE_LIMIT, "").strip() or str(XERO_APP_CALLS_PER_MINUTE)
-    if not raw.isdigit() or not 1 <= int(raw) <= XERO_APP_CALLS_PER_MINUTE:
-        raise SettingsError(f"{APP_MINUTE_LIMIT} must be a whole number from 1 to "
-                            f"{XERO_APP_CALLS_PER_MINUTE}, not {raw!r}")
-    return int(raw)
+    return whole_number(environ, APP_MINUTE_LIMIT, XERO_APP_CALLS_PER_MINUTE, low=1,
+                        high=XERO_APP_CALLS_PER_MINUTE)
 
 
 # When the daily sync runs (cron, in the given time zone), and how long a tenant's Xero webhook
@@ -100,12 +97,7 @@ def sync_schedule(environ=os.environ) -> tuple[str, str]:
 
 
 def webhook_quiet_seconds(environ=os.environ) -> int:
-    raw = environ.get(WEBHOOK_QUIET_SECONDS, "").strip()
-    if not raw:
-        return DEFAULT_WEBHOOK_QUIET_SECONDS
-    if not raw.isdigit():
-        raise SettingsError(f"{WEBHOOK_QUIET_SECONDS} must be a whole number of seconds, not {raw!r}")
-    return int(raw)
+    return whole_number(environ, WEBHOOK_QUIET_SECONDS, DEFAULT_WEBHOOK_QUIET_SECONDS, unit="seconds")
 
 
 def read_env_file(path: Path) -> dict[str, str]:

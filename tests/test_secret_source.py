@@ -41,6 +41,7 @@ from oauth_service.secret_source import (
 from oauth_service.settings import Settings, SettingsError, generate_key
 from orchestration.entrypoints import ensure_dagster_storage, ensure_logins
 from orchestration.settings import DatabaseUrl
+from tests.oauth_service.oauth_testlib import api_gateway_event
 
 REPO = Path(__file__).resolve().parents[1]
 REGION = "eu-west-1"
@@ -429,31 +430,6 @@ def test_the_command_line_applies_the_secrets_then_becomes_the_command(secretsma
 
 
 # ---------------------------------------------------------------------- the Lambda entry point
-def api_gateway_event(method: str, path: str) -> dict:
-    """An API Gateway HTTP API (payload 2.0) event, as Lambda receives it."""
-    return {
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": path,
-        "rawQueryString": "",
-        "headers": {"host": "abc123.execute-api.eu-west-1.amazonaws.com"},
-        "requestContext": {
-            "accountId": "123456789012",
-            "apiId": "abc123",
-            "domainName": "abc123.execute-api.eu-west-1.amazonaws.com",
-            "domainPrefix": "abc123",
-            "requestId": str(uuid.uuid4()),
-            "routeKey": "$default",
-            "stage": "$default",
-            "time": "20/May/2026:12:00:00 +0000",
-            "timeEpoch": 1779278400000,
-            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "203.0.113.9",
-                     "userAgent": "pytest"},
-        },
-        "isBase64Encoded": False,
-    }
-
-
 @pytest.fixture
 def app_login(migrated_database_url):
     """A dedicated login (as APP_DATABASE_URL must be), as libpq's connection parameters."""

@@ -199,3 +199,21 @@ def test_the_daily_sync_time_and_zone_come_from_settings():
     env = {**os.environ, "XERO_SYNC_SCHEDULE": "15 3 * * 1-5", "XERO_SYNC_TIMEZONE": "Pacific/Auckland"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.stdout.split("\n")[-2] == "15 3 * * 1-5 Pacific/Auckland", done.stderr[-2000:]
+
+
+def test_whole_number_settings_are_read_and_refused_in_one_way(monkeypatch):
+    from oauth_service.settings import whole_number
+    from orchestration.locks import TENANT_LOCK_WAIT, wait_seconds
+
+    assert whole_number({}, "X", 7) == 7 and whole_number({"X": " "}, "X", 7) == 7
+    assert whole_number({"X": "0"}, "X", 7) == 0 and whole_number({"X": "12"}, "X", 7, low=1, high=12) == 12
+    for bad, said in (("-1", "X must be a whole number of seconds from 1 to 12, not '-1'"),
+                      ("13", "X must be a whole number of seconds from 1 to 12, not '13'"),
+                      ("1.5", "X must be a whole number of seconds from 1 to 12, not '1.5'"),
+                      ("soon", "X must be a whole number of seconds from 1 to 12, not 'soon'")):
+        with pytest.raises(SettingsError) as err:
+            whole_number({"X": bad}, "X", 7, low=1, high=12, unit="seconds")
+        assert str(err.value) == said
+    monkeypatch.setenv(TENANT_LOCK_WAIT, "forever")
+    with pytest.raises(SettingsError, match=f"{TENANT_LOCK_WAIT} must be a whole number of seconds"):
+        wait_seconds(TENANT_LOCK_WAIT)

@@ -211,3 +211,33 @@ def refresh_worker(env: dict, tenant_id: str, barrier, queue, log_path: str) -> 
         queue.put(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         vault.close()
+
+
+def api_gateway_event(method: str, path: str, headers: dict[str, str] | None = None) -> dict:
+    """An API Gateway HTTP API (payload 2.0) event, as the Lambda receives it."""
+    return {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": {"host": "abc123.execute-api.eu-west-1.amazonaws.com", **(headers or {})},
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abc123",
+            "domainName": "abc123.execute-api.eu-west-1.amazonaws.com",
+            "domainPrefix": "abc123",
+            "requestId": str(uuid.uuid4()),
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "20/May/2026:12:00:00 +0000",
+            "timeEpoch": 1779278400000,
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "203.0.113.9",
+                "userAgent": "pytest",
+            },
+        },
+        "isBase64Encoded": False,
+    }
