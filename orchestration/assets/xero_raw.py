@@ -160,13 +160,26 @@ def xero_raw_assets(
     context.log.info(f"tenant {tenant_id} ({tenant.tenant_name if tenant else '?'}): Xero traffic "
                      + "; ".join(traffic))
     waiting = quarantined_records(database_url, tenant_id)
+    row_counts = tenant_row_counts(database_url, tenant_id, [raw_table(r.asset_key) for r in results])
     for result in results:
         yield extract_result(result, client, tenant_id, tenant.tenant_name if tenant else None, database,
-                             more_rows.get(raw_table(result.asset_key), 0))
+                             more_rows.get(raw_table(result.asset_key), 0), row_counts)
         if context.selected_asset_check_keys and any(
                 k.asset_key == result.asset_key for k in context.selected_asset_check_keys):
             yield quarantine_check(result.asset_key, tenant_id, tenant.tenant_name if tenant else None,
                                    waiting.get(ENDPOINTS[raw_table(result.asset_key)].path, []))
+
+
+def tenant_row_counts(database_url: str, tenant_id: str, tables: list[str]) -> dict[str, int]:
+    """The tenant's rows (every fetched version) in each raw table now: its partition's size.
+    One indexed count per table (tenant_id leads the raw tables' index, macros/load_batches.sql)."""
+    with psycopg.connect(database_url) as conn:
+        existing = {t for (t,) in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = ANY(%s)", (RAW_SCHEMA, tables))}
+        return {t: conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(
+                    sql.Identifier(RAW_SCHEMA, t)), (tenant_id,)).fetchone()[0] if t in existing else 0
+                for t in tables}
 
 
 def quarantined_records(database_url: str, tenant_id: str) -> dict[str, list[tuple[str, str]]]:
@@ -223,12 +236,12 @@ def connected_tenant_id(partition_key: str, vault) -> str:
 
 
 def extract_result(result: dg.MaterializeResult, client: XeroClient, tenant_id: str,
-                   tenant_name: str | None, database: str,
-                   later_chunks_rows: int = 0) -> dg.MaterializeResult:
+                   tenant_name: str | None, database: str, later_chunks_rows: int,
+                   row_counts: dict[str, int]) -> dg.MaterializeResult:
     """dagster-dlt's materialisation (of the first chunk), made true and useful: the tenant's name,
-    the rows loaded by every chunk (0 too), the table as `<database>.raw_xero.<t>` on every tenant's
-    (dlt names its destination type, and only when rows were loaded), and the endpoint's Xero
-    traffic in this run; not dlt's load-job file paths."""
+    the rows loaded by every chunk (0 too), the tenant's rows in the table now, the table as
+    `<database>.raw_xero.<t>` on every tenant's (dlt names its destination type, and only when rows
+    were loaded), and the endpoint's Xero traffic in this run; not dlt's load-job file paths."""
     table = raw_table(result.asset_key)
     traffic = client.stats.get(ENDPOINTS[table].path, EndpointStats()).as_dict()
     dlt = dict(result.metadata or {})
@@ -240,6 +253,7 @@ def extract_result(result: dg.MaterializeResult, client: XeroClient, tenant_id: 
         "tenant_name": tenant_name or "",
         "tenant_id": tenant_id,
         "rows_loaded": dg.MetadataValue.int(int(getattr(rows, "value", rows) or 0) + later_chunks_rows),
+        "dagster/row_count": dg.MetadataValue.int(row_counts[table]),
         TABLE_NAME: f"{database}.{RAW_SCHEMA}.{table}",
         **{f"xero/{name}": dg.MetadataValue.int(value)
            for name, value in traffic.items() if value is not None},

@@ -210,6 +210,12 @@ def test_two_tenants_land_exactly_once(platform):
             assert mat.metadata["tenant_name"].text == names[r.tenant_id]
             assert list(mat.metadata)[:2] == ["tenant_name", "tenant_id"]  # listed first in the UI
             assert "jobs" not in mat.metadata  # dlt's load files, in a folder gone after the run
+            # The tenant's rows in the table then (the second sync's: now).
+            with psycopg.connect(platform.database_url) as conn:
+                now = conn.execute(f"SELECT count(*) FROM raw_xero.{table} WHERE tenant_id = %s",  # noqa: S608
+                                   (r.tenant_id,)).fetchone()[0]
+            rows = mat.metadata["dagster/row_count"].value
+            assert r.fetched[table] <= rows == now if r in second else r.fetched[table] <= rows <= now
             assert mat.metadata["xero/calls"].value >= 1
             assert mat.metadata["xero/rate_limited"].value == 0
             calls += mat.metadata["xero/calls"].value
