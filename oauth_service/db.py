@@ -423,5 +423,28 @@ def drop_app_login(database_url: str, name: str) -> None:
         conn.execute(
             "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE usename = %s", (name,)
         )
+        if conn.info.server_version >= 160000:
+            _take_over_grants_of(conn, name)
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
     log.info("dropped login role %s", name)
+
+
+def _take_over_grants_of(conn, name: str) -> None:
+    """From PostgreSQL 16 a role that granted memberships (a migrating login: 0003-0006 grant the group
+    roles to each other) cannot be dropped while they stand. They are cluster-wide and other databases
+    rely on them: each is granted again, with its options, by the connected login, then the dropped
+    login's grant is revoked."""
+    from psycopg import sql
+
+    grants = conn.execute(
+        "SELECT r.rolname, m.rolname, a.admin_option, a.inherit_option, a.set_option "
+        "FROM pg_auth_members a JOIN pg_roles r ON r.oid = a.roleid JOIN pg_roles m ON m.oid = a.member "
+        "WHERE a.grantor = (SELECT oid FROM pg_roles WHERE rolname = %s) AND m.rolname <> %s",
+        (name, name)).fetchall()
+    for role, member, admin, inherit, may_set in grants:
+        options = sql.SQL(", ").join(sql.SQL(f"{option} {'TRUE' if on else 'FALSE'}") for option, on in
+                                     (("ADMIN", admin), ("INHERIT", inherit), ("SET", may_set)))
+        conn.execute(sql.SQL("GRANT {} TO {} WITH {}").format(sql.Identifier(role), sql.Identifier(member),
+                                                              options))
+        conn.execute(sql.SQL("REVOKE {} FROM {} GRANTED BY {}").format(
+            sql.Identifier(role), sql.Identifier(member), sql.Identifier(name)))

@@ -246,11 +246,13 @@ def ensure_dagster_storage(owner: DatabaseUrl, dagster: DatabaseUrl) -> str:
 
 def _hand_over(conn, tables: list[str], login: str) -> None:
     """ALTER TABLE ... OWNER TO `login` for tables the connected login owns. That needs membership in
-    `login`, which a CREATEROLE master may grant itself: only for this transaction, never committed."""
+    `login` (from PostgreSQL 16: the right to SET ROLE to it, which its creator's automatic ADMIN grant
+    lacks), which a CREATEROLE master may grant itself: only for this transaction, never committed."""
     from psycopg import sql
 
+    right = "SET" if conn.info.server_version >= 160000 else "MEMBER"
     with conn.transaction():
-        [member] = conn.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", (login,)).fetchone()
+        [member] = conn.execute("SELECT pg_has_role(current_user, %s, %s)", (login, right)).fetchone()
         if not member:
             conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(login)))
         for table in tables:  # regclass text: already quoted where needed

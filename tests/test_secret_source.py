@@ -41,7 +41,7 @@ from oauth_service.secret_source import (
 from oauth_service.settings import Settings, SettingsError, generate_key
 from orchestration.entrypoints import ensure_dagster_storage, ensure_logins
 from orchestration.settings import DatabaseUrl
-from tests.oauth_service.oauth_testlib import api_gateway_event
+from tests.oauth_service.oauth_testlib import administer_group_roles_as_their_creator, api_gateway_event
 
 REPO = Path(__file__).resolve().parents[1]
 REGION = "eu-west-1"
@@ -547,6 +547,7 @@ def rds_like(postgres_server: DatabaseUrl):
             sql.Identifier(aws.master), sql.Literal(scram_sha256_verifier(aws.master_password))))
         conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
             sql.Identifier(aws.database), sql.Identifier(aws.master)))
+        administer_group_roles_as_their_creator(conn, aws.master)
     yield aws
     with psycopg.connect(postgres_server.url, autocommit=True) as conn:
         for database in (aws.database, f"{aws.database}_dagster"):
@@ -573,12 +574,15 @@ def _migrate(env: dict[str, str]) -> None:
 
 
 def _role_state(server: DatabaseUrl, database: str, name: str) -> tuple:
-    """Everything about role `name` (its pg_authid row: password included), its group roles and its
-    settings in `database`, read as the superuser."""
+    """Everything about role `name` (its pg_authid row: password included), the roles it may act as
+    and its settings in `database`, read as the superuser. (From PostgreSQL 16 a CREATEROLE login also
+    administers the roles it created, without acting as them: those grants are not counted.)"""
     with psycopg.connect(server.with_database(database).url) as conn:
+        acts = "AND (m.set_option OR m.inherit_option)" if conn.info.server_version >= 160000 else ""
         return conn.execute(
-            "SELECT to_jsonb(a) - 'oid', "
-            "ARRAY(SELECT m.roleid::regrole::text FROM pg_auth_members m WHERE m.member = a.oid ORDER BY 1), "
+            "SELECT to_jsonb(a) - 'oid', "  # noqa: S608 - a fixed clause
+            "ARRAY(SELECT m.roleid::regrole::text FROM pg_auth_members m WHERE m.member = a.oid "
+            f"{acts} ORDER BY 1), "
             "ARRAY(SELECT unnest(s.setconfig) FROM pg_db_role_setting s WHERE s.setrole = a.oid "
             "AND s.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())) "
             "FROM pg_authid a WHERE rolname = %s", (name,)).fetchone()

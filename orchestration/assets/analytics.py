@@ -127,6 +127,11 @@ def analytics_models(context: dg.AssetExecutionContext, config: AnalyticsBuildCo
     # dagster-dbt gives every invocation a target folder of its own (≈ 3 MB) and leaves it: a
     # deployment building every few minutes would fill its disk.
     shutil.rmtree(invocation.target_path, ignore_errors=True)
+    if context.selected_asset_keys != context.assets_def.keys:
+        # A model picked in the UI: the loads stay pending for the models it did not build
+        # (macros/load_batches.sql), and no tenant's data is fresher for the web app.
+        context.log.info("built a subset of the models: no tenant's sync is published")
+        return
     # Every tenant whose extract finished before this build started is now as fresh as its raw
     # data: that is what "last sync" means to the web app.
     vault = token_vault.get()

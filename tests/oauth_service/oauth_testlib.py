@@ -8,8 +8,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import jwt
+from psycopg import sql
 from sqlalchemy import text
 
+from oauth_service.db import ANALYST_ROLE, APP_ROLE, KPI_READER_ROLE, PIPELINE_ROLE
 from oauth_service.settings import generate_key
 from tests.secret_watch import LogSink
 
@@ -241,3 +243,18 @@ def api_gateway_event(method: str, path: str, headers: dict[str, str] | None = N
         },
         "isBase64Encoded": False,
     }
+
+
+def administer_group_roles_as_their_creator(conn, login: str) -> None:
+    """Give a CREATEROLE login (RDS's master) what it has in production on the product's group roles.
+
+    From PostgreSQL 16 such a login may grant only roles it administers, and PostgreSQL gives a role's
+    creator ADMIN on it (without INHERIT or SET). In production the master created them; on a test
+    server a superuser may have (another test's migration): the same grant, made by hand. On 15, a
+    CREATEROLE login grants any role, and nothing is needed."""
+    if conn.info.server_version < 160000:
+        return
+    for role in (APP_ROLE, ANALYST_ROLE, KPI_READER_ROLE, PIPELINE_ROLE):
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+            conn.execute(sql.SQL("GRANT {} TO {} WITH ADMIN TRUE, INHERIT FALSE, SET FALSE").format(
+                sql.Identifier(role), sql.Identifier(login)))

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from oauth_testlib import SEEN_SECRETS
+from oauth_testlib import SEEN_SECRETS, administer_group_roles_as_their_creator
 from psycopg import sql
 
 from oauth_service import migrations
@@ -530,12 +530,7 @@ def test_a_createrole_owner_that_is_no_superuser_migrates_the_pipeline_role(
             sql.Identifier(owner), sql.Literal(scram_sha256_verifier(password))))
         conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
             sql.Identifier(database), sql.Identifier(owner)))
-        if conn.info.server_version >= 160000:
-            # From PostgreSQL 16 a CREATEROLE login may grant only roles it administers. RDS's master
-            # administers the role it created (in the first database): PostgreSQL grants a creator
-            # ADMIN OPTION, with no right to act as the role. The same grant, made by hand here.
-            conn.execute(sql.SQL("GRANT {} TO {} WITH ADMIN TRUE, INHERIT FALSE, SET FALSE").format(
-                sql.Identifier(PIPELINE_ROLE), sql.Identifier(owner)))
+        administer_group_roles_as_their_creator(conn, owner)
     server = urlsplit(postgres_server.url)
     owner_url = urlunsplit(("postgresql", f"{owner}:{password}@{server.netloc.rpartition('@')[2]}",
                             f"/{database}", server.query, ""))
