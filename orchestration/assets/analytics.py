@@ -127,7 +127,7 @@ def analytics_models(context: dg.AssetExecutionContext, config: AnalyticsBuildCo
     # dagster-dbt gives every invocation a target folder of its own (≈ 3 MB) and leaves it: a
     # deployment building every few minutes would fill its disk.
     shutil.rmtree(invocation.target_path, ignore_errors=True)
-    if context.selected_asset_keys != context.assets_def.keys:
+    if context.selected_asset_keys != set(context.assets_def.node_keys_by_output_name.values()):
         # A model picked in the UI: the loads stay pending for the models it did not build
         # (macros/load_batches.sql), and no tenant's data is fresher for the web app.
         context.log.info("built a subset of the models: no tenant's sync is published")
