@@ -27,7 +27,6 @@ import uuid
 from pathlib import Path
 
 import psycopg
-import requests
 from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,20 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from orchestration.settings import DatabaseUrl  # noqa: E402
 from orchestration.xero_budget import PostgresAppBudget  # noqa: E402
 from xero_sandbox import SandboxConfig, SandboxServer  # noqa: E402
-from xero_sandbox.pytest_plugin import sandbox_token  # noqa: E402
+from xero_sandbox.pytest_plugin import TimedSession, sandbox_token  # noqa: E402
 from xero_source import SourceSettings, XeroClient  # noqa: E402
 
 PAGE = 10
-
-
-class TimedSession(requests.Session):
-    def __init__(self):
-        super().__init__()
-        self.sent: list[float] = []
-
-    def get(self, *args, **kwargs):
-        self.sent.append(time.monotonic())
-        return super().get(*args, **kwargs)
 
 
 def extract(sb: SandboxServer, tenant_index: int, token: str, budget: PostgresAppBudget | None) -> tuple:

@@ -13,6 +13,7 @@ fixtures into a conftest: ``from xero_sandbox.pytest_plugin import *``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -33,6 +34,19 @@ __all__ = [
 
 # The granular scopes (apps created since 2 March 2026 may not ask for accounting.transactions*).
 DEFAULT_SCOPE = "openid profile email " + GRANULAR_READ_SCOPE
+
+
+class TimedSession(requests.Session):
+    """A client's session that notes when each GET left: the pace of calls as the client made them
+    (the pacing tests and bench/source_pacing.py)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[float] = []
+
+    def get(self, *args: Any, **kwargs: Any) -> requests.Response:
+        self.sent.append(time.monotonic())
+        return super().get(*args, **kwargs)
 
 
 def sandbox_token(sb: SandboxServer, scope: str = DEFAULT_SCOPE, **authorize_extra: str) -> dict:

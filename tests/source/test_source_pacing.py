@@ -10,30 +10,17 @@ client is told so (`rate_window_seconds`), exactly as it is told 60 against Xero
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import requests
 
 from orchestration.xero_budget import PostgresAppBudget
 from xero_sandbox import LimitConfig, SandboxConfig
-from xero_sandbox.pytest_plugin import sandbox_token
+from xero_sandbox.pytest_plugin import TimedSession, sandbox_token
 from xero_source import DailyLimitExceeded, SourceSettings, XeroClient, XeroRequestRefused
 
 SPEED = 6.0
 WINDOW = 60 / SPEED  # wall seconds of the sandbox's minute
-
-
-class TimedSession(requests.Session):
-    """Notes when each request left, to measure the pace from the client's side."""
-
-    def __init__(self):
-        super().__init__()
-        self.sent: list[float] = []
-
-    def get(self, *args, **kwargs):
-        self.sent.append(time.monotonic())
-        return super().get(*args, **kwargs)
 
 
 def client_for(sb, tenant_index: int = 0, page_size: int = 10, app_budget=None, **settings) -> XeroClient:
