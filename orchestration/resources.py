@@ -8,8 +8,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
 import dlt
+import psycopg
 from dagster_dbt import DbtCliResource
 from dagster_dlt import DagsterDltResource
+from psycopg import sql
 
 from oauth_service.settings import Settings as ServiceSettings
 from oauth_service.vault import TokenVault
@@ -67,8 +69,11 @@ class XeroPipelineResource(dg.ConfigurableResource):
 
     def pipeline(self, tenant_id: str) -> dlt.Pipeline:
         compact = tenant_id.replace("-", "")
+        database_url = os.environ["DATABASE_URL"]
+        staging = f"{self.raw_schema}_staging_{compact}"
+        _drop_staging_made_for_records(database_url, staging)
         destination = dlt.destinations.postgres(
-            credentials=dlt_credentials(os.environ["DATABASE_URL"]),
+            credentials=dlt_credentials(database_url),
             staging_dataset_name_layout=f"%s_staging_{compact}",
         )
         return dlt.pipeline(
@@ -76,6 +81,17 @@ class XeroPipelineResource(dg.ConfigurableResource):
             destination=destination,
             dataset_name=self.raw_schema,
         )
+
+
+def _drop_staging_made_for_records(database_url: str, staging: str) -> None:
+    """A tenant's staging schema made before xero_source loaded Arrow tables holds JSON as jsonb,
+    which ADBC's binary COPY cannot write (dlt makes such columns json now). The staging tables
+    hold nothing between loads: the schema is dropped, and dlt makes it again at the next load."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        stale = conn.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s "
+                             "AND data_type = 'jsonb' LIMIT 1", (staging,)).fetchone()
+        if stale:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(staging)))
 
 
 def build_resources() -> dict[str, object]:

@@ -17,13 +17,14 @@ from starlette.types import Receive, Scope, Send
 
 from . import serialise
 from .core import Sandbox
-from .data import TenantData
+from .data import DAY_MS, TenantData
 from .faults import Fault
 from .http_identity import problem
 from .identity import ApiAuthError
 from .limits import Decision
 from .query import (
     PAGED,
+    Query,
     ValidationError,
     build_query,
     field_value,
@@ -215,14 +216,17 @@ def _answer(
         return PlainTextResponse(OFFLINE_TEXT, 503)
     if endpoint not in ENDPOINTS:
         return PlainTextResponse("The resource you're looking for cannot be found", 404)
+    as_json = wants_json(request, sb)
     try:
         with sb.data_lock:
+            if as_json and endpoint in PAGED and not parts:
+                return Response(_list_json(sb, t, request, endpoint), 200, media_type=JSON)
             body = _body(sb, t, request, endpoint, parts)
     except ValidationError as e:
-        return validation_error(e.message, wants_json(request, sb))
+        return validation_error(e.message, as_json)
     if body is None:
         return PlainTextResponse("The resource you're looking for cannot be found", 404)
-    if not wants_json(request, sb):
+    if not as_json:
         return Response(serialise.to_xml(body), 200, media_type=XML)
     return Response(serialise.dumps(body), 200, media_type=JSON)
 
@@ -277,7 +281,6 @@ def _fault_response(f: Fault) -> Response:
 
 def _body(sb: Sandbox, t: TenantData, request: Request, endpoint: str, parts: list[str]) -> dict | None:
     params = dict(request.query_params)
-    summary_only = params.get("summaryOnly", "").lower() == "true"
     unit_dp = unitdp(params)
     if endpoint == "Organisation":
         return envelope(sb, "Organisations", [serialise.organisation(t, sb.cfg.tier)])
@@ -300,9 +303,41 @@ def _body(sb: Sandbox, t: TenantData, request: Request, endpoint: str, parts: li
         return envelope(sb, "Accounts", [serialise.account(t, a) for a in accounts])
     if parts:
         return _by_id(sb, t, endpoint, parts, unit_dp)
-    q = build_query(
+    items, pagination = _list_page(sb, t, _list_query(sb, t, request, endpoint), params)
+    return envelope(sb, endpoint, items, pagination)
+
+
+def _list_query(sb: Sandbox, t: TenantData, request: Request, endpoint: str) -> Query:
+    params = dict(request.query_params)
+    return build_query(
         t, endpoint, params, request.headers.get("if-modified-since"), sb.cfg.ims_granularity_seconds
     )
+
+
+def _list_json(sb: Sandbox, t: TenantData, request: Request, endpoint: str) -> bytes:
+    """A list page as JSON: its records' JSON comes from the page cache when this very page was served
+    before at this data version; the envelope (a fresh Id and time) is made for every answer."""
+    params = dict(request.query_params)
+    q = _list_query(sb, t, request, endpoint)
+    key = (t.info.tenant_id, t.version, sb.clock.now_ms() // DAY_MS, q.signature(),
+           tuple(q.ids) if q.ids is not None else None, q.page, q.page_size,
+           params.get("summaryOnly", "").lower() == "true", unitdp(params))
+    cached = sb.pages.get(key)
+    if cached is None:
+        items, pagination = _list_page(sb, t, q, params)
+        cached = (serialise.dumps(items), pagination)
+        sb.pages.put(key, *cached)
+    records, pagination = cached
+    head = serialise.dumps(envelope(sb, endpoint, [], pagination))
+    assert head.endswith(b"[]}")  # the records' list is the envelope's last member
+    return head[:-3] + records + b"}"
+
+
+def _list_page(sb: Sandbox, t: TenantData, q: Query, params: dict[str, str]) -> tuple[list[dict], dict]:
+    """One page of a list endpoint: its records as the API shows them, and the pagination."""
+    endpoint = q.kind
+    summary_only = params.get("summaryOnly", "").lower() == "true"
+    unit_dp = unitdp(params)
     states, count = run_query(t, q, sb.cache, sb.cfg.max_scan_rows)
     page = q.page or 1
     pagination = {
@@ -322,7 +357,7 @@ def _body(sb: Sandbox, t: TenantData, request: Request, endpoint: str, parts: li
     else:
         items = [sb.serialise(t, endpoint, st, summary_only=summary_only) for st in states]
     assert endpoint in PAGED
-    return envelope(sb, endpoint, items, pagination)
+    return items, pagination
 
 
 def _by_id(sb: Sandbox, t: TenantData, endpoint: str, parts: list[str], unit_dp: int = 2) -> dict | None:

@@ -126,6 +126,12 @@ def _serve_parser() -> argparse.ArgumentParser:
         default=100_000,
         help="filtered/re-ordered queries scanning more rows answer 400 (0 = no cap)",
     )
+    p.add_argument(
+        "--page-cache-mb",
+        type=int,
+        default=256,
+        help="memory for serialised list pages served again unchanged (0 = off)",
+    )
     p.add_argument("--log-level", default="warning")
     p.add_argument("--json", action="store_true", help="print the ready line as JSON")
     return p
@@ -171,6 +177,7 @@ def config_from_args(a: argparse.Namespace) -> SandboxConfig:
         clock_speed=a.clock_speed,
         clock_start=clock_start,
         max_scan_rows=a.max_scan_rows or None,
+        page_cache_mb=a.page_cache_mb,
         ims_granularity_seconds=a.ims_granularity,
         tier="STARTER" if a.starter else "STANDARD",
     )

@@ -156,6 +156,8 @@ class SandboxConfig:
     # Like Xero on very large organisations: a filtered or re-ordered query that would scan more rows than
     # this answers 400 (plain paging and If-Modified-Since never do). None = no cap.
     max_scan_rows: int | None = 100_000
+    # Serialised list pages kept for repeated reads (see query.PageCache); 0 turns the cache off.
+    page_cache_mb: int = 256
     provider_name: str = "Xero Sandbox"
     # Xero answers the Accounting API in XML unless ``Accept`` asks for JSON; True relaxes that.
     json_by_default: bool = False

@@ -16,7 +16,7 @@ from .data import DAY_MS, TenantData, TenantInfo, cents_to_decimal
 from .faults import FaultEngine, FaultRule
 from .identity import IdentityStore
 from .limits import RateLimiter
-from .query import QueryCache
+from .query import PageCache, QueryCache
 
 RESOURCES = ("Invoices", "Contacts", "Payments", "CreditNotes", "Accounts")
 
@@ -38,6 +38,7 @@ class Sandbox:
         self.limiter = RateLimiter(cfg.effective_limits(), self.clock)
         self.faults = FaultEngine(cfg.faults)
         self.cache = QueryCache()
+        self.pages = PageCache(cfg.page_cache_mb * 1024 * 1024)
         self.data_lock = threading.RLock()
         self._stats_lock = threading.Lock()
         self._stats: dict[tuple[str, str], dict[str, Any]] = defaultdict(

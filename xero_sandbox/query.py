@@ -633,3 +633,37 @@ def sortable(v: object) -> tuple:
     if isinstance(v, (int, Decimal)):
         return (1, v)
     return (2, str(v))
+
+
+class PageCache:
+    """LRU of serialised list pages (the JSON of a page's records, and its pagination), bounded in bytes.
+
+    A page's records depend only on the tenant's data version, the query, the page and the rendering
+    options (and, for contacts' balances, the sandbox day): the key holds all of them, so a mutation
+    makes every older entry unreachable. It is what keeps a warm sandbox out of the way of a benchmark
+    (generating a 1,000-invoice page costs ~80 ms of Python; sending a cached one, ~1 ms)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._d: OrderedDict[tuple, tuple[bytes, dict]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> tuple[bytes, dict] | None:
+        with self._lock:
+            got = self._d.get(key)
+            if got is not None:
+                self._d.move_to_end(key)
+            return got
+
+    def put(self, key: tuple, items: bytes, pagination: dict) -> None:
+        if len(items) > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._d:
+                return
+            self._d[key] = (items, pagination)
+            self.bytes += len(items)
+            while self.bytes > self.max_bytes:
+                _, (old, _) = self._d.popitem(last=False)
+                self.bytes -= len(old)

@@ -107,7 +107,9 @@ def test_a_killed_run_worker_is_failed_audited_retried_and_blocks_nothing(platfo
                                                                   dg.DagsterRunStatus.STARTED])))
     wait_for(analytics_caught_up, 360, "the analytics build after the extracts", daemon)
     retried = instance.get_runs(dg.RunsFilter(tags={"dagster/parent_run_id": victim.run_id}))
-    assert retried and retried[0].status == dg.DagsterRunStatus.SUCCESS
+    assert retried and retried[0].status == dg.DagsterRunStatus.SUCCESS, "\n".join(
+        str(e.dagster_event.event_specific_data) for e in instance.all_logs(retried[0].run_id)
+        if e.dagster_event and e.dagster_event.is_failure)
     assert_invoices_equal_truth(platform)
 
     def scheduled_runs_succeeded():

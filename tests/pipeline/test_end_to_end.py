@@ -885,3 +885,29 @@ def test_every_assets_table_name_names_a_real_table(platform):
         missing = [table for table in tables.values()
                    if conn.execute("SELECT to_regclass(%s)", (str(table),)).fetchone()[0] is None]
     assert missing == []
+
+
+def test_a_staging_schema_from_before_arrow_loads_is_replaced(platform):
+    """Earlier releases loaded records, and dlt made the raw tables and each tenant's staging
+    tables with jsonb JSON columns. The Arrow loads' binary COPY cannot write jsonb: the next sync
+    replaces the staging tables (they hold nothing between loads) and merges into the raw ones."""
+    db = platform.database_url
+    tenant = platform.tenant_ids[0]
+    staging = f"raw_xero_staging_{tenant.replace('-', '')}"
+    with psycopg.connect(db, autocommit=True) as conn:
+        json_columns = conn.execute(
+            "SELECT table_schema, table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema IN (%s, 'raw_xero') AND data_type IN ('json', 'jsonb')", (staging,)).fetchall()
+        assert (staging, "invoices", "line_items") in json_columns
+        assert ("raw_xero", "invoices", "line_items") in json_columns
+        for schema, table, column in json_columns:  # as an earlier release left them
+            conn.execute(f'ALTER TABLE {schema}."{table}" ALTER COLUMN "{column}" TYPE jsonb')
+    platform.sandbox.advance_clock(TICK)
+    draft = platform.sandbox.mutate(tenant, "create_invoice", status="DRAFT")
+    [result] = sync_tenants([tenant], instance=platform.instance)
+    assert result.success, result.error
+    assert invoice_row(db, tenant, draft["InvoiceID"])["status"] == "DRAFT"
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_schema = %s "
+                            "AND data_type = 'jsonb'", (staging,)).fetchone() == (0,)
+    assert_invoices_equal_truth(platform)

@@ -37,3 +37,33 @@ def test_same_config_same_bytes() -> None:
             dumps.append((tid, list(sb.records(tid, "Invoices", include_deleted=True))))
     assert dumps[0] == dumps[1]
     assert len(dumps[0][1]) == 30
+
+
+def test_a_page_served_again_is_the_same_page_until_the_data_changes(xero_sandbox_server: SandboxServer,
+                                                                   api) -> None:
+    """List pages are kept serialised (the page cache): a repeat is answered from it, with a fresh
+    envelope, and any change of the tenant's data makes the next answer new."""
+    sb = xero_sandbox_server
+    tenant = sb.tenants[0].tenant_id
+    params = {"page": 1, "pageSize": 10, "order": "UpdatedDateUTC ASC"}
+
+    def page() -> dict:
+        r = api.get("Invoices", tenant, params)
+        assert r.status_code == 200
+        return r.json()
+
+    first, again = page(), page()
+    assert sb.sandbox.pages.get  # the cache is on by default
+    assert again["Invoices"] == first["Invoices"] and again["pagination"] == first["pagination"]
+    assert again["Id"] != first["Id"]  # the envelope is each answer's own
+    assert [(i["InvoiceID"], i["Total"]) for i in first["Invoices"]] == [
+        (r["InvoiceID"], r["Total"]) for r in sorted(
+            sb.records(tenant, include_deleted=True), key=lambda r: (r["UpdatedDateUTC"], r["InvoiceID"]))[:10]]
+
+    # A change to a record on the page: the next answer shows it.
+    invoice = next(i for i in first["Invoices"] if i["Status"] == "AUTHORISED")
+    sb.mutate(tenant, "edit_invoice", invoice_id=invoice["InvoiceID"], reference="changed after caching")
+    changed = next((i for p in range(1, 100) for i in api.get(
+        "Invoices", tenant, {**params, "page": p}).json()["Invoices"] if i["InvoiceID"] == invoice["InvoiceID"]))
+    assert changed["Reference"] == "changed after caching"
+    assert sb.sandbox.pages.bytes > 0

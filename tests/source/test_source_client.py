@@ -11,6 +11,7 @@ import pytest
 from xero_sandbox import LimitConfig, SandboxConfig
 from xero_sandbox.pytest_plugin import sandbox_token
 from xero_source import DailyLimitExceeded, SourceSettings, XeroApiError, XeroClient
+from xero_source.client import parse_body
 
 
 @pytest.fixture
@@ -38,15 +39,29 @@ def invoice_calls(sb) -> int:
                if e["tenantId"] == tenant and e["endpoint"] == "Invoices")
 
 
-def test_pages_until_a_short_page_with_decimal_amounts(sandbox):
+def test_pages_until_a_short_page_with_exact_amounts(sandbox):
     client, _, provided = make_client(sandbox, page_size=100)
     pages = list(client.paged("Invoices", "Invoices", params={"order": "UpdatedDateUTC ASC"}))
     assert [len(p) for p in pages] == [100, 100, 30]
     ids = {r["InvoiceID"] for p in pages for r in p}
     assert len(ids) == 230  # every invoice, DELETED ones included, each once
-    assert all(isinstance(r["Total"], Decimal | int) for p in pages for r in p)
-    assert any(isinstance(r["Total"], Decimal) for p in pages for r in p)
+    # Each amount reads back as exactly the decimal the sandbox holds.
+    truth = {r["InvoiceID"]: r for r in sandbox.records(sandbox.tenants[0].tenant_id, include_deleted=True)}
+    for record in (r for p in pages for r in p):
+        for field in ("Total", "SubTotal", "TotalTax", "AmountDue", "AmountPaid"):
+            assert Decimal(repr(record[field])) == Decimal(str(truth[record["InvoiceID"]][field]))
     assert invoice_calls(sandbox) == 3 and len(provided) == 3  # a token asked for per request
+
+
+@pytest.mark.parametrize(("body", "parsed"), [
+    (b'{"Total": 148062.76, "Rate": 0.1234567891}', {"Total": 148062.76, "Rate": 0.1234567891}),
+    # Past a double's 15 significant digits the body is read with Decimals: nothing is rounded.
+    (b'{"Total": 12345678901234.567, "N": 1}', {"Total": Decimal("12345678901234.567"), "N": 1}),
+    (b'{"Rate": 0.00012345678901234567}', {"Rate": Decimal("0.00012345678901234567")}),
+])
+def test_bodies_are_parsed_without_rounding(body, parsed):
+    got = parse_body(body)
+    assert got == parsed and {type(v) for v in got.values()} == {type(v) for v in parsed.values()}
 
 
 def test_if_modified_since_returns_only_changes(sandbox):

@@ -45,7 +45,7 @@ touched as (
         where _dlt_load_id in {{ pending_loads() }})
     union all
     select r.tenant_id, least(r.date, (select min({{ xero_json_date("a ->> 'Date'") }})
-                                       from jsonb_array_elements(coalesce(r.allocations, '[]'::jsonb)) as a))
+                                       from jsonb_array_elements(coalesce(r.allocations::jsonb, '[]'::jsonb)) as a))
     from {{ source('xero', 'credit_notes') }} as r
     where (r.tenant_id, r.credit_note_id) in (
         select tenant_id, credit_note_id from {{ ref('stg_xero__credit_notes') }}
