@@ -897,7 +897,8 @@ def test_a_staging_schema_from_before_arrow_loads_is_replaced(platform):
     with psycopg.connect(db, autocommit=True) as conn:
         json_columns = conn.execute(
             "SELECT table_schema, table_name, column_name FROM information_schema.columns "
-            "WHERE table_schema IN (%s, 'raw_xero') AND data_type IN ('json', 'jsonb')", (staging,)).fetchall()
+            "WHERE table_schema IN (%s, 'raw_xero') AND data_type IN ('json', 'jsonb')",
+            (staging,)).fetchall()
         assert (staging, "invoices", "line_items") in json_columns
         assert ("raw_xero", "invoices", "line_items") in json_columns
         for schema, table, column in json_columns:  # as an earlier release left them
