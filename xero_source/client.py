@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,7 +39,6 @@ _TRANSIENT_NETWORK_ERRORS = (
     urllib3.exceptions.HTTPError,  # the body's read (a dropped connection, a read timeout)
 )
 MAX_TOKENS_REFUSED = 3  # different tokens answered 401 in one request before giving up
-_NET_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
 
 
 @dataclass
@@ -73,14 +71,6 @@ def parse_body(content: bytes) -> Any:
     if _LONG_RUN in content.translate(_DIGITS_AND_DOTS):
         return json.loads(content, parse_float=Decimal)
     return orjson.loads(content)
-
-
-def parse_net_date(value: str) -> datetime | None:
-    """`/Date(1539993600000+0000)/` → aware UTC datetime (the offset is informational in Xero)."""
-    m = _NET_DATE.match(value)
-    if not m:
-        return None
-    return datetime.fromtimestamp(int(m.group(1)) / 1000, tz=UTC)
 
 
 class XeroClient:

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -35,7 +36,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Magnitudes the raw numeric columns hold: numeric(19,6), and numeric(28,10) for rates.
 _DECIMAL_LIMIT = {19: 10 ** 13, 28: 10 ** 18}
 _DEFAULT_DECIMAL = {"data_type": "decimal", "precision": 19, "scale": 6}
-_NET_DATE_PATTERN = r"^/Date\((?P<ms>-?\d{1,15})(?:[+-]\d{4})?\)/$"
+# Xero's .NET JSON date: milliseconds since the epoch; the offset is informational.
+NET_DATE = re.compile(r"^/Date\((?P<ms>-?\d{1,15})(?:[+-]\d{4})?\)/$")
 
 
 @functools.cache
@@ -62,17 +64,8 @@ def epoch_us(value: Any) -> int | None:
     microseconds; None when it is no date. An ISO time without an offset is UTC, as Xero means it."""
     if isinstance(value, str):
         if value.startswith("/Date("):
-            end = value.find(")/", 6)
-            digits = value[6:end]
-            for sign in "+-":
-                cut = digits.find(sign, 1)
-                if cut > 0:
-                    digits = digits[:cut]
-                    break
-            try:
-                return int(digits) * 1000 if end > 0 and value.endswith(")/") else None
-            except ValueError:
-                return None
+            m = NET_DATE.match(value)
+            return int(m["ms"]) * 1000 if m else None
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
@@ -83,6 +76,12 @@ def epoch_us(value: Any) -> int | None:
         delta = value - _EPOCH
         return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     return None
+
+
+def as_datetime(value: Any) -> datetime | None:
+    """A Xero date as an aware UTC datetime (None when it is no date)."""
+    micros = epoch_us(value)
+    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
 
 
 def is_date(value: Any) -> bool:
@@ -183,7 +182,7 @@ def _all_dates(values: list[Any], kinds: set[type]) -> pa.Array | None:
     if kinds != {str}:
         return None
     strings = pa.array(values, pa.string())
-    ms = pyarrow.compute.struct_field(pyarrow.compute.extract_regex(strings, _NET_DATE_PATTERN), "ms")
+    ms = pyarrow.compute.struct_field(pyarrow.compute.extract_regex(strings, NET_DATE.pattern), "ms")
     if ms.null_count == strings.null_count:  # every /Date(ms+0000)/
         micros = pyarrow.compute.multiply(ms.cast(pa.int64()), 1000)
         return micros.cast(pa.timestamp("us")).cast(_TIMESTAMP)

@@ -176,6 +176,9 @@ def _make_resource(name: str, endpoint: Endpoint, client: XeroClient, settings: 
         # Pages are Arrow tables (columns.py), loaded as Parquet by ADBC's binary COPY: dlt's fastest
         # path to PostgreSQL. (CSV, the other, cannot tell an empty text from a NULL.)
         file_format="parquet",
+        # Resources fetch and type their pages in dlt's extract threads, at once: Xero allows 5 calls
+        # in flight per tenant (the client keeps to that), and a run costs its slowest endpoint.
+        parallelized=True,
     )
     def fetch() -> Iterator[Any]:
         state = dlt.current.resource_state()

@@ -52,9 +52,9 @@ def loaded_versions(database_url: str, dataset: str) -> list[tuple]:
 
 
 def truth_versions(sb, tenant_id: str) -> set[tuple]:
-    from xero_source.client import parse_net_date
+    from xero_source.columns import as_datetime
 
-    return {(r["InvoiceID"], parse_net_date(r["UpdatedDateUTC"]))
+    return {(r["InvoiceID"], as_datetime(r["UpdatedDateUTC"]))
             for r in sb.records(tenant_id, "Invoices", include_deleted=True)}
 
 
