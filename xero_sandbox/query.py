@@ -641,7 +641,7 @@ class PageCache:
     A page's records depend only on the tenant's data version, the query, the page and the rendering
     options (and, for contacts' balances, the sandbox day): the key holds all of them, so a mutation
     makes every older entry unreachable. It is what keeps a warm sandbox out of the way of a benchmark
-    (generating a 1,000-invoice page costs ~80 ms of Python; sending a cached one, ~1 ms)."""
+    (generating a 1,000-invoice page costs ~80 ms of Python; a cached one is sent in a few ms)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes

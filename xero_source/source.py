@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 from collections.abc import Iterator, Sequence
@@ -267,9 +268,16 @@ def _prepare_for_bulk_loads() -> None:
     dlt.config["normalize.parquet_normalizer.add_dlt_id"] = True
     # Load files go from this process to PostgreSQL once: compressing them only costs CPU.
     dlt.config["data_writer.disable_compression"] = True
-    # Everything alive now (modules, definitions) lives as long as the process: taken out of the
-    # collector's view, a page's hundred thousand new objects no longer make every collection walk
-    # them too (parsing a page took twice as long with them in view).
+    _freeze_what_lives_as_long_as_the_process()
+
+
+@functools.cache
+def _freeze_what_lives_as_long_as_the_process() -> None:
+    """Once per process: what is alive before the first load (modules, definitions) lives as long as
+    the process. Taken out of the collector's view, a page's hundred thousand new objects no longer
+    make every collection walk it too (parsing a page took twice as long with it in view). Once
+    only, so that no later garbage is ever frozen with it."""
+    gc.collect()
     gc.freeze()
 
 
