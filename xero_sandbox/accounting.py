@@ -189,6 +189,11 @@ class InFlight:
             self.release()
 
 
+def summary_only(params: dict[str, str]) -> bool:
+    """``summaryOnly=true`` leaves the heavy fields out (see serialise)."""
+    return params.get("summaryOnly", "").lower() == "true"
+
+
 def unitdp(params: dict[str, str]) -> int:
     """``unitdp=4`` shows unit prices to 4 decimals; Xero's default (and any other value) is 2."""
     raw = params.get("unitdp") or params.get("unitDp") or ""
@@ -320,8 +325,8 @@ def _list_json(sb: Sandbox, t: TenantData, request: Request, endpoint: str) -> b
     params = dict(request.query_params)
     q = _list_query(sb, t, request, endpoint)
     key = (t.info.tenant_id, t.version, sb.clock.now_ms() // DAY_MS, q.signature(),
-           tuple(q.ids) if q.ids is not None else None, q.page, q.page_size,
-           params.get("summaryOnly", "").lower() == "true", unitdp(params))
+           tuple(q.ids) if q.ids is not None else None, q.page, q.page_size, summary_only(params),
+           unitdp(params))
     cached = sb.pages.get(key)
     if cached is None:
         items, pagination = _list_page(sb, t, q, params)
@@ -336,7 +341,7 @@ def _list_json(sb: Sandbox, t: TenantData, request: Request, endpoint: str) -> b
 def _list_page(sb: Sandbox, t: TenantData, q: Query, params: dict[str, str]) -> tuple[list[dict], dict]:
     """One page of a list endpoint: its records as the API shows them, and the pagination."""
     endpoint = q.kind
-    summary_only = params.get("summaryOnly", "").lower() == "true"
+    summary = summary_only(params)
     unit_dp = unitdp(params)
     states, count = run_query(t, q, sb.cache, sb.cfg.max_scan_rows)
     page = q.page or 1
@@ -349,13 +354,13 @@ def _list_page(sb: Sandbox, t: TenantData, q: Query, params: dict[str, str]) -> 
     if endpoint == "Invoices":
         # Xero returns line items only when paging (or by id); summaryOnly drops the heavy fields.
         items = [
-            serialise.invoice(t, st, lines=q.page is not None, summary_only=summary_only, unit_dp=unit_dp)
+            serialise.invoice(t, st, lines=q.page is not None, summary_only=summary, unit_dp=unit_dp)
             for st in states
         ]
     elif endpoint == "CreditNotes":
-        items = [serialise.credit_note(t, st, summary_only=summary_only, unit_dp=unit_dp) for st in states]
+        items = [serialise.credit_note(t, st, summary_only=summary, unit_dp=unit_dp) for st in states]
     else:
-        items = [sb.serialise(t, endpoint, st, summary_only=summary_only) for st in states]
+        items = [sb.serialise(t, endpoint, st, summary_only=summary) for st in states]
     assert endpoint in PAGED
     return items, pagination
 
