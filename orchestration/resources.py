@@ -17,7 +17,7 @@ from oauth_service.settings import Settings as ServiceSettings
 from oauth_service.vault import TokenVault
 from orchestration.dbt_project import DBT_EXECUTABLE, xero_dbt_project
 from orchestration.settings import RAW_SCHEMA
-from xero_source import AppBudget, SourceSettings, XeroClient, xero_source
+from xero_source import AppBudget, SourceSettings, XeroClient, shared_postgres, xero_source
 
 
 @cache
@@ -72,7 +72,7 @@ class XeroPipelineResource(dg.ConfigurableResource):
         database_url = os.environ["DATABASE_URL"]
         staging = f"{self.raw_schema}_staging_{compact}"
         _drop_staging_made_for_records(database_url, staging)
-        destination = dlt.destinations.postgres(
+        destination = shared_postgres(
             credentials=dlt_credentials(database_url),
             staging_dataset_name_layout=f"%s_staging_{compact}",
         )

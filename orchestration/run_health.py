@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from orchestration.instance_storage import keep_storage_connections
 from orchestration.locks import connect, lock_key
 from orchestration.partitions import name_tenant
 from orchestration.run_audit import audit_run
@@ -91,6 +92,7 @@ class RunLivenessResource(dg.ConfigurableResource):
         if context.run is None or context.instance is None:  # e.g. a resource built in a test
             yield self
             return
+        keep_storage_connections(context.instance)  # this process executes the run: its ~60 writes
         with hold_run_liveness(context.instance, context.run.run_id, os.environ["DATABASE_URL"]):
             run = context.instance.get_run_by_id(context.run.run_id)
             if run is not None and run.status == dg.DagsterRunStatus.STARTED:

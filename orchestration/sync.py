@@ -21,6 +21,7 @@ import dagster as dg
 import psycopg
 from dagster._core.instance.ref import InstanceRef
 
+from orchestration.instance_storage import keep_storage_connections
 from orchestration.jobs import ANALYTICS_JOB_NAME, SYNC_JOB_NAME, SYNC_JOBS, raw_table, sync_ops_config
 from orchestration.lifetime import die_with_parent
 from orchestration.partitions import add_tenant_partitions, checked_tenant_id
@@ -118,8 +119,9 @@ def _worker_start(parent_pid: int, instance_ref: InstanceRef, log_level: str) ->
 
     die_with_parent(parent_pid)  # a killed sync leaves no extract running behind the reaper's back
 
-    _worker.update(instance=dg.DagsterInstance.from_ref(instance_ref), log_level=log_level,
-                   job=defs.resolve_job_def(SYNC_JOB_NAME))
+    instance = dg.DagsterInstance.from_ref(instance_ref)
+    keep_storage_connections(instance)  # a worker executes run after run
+    _worker.update(instance=instance, log_level=log_level, job=defs.resolve_job_def(SYNC_JOB_NAME))
 
 
 def _worker_extract(tenant_id: str, full_refresh: bool) -> TenantSyncResult:
@@ -166,6 +168,7 @@ def sync_tenants(
 
     say = progress or (lambda _line: None)
     instance = instance or dg.DagsterInstance.get()
+    keep_storage_connections(instance)  # it may execute the extracts itself, and the build
     for reaped in reap_dead_runs(instance, SYNC_JOBS, reaper="xero-elt sync"):
         say(f"run {reaped.run_id} ({reaped.job_name}"
             + (f", tenant {reaped.tenant_id}" if reaped.tenant_id else "")

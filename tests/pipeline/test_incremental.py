@@ -70,6 +70,11 @@ def sync_at_once(platform) -> None:
     assert len(runs) == len(platform.tenant_ids)
     assert {r.dagster_run.job_name for r in runs} == {SYNC_JOB_NAME}
     assert max(r.start_time for r in runs) < min(r.end_time for r in runs), "the syncs ran in turn"
+    # ... and neither needed its step retried: the raw tables' creation did not race (a retry
+    # policy would hide a first load that failed on PostgreSQL's catalogue).
+    for r in runs:
+        retried = instance.all_logs(r.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)
+        assert not retried, [e.dagster_event.message for e in retried]
     builds = [instance.get_run_by_id(m) for out in outputs
               for m in re.findall(r"analytics build ok \(run ([0-9a-f-]{36})\)", out)]
     assert len(builds) == len(platform.tenant_ids)

@@ -1,0 +1,79 @@
+"""Many tenants' pipelines load one dataset: two first loads at the same moment both succeed.
+
+The moment is made, not hoped for: a transaction of the test's holds dlt's version table, so both
+loaders stop at their first look at it; then it lets go and both go on at once. With dlt's own
+PostgreSQL destination both saw no table and both created them, and one failed on PostgreSQL's
+catalogue. Real dlt pipelines in their own processes, into real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+import dlt
+import psycopg
+import pytest
+from psycopg import sql
+
+from orchestration.resources import dlt_credentials
+
+LOADER = """
+import json, sys
+import dlt
+from xero_source import shared_postgres
+a = json.loads(sys.argv[1])
+destination = (shared_postgres if a["shared"] else dlt.destinations.postgres)(credentials=a["credentials"])
+pipeline = dlt.pipeline(pipeline_name=a["pipeline"], pipelines_dir=a["pipelines_dir"],
+                        dataset_name=a["dataset"], destination=destination)
+rows = [{"tenant_id": a["pipeline"], "invoice_id": str(i), "total": i} for i in range(3)]
+pipeline.run(dlt.resource(rows, name="invoices", write_disposition="append"))
+"""
+
+
+def _blocked_backends(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()").fetchone()[0]
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared_postgres", "dlt_postgres"])
+def test_two_first_loads_into_one_dataset_at_the_same_moment(database_url, tmp_path, shared):
+    dataset = f"shared_{uuid.uuid4().hex[:8]}"
+    credentials = dlt_credentials(database_url)
+    # The dataset and dlt's version table exist (an earlier pipeline's load); the invoices table not yet.
+    first = dlt.pipeline(pipeline_name=f"{dataset}_first", pipelines_dir=str(tmp_path), dataset_name=dataset,
+                         destination=dlt.destinations.postgres(credentials=credentials))
+    first.run(dlt.resource([{"id": 1}], name="organisation"))
+
+    def loader(name: str) -> subprocess.Popen:
+        args = {"shared": shared, "credentials": credentials, "pipeline": f"{dataset}_{name}",
+                "pipelines_dir": str(tmp_path), "dataset": dataset}
+        return subprocess.Popen([sys.executable, "-c", LOADER, json.dumps(args)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    with psycopg.connect(database_url) as hold:
+        hold.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+            sql.Identifier(dataset, "_dlt_version")))
+        loaders = [loader("a"), loader("b")]
+        deadline = time.monotonic() + 120
+        with psycopg.connect(database_url, autocommit=True) as watch:
+            while _blocked_backends(watch) < 2:
+                assert all(p.poll() is None for p in loaders), [p.communicate()[0][-2000:] for p in loaders]
+                assert time.monotonic() < deadline, "the loaders never both reached the version table"
+                time.sleep(0.1)
+    # The hold is released: both loaders go on at once.
+    outputs = [p.communicate(timeout=120)[0] for p in loaders]
+    failed = [out for p, out in zip(loaders, outputs, strict=True) if p.returncode != 0]
+    if shared:
+        assert not failed, failed[0][-3000:]
+        with psycopg.connect(database_url) as conn:
+            count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                sql.Identifier(dataset, "invoices"))).fetchone()[0]
+        assert count == 6
+    else:
+        # What shared_postgres is for: dlt's own destination lets one of them fail.
+        assert len(failed) == 1, outputs
+        assert "already exists" in failed[0] or "pg_type_typname_nsp_index" in failed[0], failed[0][-3000:]
