@@ -125,6 +125,8 @@ class TokenVault:
         self._cache_enabled = cache
         self._cache: dict[str, _Cached] = {}
         self._cache_lock = threading.Lock()
+        # Bumped by every `forget`: a token read before a forget is not cached after it (see _remember).
+        self._forgets = 0
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> TokenVault:
@@ -148,11 +150,11 @@ class TokenVault:
         TokenRefreshError (transient).
         """
         now = _now()
-        if self._cache_enabled:
-            with self._cache_lock:
-                hit = self._cache.get(tenant_id)
-            if hit and hit.expires_at - self.margin > now:
-                return hit.token
+        with self._cache_lock:
+            hit = self._cache.get(tenant_id)
+            forgets_seen = self._forgets
+        if hit and hit.expires_at - self.margin > now:
+            return hit.token
 
         with self.engine.connect() as conn:
             row = conn.execute(
@@ -168,7 +170,7 @@ class TokenVault:
         if row.access_token and row.token_expires_at and row.token_expires_at - self.margin > now:
             token = self.cipher.decrypt(row.access_token)
             self._audit(self.engine, "token_read", tenant_id, row)
-            self._remember(tenant_id, token, row.token_expires_at)
+            self._remember(tenant_id, token, row.token_expires_at, read_after=forgets_seen)
             return token
         return self._refresh(tenant_id)
 
@@ -200,14 +202,21 @@ class TokenVault:
             metadata={"actor": self.actor, **details},
         )
 
-    def _remember(self, tenant_id: str, token: str, expires_at: datetime) -> None:
+    def _remember(self, tenant_id: str, token: str, expires_at: datetime,
+                  read_after: int | None = None) -> None:
+        """Cache a token. `read_after`: the forget count when the token was read from the database. A
+        token read before a forget (e.g. before another thread reported it refused by Xero) is not
+        cached: cached after the forget, it would be handed out again, refused again, and end the sync
+        as if the connection were dead."""
         if self._cache_enabled:
             with self._cache_lock:
-                self._cache[tenant_id] = _Cached(token, expires_at)
+                if read_after is None or read_after == self._forgets:
+                    self._cache[tenant_id] = _Cached(token, expires_at)
 
     def forget(self, tenant_id: str | None = None) -> None:
         """Drop cached tokens (all, or one tenant's)."""
         with self._cache_lock:
+            self._forgets += 1
             if tenant_id is None:
                 self._cache.clear()
             else:

@@ -450,3 +450,42 @@ def test_the_reencrypt_command_moves_every_value_to_the_newest_key(create_databa
         assert audit_rows(engine, "tokens_reencrypted")[-1].metadata["values_rewritten"] == 0
     finally:
         engine.dispose()
+
+
+def test_a_token_read_before_another_thread_reported_it_refused_is_not_cached_after(
+    make_browser, sandbox, tenant_ids, engine, settings, monkeypatch
+):
+    """A tenant's resources extract in threads that share one vault. One thread reads the token
+    from the database while another reports that same token refused by Xero (401). Cached by the
+    reader after the report, the refused token would be handed out again, refused again, and the
+    sync would end as if the connection were dead."""
+    tenant = tenant_ids[4]
+    assert make_browser().connect([tenant]) == {"connected": ["1"]}
+    vault = TokenVault(settings, engine, actor="tests", cache=True)  # as the sync's vault: cached
+    refused = vault.access_token_for(tenant)
+    vault.forget(tenant)  # so the reader goes to the database
+
+    read, reported = threading.Event(), threading.Event()
+    decrypt = vault.cipher.decrypt
+
+    def reader_pauses_after_reading(value: str) -> str:
+        plain = decrypt(value)
+        if threading.current_thread().name == "reader":
+            read.set()
+            assert reported.wait(30)
+        return plain
+
+    monkeypatch.setattr(vault.cipher, "decrypt", reader_pauses_after_reading)
+    got: dict[str, str] = {}
+    reader = threading.Thread(target=lambda: got.update(token=vault.access_token_for(tenant)), name="reader")
+    reader.start()
+    assert read.wait(30)
+    vault.access_token_rejected(tenant, refused)  # another thread: Xero answered 401 to it
+    reported.set()
+    reader.join(30)
+    # What the reader read (its own request meets the 401 and asks again). No token in any message.
+    assert got["token"] == refused, "the reader did not get the token it read"
+
+    renewed = vault.access_token_for(tenant)
+    assert renewed != refused, "the refused token was handed out again"
+    assert api_get(sandbox, renewed, tenant).status_code == 200
