@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", action="append", metavar="ID", help="a Xero tenant id; repeatable")
     p.add_argument("--full-refresh", action="store_true", help="re-read every record, not only changes")
     p.add_argument("--concurrency", type=int, metavar="N",
-                   help="tenants extracted at once (default: XERO_SYNC_CONCURRENCY, else 4)")
+                   help="tenants extracted at once (default: XERO_SYNC_CONCURRENCY, else the cores, min. 2)")
     p.set_defaults(func=_cmd_sync)
 
     p = sub.add_parser("kpis", help="a tenant's KPI table in the terminal")

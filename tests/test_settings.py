@@ -146,7 +146,7 @@ def test_the_pipeline_reads_vault_settings_without_the_services_web_settings(dat
 def test_the_sync_concurrency_is_bounded_by_xeros_limits():
     from orchestration.settings import SYNC_CONCURRENCY, sync_concurrency
 
-    assert sync_concurrency(environ={}) == 4
+    assert sync_concurrency(environ={}) == max(2, len(os.sched_getaffinity(0)))  # the cores, at least 2
     assert sync_concurrency(environ={SYNC_CONCURRENCY: "12"}) == 12
     assert sync_concurrency(3, environ={SYNC_CONCURRENCY: "12"}) == 3  # the command line wins
     assert sync_concurrency(166, environ={}) == 166  # 10,000 calls a minute / 60 per tenant
