@@ -6,7 +6,7 @@ each tenant's invoices in the sandbox, then times the daily cycle: `sync_tenants
 one analytics build). Prints wall time, per-tenant cost, calls, 429s, peak memory, and Dagster's
 overhead per tenant (an extract run's wall time minus the time inside its asset's step).
 
-    .venv/bin/python bench/fleet_cycle.py --tenants 100 --invoices 200 --concurrency 4
+    .venv/bin/python bench/fleet_cycle.py --tenants 100 --invoices 200 [--concurrency N]
 
 Figures (2026-12-02, 2 cores shared, CI's PostgreSQL 15, 100 tenants x 200 invoices, 4 at a time):
     first sync (full): 217.6 s = 2.18 s per tenant; 600 calls, 0 429s; extract run 6.38 s mean,
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dagster as dg  # noqa: E402
 from bench_platform import bench_platform  # noqa: E402
 
+from orchestration.settings import sync_concurrency  # noqa: E402
 from orchestration.sync import sync_tenants  # noqa: E402
 
 
@@ -80,11 +81,13 @@ def main() -> int:
     ap.add_argument("--tenants", type=int, default=100)
     ap.add_argument("--invoices", type=int, default=200)
     ap.add_argument("--changed", type=float, default=0.01, help="share of each tenant's invoices changed")
-    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--concurrency", type=int, default=None,
+                    help="tenants extracted at once (default: as `xero-elt sync`, the cores, at least 2)")
     ap.add_argument("--seed", type=int, default=5)
     args = ap.parse_args()
 
     with bench_platform(tenants=args.tenants, invoices=args.invoices, seed=args.seed) as (sandbox, instance):
+        args.concurrency = sync_concurrency(args.concurrency)
         print(f"{args.tenants} tenants x {args.invoices} invoices, {args.concurrency} at a time, "
               "Xero's limits on", flush=True)
         cycle("first sync (full)", sandbox, instance, args.concurrency)

@@ -53,8 +53,16 @@
 
 {#- Every raw table is read by load id, and the KPIs look up a changed record's earlier versions
     by its key (meta.record_id in _xero__sources.yml): index both (once; dlt creates the tables,
-    not dbt). -#}
+    not dbt). dlt itself, at the start of every tenant's load, reads that tenant's latest state:
+    `_dlt_pipeline_state` by pipeline name joined to `_dlt_loads` by load id. Both tables gain a row
+    per load of every tenant, so unindexed that look-up grew with the fleet's whole history. -#}
 {% macro index_raw_tables() %}
+  {%- for table, columns in [('_dlt_pipeline_state', 'pipeline_name, _dlt_load_id'), ('_dlt_loads', 'load_id')] -%}
+    {%- set rel = adapter.get_relation(database=target.database, schema=var('raw_schema'), identifier=table) -%}
+    {%- if rel %}
+    create index if not exists {{ table }}__lookup_idx on {{ rel }} ({{ columns }});
+    {%- endif -%}
+  {%- endfor -%}
   {%- for node in graph.sources.values() if node.source_name == 'xero' -%}
     {%- set rel = adapter.get_relation(database=target.database, schema=node.schema,
                                        identifier=node.identifier) -%}

@@ -912,3 +912,19 @@ def test_a_staging_schema_from_before_arrow_loads_is_replaced(platform):
         assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_schema = %s "
                             "AND data_type = 'jsonb'", (staging,)).fetchone() == (0,)
     assert_invoices_equal_truth(platform)
+
+
+def test_dlts_own_lookup_of_a_tenants_state_is_indexed(platform):
+    """At the start of every tenant's load dlt reads that tenant's latest state: `_dlt_pipeline_state`
+    by pipeline name, joined to `_dlt_loads` by load id (dlt's get_stored_state). Both tables gain a
+    row per load of every tenant; the build indexes them so the look-up does not scan their history."""
+    ensure_synced(platform)
+    query = ("SELECT s.version, s.state FROM raw_xero._dlt_pipeline_state AS s JOIN raw_xero._dlt_loads AS l "
+             "ON l.load_id = s._dlt_load_id WHERE pipeline_name = %s AND l.status = 0 "
+             "ORDER BY l.load_id DESC LIMIT 1")
+    pipeline = "xero_" + platform.tenant_ids[0].replace("-", "")
+    with psycopg.connect(platform.database_url) as conn:
+        assert conn.execute(query, (pipeline,)).fetchone() is not None  # the tenant's state is there
+        conn.execute("SET enable_seqscan = off")  # these tables are small here: ask what the plan can use
+        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + query, (pipeline,)))
+    assert "_dlt_pipeline_state__lookup_idx" in plan and "_dlt_loads__lookup_idx" in plan, plan
