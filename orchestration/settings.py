@@ -41,7 +41,16 @@ DEMO_WORLD_FILE = "demo-world.json"
 # tenants' daily cycle (bench/fleet_cycle.py): 2 at a time 1.44 s a tenant, 4 1.87 s, 8 2.14 s. At
 # least 2, so one tenant's waits on Xero overlap another's work.
 SYNC_CONCURRENCY = "XERO_SYNC_CONCURRENCY"
-DEFAULT_SYNC_CONCURRENCY = max(2, len(os.sched_getaffinity(0)))  # the cores this process may use
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+DEFAULT_SYNC_CONCURRENCY = max(2, usable_cores())
 XERO_APP_CALLS_PER_MINUTE = 10_000
 XERO_TENANT_CALLS_PER_MINUTE = 60
 
