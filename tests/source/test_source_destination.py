@@ -77,3 +77,58 @@ def test_two_first_loads_into_one_dataset_at_the_same_moment(database_url, tmp_p
         # What shared_postgres is for: dlt's own destination lets one of them fail.
         assert len(failed) == 1, outputs
         assert "already exists" in failed[0] or "pg_type_typname_nsp_index" in failed[0], failed[0][-3000:]
+
+
+def _arrow_rows(name: str, n: int):
+    import pyarrow as pa
+
+    table = pa.table({"tenant_id": [name] * n, "invoice_id": [str(i) for i in range(n)],
+                      "total": list(range(n))})
+    return dlt.resource(table, name="invoices", write_disposition="append", file_format="parquet")
+
+
+def test_a_process_copies_load_after_load_through_kept_adbc_connections(database_url, tmp_path, monkeypatch):
+    """Each load's Parquet files are copied by ADBC, whose connect reads PostgreSQL's whole type
+    catalogue: the connections are kept for the next load, also into tables made after they opened.
+    A copy that fails closes its connection rather than handing it on."""
+    from dlt.destinations.impl.postgres.postgres import PostgresParquetCopyJob
+
+    from xero_source import shared_postgres
+
+    connects = []
+    connect = PostgresParquetCopyJob._connect
+    monkeypatch.setattr(PostgresParquetCopyJob, "_connect", lambda job: connects.append(job) or connect(job))
+    credentials = dlt_credentials(database_url)
+
+    def load(dataset: str, rows) -> None:
+        pipeline = dlt.pipeline(pipeline_name=dataset, pipelines_dir=str(tmp_path), dataset_name=dataset,
+                                destination=shared_postgres(credentials=credentials))
+        pipeline.run(rows)
+
+    def count(dataset: str) -> int:
+        with psycopg.connect(database_url) as conn:
+            return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                sql.Identifier(dataset, "invoices"))).fetchone()[0]
+
+    datasets = [f"kept_{uuid.uuid4().hex[:8]}" for _ in range(4)]
+    for dataset in datasets:  # each a new schema and table, made after the first connection opened
+        load(dataset, _arrow_rows(dataset, 5))
+        assert count(dataset) == 5
+    assert len(connects) == 1, len(connects)  # four loads, one connection
+
+    # A copy that fails: the table's column cannot hold the file's text.
+    broken = f"kept_{uuid.uuid4().hex[:8]}"
+    load(broken, _arrow_rows(broken, 1))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN invoice_id TYPE integer USING 0").format(
+            sql.Identifier(broken, "invoices")))
+    import pyarrow as pa
+
+    bad = dlt.resource(pa.table({"tenant_id": ["x"], "invoice_id": ["not a number"], "total": [1]}),
+                       name="invoices", write_disposition="append", file_format="parquet")
+    with pytest.raises(Exception, match="invoice_id|integer|invalid"):
+        load(broken, bad)
+    before = len(connects)
+    load(datasets[0], _arrow_rows(datasets[0], 2))  # the failed copy's connection was not handed on
+    assert count(datasets[0]) == 7
+    assert len(connects) == before + 1
