@@ -48,6 +48,7 @@ class XeroPipelineResource(dg.ConfigurableResource):
     One pipeline per tenant (`xero_<tenant>`): dlt keeps its incremental state per pipeline, so a
     shared pipeline would share one cursor across tenants. Each tenant also merges through its own
     staging schema, so concurrent tenants never merge through the same tables (dlt issue 4297).
+    That schema exists only while the tenant extracts (`release_staging`).
     """
 
     raw_schema: str = RAW_SCHEMA
@@ -67,11 +68,13 @@ class XeroPipelineResource(dg.ConfigurableResource):
         return xero_source(client.tenant_id, token_provider=client.token_provider, settings=client.settings,
                            full_refresh=full_refresh, client=client)
 
+    def _staging_schema(self, tenant_id: str) -> str:
+        return f"{self.raw_schema}_staging_{tenant_id.replace('-', '')}"
+
     def pipeline(self, tenant_id: str) -> dlt.Pipeline:
         compact = tenant_id.replace("-", "")
         database_url = os.environ["DATABASE_URL"]
-        staging = f"{self.raw_schema}_staging_{compact}"
-        _drop_staging_made_for_records(database_url, staging)
+        _drop_staging_made_for_records(database_url, self._staging_schema(tenant_id))
         destination = shared_postgres(
             credentials=dlt_credentials(database_url),
             staging_dataset_name_layout=f"%s_staging_{compact}",
@@ -81,6 +84,16 @@ class XeroPipelineResource(dg.ConfigurableResource):
             destination=destination,
             dataset_name=self.raw_schema,
         )
+
+
+    def release_staging(self, tenant_id: str) -> None:
+        """Drop the tenant's staging schema once its extract has loaded everything; dlt makes it
+        again at the next load. Its tables hold nothing between loads, yet each is a row type in
+        PostgreSQL's catalogue, which the ADBC driver reads whole as it connects: with every
+        tenant's kept, a connect took 1.7 s at 508 tenants (60 ms with none), in every run."""
+        with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                sql.Identifier(self._staging_schema(tenant_id))))
 
 
 def _drop_staging_made_for_records(database_url: str, staging: str) -> None:

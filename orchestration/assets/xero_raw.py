@@ -141,6 +141,7 @@ def xero_raw_assets(
             more_rows = (load_tenant(pipeline, client, full_refresh=config.full_refresh,
                                      resources=sorted(client.unfinished)) if client.unfinished else {})
             record_extract(database_url, tenant_id, context.run.run_id)
+            xero_pipeline.release_staging(tenant_id)
     except Exception as exc:
         permanent = permanent_cause(exc)
         if permanent is None:
