@@ -8,15 +8,18 @@ overhead per tenant (an extract run's wall time minus the time inside its asset'
 
     .venv/bin/python bench/fleet_cycle.py --tenants 100 --invoices 200 [--concurrency N]
 
-Figures (2026-12-02, 2 cores shared, CI's PostgreSQL 15, 100 tenants x 200 invoices, 4 at a time):
-    first sync (full): 217.6 s = 2.18 s per tenant; 600 calls, 0 429s; extract run 6.38 s mean,
-      of which Dagster 1.59 s; analytics build (all tenants at once) 28.3 s
-    daily cycle (2 invoices changed per tenant): 197.1 s = 1.97 s per tenant; 600 calls (one per
-      endpoint per tenant: the floor), 0 429s; extract run 5.99 s mean, Dagster 1.65 s; build 25.8 s
-    peak RSS 336 MB (this process; largest worker or dbt the same)
-    So 1,000 tenants would take ≈ 33 min here (not run): the cost is CPU per extract run (dlt's
-    fixed work per pipeline run ≈ 4.3 s, Dagster's ≈ 1.6 s), not Xero's budget (183 calls/min used
-    of 10,000).
+Figures (2026-12-07, 2 cores shared, CI's PostgreSQL 15, 200 invoices a tenant, 1% changed, the
+default concurrency: 2 at a time on 2 cores):
+    100 tenants: first sync 83.5 s = 0.84 s a tenant; daily cycle 74.3 s = 0.74 s a tenant, 600
+      calls (one per endpoint per tenant: the floor), 0 429s; extract run 1.21 s mean, of which
+      Dagster 0.19 s; analytics build 9.5 s
+    1,000 tenants: first sync 884.2 s = 0.88 s a tenant, 6,006 calls, 0 429s; daily cycle 738.5 s
+      = 12.3 min = 0.74 s a tenant (1.0x the 100-tenant cost), 6,000 calls (487/min of the app's
+      10,000), 0 429s; extract run 1.35 s mean, of which Dagster 0.22 s; analytics build 51.4 s;
+      peak RSS 1,387 MB (this process: the sandbox holds 200,000 invoices), 1,367 MB (largest
+      worker or dbt)
+    Before (2026-12-02, 4 at a time): 100 tenants' daily cycle 1.97 s a tenant, Dagster 1.65 s a
+      run. The cost is CPU per extract run (dlt's steps, the run's events), not Xero's budget.
 """
 
 from __future__ import annotations
