@@ -63,7 +63,6 @@ class _KeptConnections:
                 return
         _close_quietly(conn)
 
-
     def close_all(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, {}
