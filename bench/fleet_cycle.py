@@ -6,7 +6,7 @@ each tenant's invoices in the sandbox, then times the daily cycle: `sync_tenants
 one analytics build). Prints wall time, per-tenant cost, calls, 429s, peak memory, and Dagster's
 overhead per tenant (an extract run's wall time minus the time inside its asset's step).
 
-    .venv/bin/python bench/fleet_cycle.py --tenants 100 --invoices 200 [--concurrency N]
+    .venv/bin/python bench/fleet_cycle.py --tenants 100 --invoices 200 [--concurrency N [N ...]]
 
 Figures (2026-12-07, 2 cores shared, CI's PostgreSQL 15, 200 invoices a tenant, 1% changed, the
 default concurrency: 2 at a time on 2 cores):
@@ -25,6 +25,7 @@ default concurrency: 2 at a time on 2 cores):
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import sys
@@ -54,11 +55,30 @@ def step_seconds(instance: dg.DagsterInstance, run_id: str) -> float:
     return total
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, idle) CPU-seconds of the whole machine since boot, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / tick, idle / tick
+
+
+def own_cpu() -> tuple[float, float]:
+    """(this process: the sandbox, the OAuth service, sync's parent; its reaped children: the
+    extract workers and dbt) CPU-seconds."""
+    t = os.times()
+    return t.user + t.system, t.children_user + t.children_system
+
+
 def cycle(label: str, sandbox, instance, concurrency: int) -> None:
     sandbox.reset_stats(limits=False)
+    busy0, idle0 = machine_cpu()
+    own0, children0 = own_cpu()
     started = time.perf_counter()
     results = sync_tenants(instance=instance, concurrency=concurrency)
     wall = time.perf_counter() - started
+    busy, idle = (a - b for a, b in zip(machine_cpu(), (busy0, idle0), strict=True))
+    own, children = (a - b for a, b in zip(own_cpu(), (own0, children0), strict=True))
     stats = sandbox.stats()
     rate_limited = sum(row["status"].get("429", 0) for row in stats["endpoints"])
     ok = sum(r.success for r in results)
@@ -74,6 +94,10 @@ def cycle(label: str, sandbox, instance, concurrency: int) -> None:
           f"extract run {statistics.mean(r.seconds for r in extract_runs):.2f} s mean, Dagster overhead "
           f"{statistics.mean(overhead):.2f} s per tenant run; analytics build {build_seconds:.1f} s",
           flush=True)
+    n = len(results)
+    print(f"  CPU a tenant: extract workers and dbt {children / n:.2f} s, this process (sandbox, service, "
+          f"sync) {own / n:.2f} s, the rest (PostgreSQL) {(busy - own - children) / n:.2f} s; "
+          f"machine {busy / (busy + idle):.0%} busy", flush=True)
     failed = [r for r in results if not r.success]
     for r in failed[:5]:
         print(f"  FAILED {r.tenant_id}: {r.error}")
@@ -84,20 +108,22 @@ def main() -> int:
     ap.add_argument("--tenants", type=int, default=100)
     ap.add_argument("--invoices", type=int, default=200)
     ap.add_argument("--changed", type=float, default=0.01, help="share of each tenant's invoices changed")
-    ap.add_argument("--concurrency", type=int, default=None,
-                    help="tenants extracted at once (default: as `xero-elt sync`, the cores, at least 2)")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[None],
+                    help="tenants extracted at once (default: as `xero-elt sync`, the cores, at least 2); "
+                         "several: a daily cycle for each, in that order, to compare them in one run")
     ap.add_argument("--seed", type=int, default=5)
     args = ap.parse_args()
 
     with bench_platform(tenants=args.tenants, invoices=args.invoices, seed=args.seed) as (sandbox, instance):
-        args.concurrency = sync_concurrency(args.concurrency)
-        print(f"{args.tenants} tenants x {args.invoices} invoices, {args.concurrency} at a time, "
-              "Xero's limits on", flush=True)
-        cycle("first sync (full)", sandbox, instance, args.concurrency)
+        concurrencies = [sync_concurrency(c) for c in args.concurrency]
+        print(f"{args.tenants} tenants x {args.invoices} invoices, Xero's limits on", flush=True)
+        cycle(f"first sync (full), {concurrencies[0]} at a time", sandbox, instance, concurrencies[0])
         changed = max(1, round(args.invoices * args.changed))
-        for t in sandbox.tenants:
-            sandbox.mutate(t.tenant_id, "random", count=changed, seed=7)
-        cycle(f"daily cycle ({changed} invoice(s) changed per tenant)", sandbox, instance, args.concurrency)
+        for round_, concurrency in enumerate(concurrencies):
+            for t in sandbox.tenants:
+                sandbox.mutate(t.tenant_id, "random", count=changed, seed=7 + round_)
+            cycle(f"daily cycle ({changed} invoice(s) changed per tenant), {concurrency} at a time",
+                  sandbox, instance, concurrency)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"peak RSS: this process (sandbox, service, sync) {own:.0f} MB; "

@@ -10,11 +10,14 @@ two tenants bringing the same new column would fail alike. Here a dataset's sche
 one at a time, under a PostgreSQL advisory lock held from the look to the commit, so the second sees
 what the first made.
 
-**ADBC connections are kept.** dlt opens an ADBC connection for every Parquet file it copies, and the
-ADBC driver reads PostgreSQL's whole type catalogue as it connects: 50 ms on an empty database, 245 ms
-with 66 tenants' staging tables, more with every tenant (each table adds its row types). A small
-tenant's load copies six files. The connections are kept per database in the process and handed to
-the next copy; one that failed, or sat idle for a minute, is closed instead.
+**Connections are kept.** dlt opens a connection for everything it does in a load: an ADBC one for
+every Parquet file it copies, and a SQL one (psycopg2) for every load job, copy or merge, and for the
+load's start and end, about sixteen for a small tenant's daily load. Each costs PostgreSQL a backend
+process, and the ADBC driver also reads PostgreSQL's whole type catalogue as it connects: 50 ms on an
+empty database, 245 ms with 66 tenants' staging tables. Both kinds are kept per database in the
+process and handed to the next user; one that failed, is inside a transaction, or sat idle for a
+minute is closed instead. A kept SQL connection is handed on with no session lock held and its
+search path set for its new user's dataset.
 """
 
 from __future__ import annotations
@@ -31,14 +34,16 @@ import dlt
 from dlt.common.destination.client import LoadJob, PreparedTableSchema
 from dlt.common.schema.typing import TSchemaTables
 from dlt.destinations.impl.postgres.postgres import PostgresClient, PostgresParquetCopyJob
+from dlt.destinations.impl.postgres.sql_client import Psycopg2SqlClient
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
 _LOCK = "SELECT pg_advisory_{}(hashtextextended(%s, 0))"
 IDLE_SECONDS = 60.0  # a kept connection older than this is closed, not reused (the server may have)
-KEPT_PER_DATABASE = 8  # dlt copies a load's files in parallel: about one per raw table
+KEPT_PER_DATABASE = 8  # dlt runs a load's jobs in parallel: about one per raw table
 
 
 class _KeptConnections:
-    """Idle ADBC connections per connection URI, for this process."""
+    """Idle connections of one kind per connection URI, for this process."""
 
     def __init__(self) -> None:
         self._idle: dict[str, list[tuple[Any, float]]] = {}
@@ -75,8 +80,10 @@ def _close_quietly(conn: Any) -> None:
         conn.close()
 
 
-_KEPT = _KeptConnections()
+_KEPT = _KeptConnections()  # ADBC's
+_KEPT_SQL = _KeptConnections()  # psycopg2's, for dlt's SQL client
 atexit.register(_KEPT.close_all)  # closed, not dropped by the exiting process
+atexit.register(_KEPT_SQL.close_all)
 
 
 class _Borrowed:
@@ -101,7 +108,47 @@ class _KeptConnectionCopyJob(PostgresParquetCopyJob):
         return _Borrowed(uri, _KEPT.take(uri, super()._connect))
 
 
+class _KeptSqlClient(Psycopg2SqlClient):
+    """dlt's SQL client, whose connections come from and go back to `_KEPT_SQL`."""
+
+    def open_connection(self) -> Any:
+        dsn = self.credentials.to_native_representation()
+        conn = _KEPT_SQL.take(dsn, lambda: None)
+        if conn is None:
+            super().open_connection()  # options: search path of this client's dataset
+        else:
+            self._conn = conn
+            self._reset_connection()
+            self.execute_sql("SELECT set_config('search_path', %s, false)",
+                             f"{self.fully_qualified_dataset_name()},public")
+        return self._conn
+
+    def close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None or conn.closed:
+            return
+        try:
+            # Handed on only when idle outside a transaction, and without a session lock (dlt's schema
+            # lock is taken and released per change; a release that never ran must not outlive us).
+            if conn.autocommit and conn.get_transaction_status() == TRANSACTION_STATUS_IDLE:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_unlock_all()")
+                _KEPT_SQL.give_back(self.credentials.to_native_representation(), conn)
+                return
+        except Exception:  # noqa: S110 (a connection that cannot say so is closed below)
+            pass
+        _close_quietly(conn)
+
+
 class _SharedDatasetClient(PostgresClient):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # dlt's PostgresClient makes its Psycopg2SqlClient itself: the same client, kept connections.
+        if type(self.sql_client) is not Psycopg2SqlClient:
+            raise TypeError(f"dlt's PostgreSQL client now uses {type(self.sql_client).__name__}: "
+                            "shared_postgres needs updating")
+        self.sql_client.__class__ = _KeptSqlClient
+
     @contextmanager
     def _schema_lock(self) -> Iterator[None]:
         name = f"dlt schema of {self.sql_client.dataset_name}"  # the staging datasets are per tenant

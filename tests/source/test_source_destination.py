@@ -135,3 +135,61 @@ def test_a_process_copies_load_after_load_through_kept_adbc_connections(database
     load(datasets[0], _arrow_rows(datasets[0], 2))  # the failed copy's connection was not handed on
     assert count(datasets[0]) == 7
     assert len(connects) == before + 1
+
+
+def test_dlts_sql_connections_are_kept_and_handed_on_clean(database_url, tmp_path, monkeypatch):
+    """dlt opens a SQL connection for each load job and for a load's start and end: kept, they are
+    opened by the first load and reused by the next ones, each with its own dataset's search path,
+    never with a session lock still held, and never from inside a transaction."""
+    import psycopg2
+
+    from xero_source import shared_postgres
+    from xero_source.destination import _KEPT_SQL
+
+    _KEPT_SQL.close_all()  # what earlier tests in this process kept
+    connects = []
+    connect = psycopg2.connect
+    monkeypatch.setattr(psycopg2, "connect", lambda *a, **k: connects.append(1) or connect(*a, **k))
+    credentials = dlt_credentials(database_url)
+
+    def pipeline(dataset: str) -> dlt.Pipeline:
+        return dlt.pipeline(pipeline_name=dataset, pipelines_dir=str(tmp_path), dataset_name=dataset,
+                            destination=shared_postgres(credentials=credentials))
+
+    def rows(dataset: str, n: int):  # merged through a staging dataset: copy jobs and merge jobs
+        return dlt.resource([{"invoice_id": str(i), "total": i} for i in range(n)], name="invoices",
+                            write_disposition="merge", primary_key="invoice_id")
+
+    datasets = [f"kept_sql_{uuid.uuid4().hex[:8]}" for _ in range(4)]
+    opened = []
+    for dataset in datasets:
+        before = len(connects)
+        pipeline(dataset).run(rows(dataset, 5))
+        opened.append(len(connects) - before)
+    assert opened[0] >= 1, opened  # the first load opens what its jobs need at once
+    assert sum(opened[1:]) <= 1, opened  # the next three loads: the kept ones (one more at most)
+
+    # A kept connection's next user gets its own dataset's search path.
+    with pipeline(datasets[1]).sql_client() as client:
+        assert client.execute_sql("SHOW search_path")[0][0] == f'"{datasets[1]}",public'
+        with client.execute_query("SELECT count(*) FROM invoices") as cursor:  # unqualified: the path
+            assert cursor.fetchone()[0] == 5
+        # A session lock left held (a release that never ran) is not handed on with the connection.
+        client.execute_sql("SELECT pg_advisory_lock(4242)")
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                            "AND objid = 4242").fetchone()[0] == 0
+
+    # One left inside a transaction is closed, not handed on.
+    before = len(connects)
+    with pipeline(datasets[2]).sql_client() as client:
+        left_open = client.native_connection
+        client.native_connection.autocommit = False
+        client.execute_sql("SELECT 1")
+    assert left_open.closed
+    assert all(conn is not left_open for conn, _ in _KEPT_SQL._idle.get(credentials, []))
+    pipeline(datasets[3]).run(rows(datasets[3], 7))
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(datasets[3], "invoices"))).fetchone()[0] == 7
+    assert len(connects) - before <= 1
