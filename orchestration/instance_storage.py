@@ -9,7 +9,7 @@ or many back to back, so they hold a small pool instead, as Dagster's webserver 
 
 The webserver's pool keeps one connection. Storing an asset event holds one while it checks for a
 table on a second, and connections beyond the kept ones are closed when given back: that was 7.5
-new connections per extract run. So the pool keeps a few.
+new connections per extract run. So the pool keeps two.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from sqlalchemy.pool import QueuePool
 
 # A statement of Dagster's own storage that takes this long is stuck: fail it rather than the run hang.
 STATEMENT_TIMEOUT_MS = 120_000
-# Connections kept open per storage: an event's write and the check it makes inside it, and a few
-# threads (dlt's resources log through Dagster) writing at once.
-KEPT = 4
+# Connections kept open per storage: an event's write and the check it makes inside it. Threads
+# writing at once beyond that (dlt's resources log through Dagster) open and close their own.
+KEPT = 2
 # Beyond those, how many more threads may hold one at once, opened and closed as needed.
 MAX_OVERFLOW = 8
 POOL_RECYCLE_SECONDS = 3600

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import dlt
+import psycopg2
 from dlt.common.destination.client import LoadJob, PreparedTableSchema
 from dlt.common.schema.typing import TSchemaTables
 from dlt.destinations.impl.postgres.postgres import PostgresClient, PostgresParquetCopyJob
@@ -38,41 +39,55 @@ from dlt.destinations.impl.postgres.sql_client import Psycopg2SqlClient
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
 _LOCK = "SELECT pg_advisory_{}(hashtextextended(%s, 0))"
-IDLE_SECONDS = 60.0  # a kept connection older than this is closed, not reused (the server may have)
-KEPT_PER_DATABASE = 8  # dlt runs a load's jobs in parallel: about one per raw table
+IDLE_SECONDS = 60.0  # a kept connection idle longer is closed, not reused (the server may have)
+# Kept per kind in a process, whatever the database: dlt runs a load's jobs in parallel, about one
+# per raw table. A bound, not per database: a process that loads into many databases one after
+# another (a test run) must not keep a server's connections for ever.
+KEPT_PER_PROCESS = 8
 
 
 class _KeptConnections:
-    """Idle connections of one kind per connection URI, for this process."""
+    """Idle connections of one kind, by connection URI, for this process: at most `KEPT_PER_PROCESS`,
+    none idle for longer than `IDLE_SECONDS`."""
 
     def __init__(self) -> None:
-        self._idle: dict[str, list[tuple[Any, float]]] = {}
+        self._idle: list[tuple[str, Any, float]] = []  # (uri, connection, idle since), oldest first
         self._lock = threading.Lock()
 
     def take(self, uri: str, connect: Any) -> Any:
-        now = time.monotonic()
         with self._lock:
-            idle = self._idle.get(uri, [])
-            while idle:
-                conn, since = idle.pop()
-                if now - since < IDLE_SECONDS:
-                    return conn
-                _close_quietly(conn)
-        return connect()
+            expired = self._expired()
+            found = next((i for i in range(len(self._idle) - 1, -1, -1) if self._idle[i][0] == uri), None)
+            conn = self._idle.pop(found)[1] if found is not None else None
+        for old in expired:
+            _close_quietly(old)
+        return conn if conn is not None else connect()
 
     def give_back(self, uri: str, conn: Any) -> None:
         with self._lock:
-            idle = self._idle.setdefault(uri, [])
-            if len(idle) < KEPT_PER_DATABASE:
-                idle.append((conn, time.monotonic()))
-                return
-        _close_quietly(conn)
+            expired = self._expired()
+            self._idle.append((uri, conn, time.monotonic()))
+            while len(self._idle) > KEPT_PER_PROCESS:
+                expired.append(self._idle.pop(0)[1])
+        for old in expired:
+            _close_quietly(old)
+
+    def __contains__(self, conn: Any) -> bool:
+        with self._lock:
+            return any(kept is conn for _, kept, _ in self._idle)
 
     def close_all(self) -> None:
         with self._lock:
-            idle, self._idle = self._idle, {}
-        for conn, _ in (kept for conns in idle.values() for kept in conns):
+            idle, self._idle = self._idle, []
+        for _, conn, _ in idle:
             _close_quietly(conn)
+
+    def _expired(self) -> list[Any]:
+        """Takes out (under the lock) the connections idle for too long, for the caller to close."""
+        limit = time.monotonic() - IDLE_SECONDS
+        expired = [conn for _, conn, since in self._idle if since <= limit]
+        self._idle = [kept for kept in self._idle if kept[2] > limit]
+        return expired
 
 
 def _close_quietly(conn: Any) -> None:
@@ -113,15 +128,17 @@ class _KeptSqlClient(Psycopg2SqlClient):
 
     def open_connection(self) -> Any:
         dsn = self.credentials.to_native_representation()
-        conn = _KEPT_SQL.take(dsn, lambda: None)
-        if conn is None:
-            super().open_connection()  # options: search path of this client's dataset
-        else:
-            self._conn = conn
-            self._reset_connection()
-            self.execute_sql("SELECT set_config('search_path', %s, false)",
-                             f"{self.fully_qualified_dataset_name()},public")
-        return self._conn
+        while (conn := _KEPT_SQL.take(dsn, lambda: None)) is not None:
+            try:
+                self._conn = conn
+                self._reset_connection()  # psycopg2's reset also ends any session lock
+                self.execute_sql("SELECT set_config('search_path', %s, false)",
+                                 f"{self.fully_qualified_dataset_name()},public")
+                return self._conn
+            except Exception:  # noqa: S112 (the server ended it meanwhile, e.g. dropped the database)
+                _close_quietly(conn)
+                self._conn = None
+        return super().open_connection()  # options: search path of this client's dataset
 
     def close_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -151,12 +168,28 @@ class _SharedDatasetClient(PostgresClient):
 
     @contextmanager
     def _schema_lock(self) -> Iterator[None]:
+        """Held on a session of its own: dlt resets its connection after an expected error (its
+        first look for a stored schema finds no version table) and psycopg2's reset ends the
+        session's advisory locks, so a lock taken on dlt's connection was gone by the DDL."""
         name = f"dlt schema of {self.sql_client.dataset_name}"  # the staging datasets are per tenant
-        self.sql_client.execute_sql(_LOCK.format("lock"), name)
+        dsn = self.config.credentials.to_native_representation()
+        conn = _KEPT_SQL.take(dsn, lambda: psycopg2.connect(dsn))
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(_LOCK.format("lock"), (name,))
+        except Exception:
+            _close_quietly(conn)
+            raise
         try:
             yield
         finally:
-            self.sql_client.execute_sql(_LOCK.format("unlock"), name)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(_LOCK.format("unlock"), (name,))
+                _KEPT_SQL.give_back(dsn, conn)
+            except Exception:  # noqa: BLE001 (closing the session ends its lock too)
+                _close_quietly(conn)
 
     def initialize_storage(self, truncate_tables: Iterable[str] | None = None) -> None:
         with self._schema_lock():

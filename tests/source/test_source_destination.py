@@ -82,6 +82,34 @@ def test_two_first_loads_into_one_dataset_at_the_same_moment(database_url, tmp_p
         assert count == 6
 
 
+def test_the_schema_lock_is_held_while_dlt_changes_the_schema(database_url, tmp_path, monkeypatch):
+    """dlt's first look for a stored schema fails (no version table yet) and dlt then resets its
+    connection, which ends that session's advisory locks: the schema lock must still be held when
+    the tables are created, and at every later schema change (a new column)."""
+    from dlt.destinations.job_client_impl import SqlJobClientBase
+
+    from xero_source import shared_postgres
+
+    dataset = f"locked_{uuid.uuid4().hex[:8]}"
+    held_during_ddl = []
+    execute_ddl = SqlJobClientBase._execute_schema_update_sql
+
+    def watched(client, *args, **kwargs):
+        with psycopg.connect(database_url) as watch:  # another session: is the lock held by anyone?
+            held_during_ddl.append(watch.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+                "((classid::bigint << 32) | objid::bigint) = hashtextextended(%s, 0)",
+                (f"dlt schema of {client.sql_client.dataset_name}",)).fetchone()[0])
+        return execute_ddl(client, *args, **kwargs)
+
+    monkeypatch.setattr(SqlJobClientBase, "_execute_schema_update_sql", watched)
+    pipeline = dlt.pipeline(pipeline_name=dataset, pipelines_dir=str(tmp_path), dataset_name=dataset,
+                            destination=shared_postgres(credentials=dlt_credentials(database_url)))
+    pipeline.run(dlt.resource([{"id": 1}], name="invoices"))
+    pipeline.run(dlt.resource([{"id": 2, "total": 3}], name="invoices"))  # a new column
+    assert held_during_ddl and all(held == 1 for held in held_during_ddl), held_during_ddl
+
+
 def _arrow_rows(name: str, n: int):
     import pyarrow as pa
 
@@ -187,7 +215,7 @@ def test_dlts_sql_connections_are_kept_and_handed_on_clean(database_url, tmp_pat
         client.native_connection.autocommit = False
         client.execute_sql("SELECT 1")
     assert left_open.closed
-    assert all(conn is not left_open for conn, _ in _KEPT_SQL._idle.get(credentials, []))
+    assert left_open not in _KEPT_SQL
     pipeline(datasets[3]).run(rows(datasets[3], 7))
     with psycopg.connect(database_url) as conn:
         assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
