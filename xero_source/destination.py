@@ -8,16 +8,17 @@ first loads at the same moment both saw nothing and both created the tables, and
 PostgreSQL's catalogue (`duplicate key value violates unique constraint "pg_type_typname_nsp_index"`);
 two tenants bringing the same new column would fail alike. Here a dataset's schema changes are made
 one at a time, under a PostgreSQL advisory lock held from the look to the commit, so the second sees
-what the first made.
+what the first made. The lock has a session of its own: dlt resets its connection after its first look
+fails (no version table yet), and a reset ends the session's advisory locks.
 
 **Connections are kept.** dlt opens a connection for everything it does in a load: an ADBC one for
 every Parquet file it copies, and a SQL one (psycopg2) for every load job, copy or merge, and for the
 load's start and end, about sixteen for a small tenant's daily load. Each costs PostgreSQL a backend
 process, and the ADBC driver also reads PostgreSQL's whole type catalogue as it connects: 50 ms on an
-empty database, 245 ms with 66 tenants' staging tables. Both kinds are kept per database in the
-process and handed to the next user; one that failed, is inside a transaction, or sat idle for a
-minute is closed instead. A kept SQL connection is handed on with no session lock held and its
-search path set for its new user's dataset.
+empty database, 245 ms with 66 tenants' staging tables. Both kinds are kept in the process (a few of
+each, whatever the database) and handed to the next user of the same database; one that failed, is
+inside a transaction, or sat idle for a minute is closed instead. A kept SQL connection is handed on
+with no session lock held and its search path set for its new user's dataset.
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
 _LOCK = "SELECT pg_advisory_{}(hashtextextended(%s, 0))"
 IDLE_SECONDS = 60.0  # a kept connection idle longer is closed, not reused (the server may have)
-# Kept per kind in a process, whatever the database: dlt runs a load's jobs in parallel, about one
-# per raw table. A bound, not per database: a process that loads into many databases one after
+# Kept per kind in a process, whatever the database: enough for the next load's steps (its jobs in
+# parallel may open more). A bound, not per database: a process that loads into many databases one after
 # another (a test run) must not keep a server's connections for ever.
-KEPT_PER_PROCESS = 8
+KEPT_PER_PROCESS = 4
 
 
 class _KeptConnections:
