@@ -28,6 +28,7 @@ from orchestration.partitions import add_tenant_partitions, checked_tenant_id
 from orchestration.run_audit import audit_run
 from orchestration.run_health import live_in_process_run, reap_dead_runs
 from orchestration.settings import ANALYTICS_SCHEMA, RAW_SCHEMA, sync_concurrency
+from xero_source import release_kept_connections
 
 
 @dataclass
@@ -212,4 +213,5 @@ def sync_tenants(
                 r.success, r.error = False, f"analytics build: {build_error}"
     for r in results:
         r.invoices, r.invoices_total, r.raw_invoice_versions = tenant_figures(database_url, r.tenant_id)
+    release_kept_connections()  # this process may have extracted tenants itself (concurrency 1)
     return results

@@ -9,15 +9,17 @@
 Each row carries `tenant_id`; a record's versions are keyed by (tenant_id, id, updated_date_utc),
 so re-fetching a version merges away and a changed record adds a new version. Nested arrays (line
 items, payments, …) stay JSON columns (`max_table_nesting=0`). `shared_postgres` is dlt's PostgreSQL
-destination for many tenants' pipelines loading one dataset (their schema changes made one at a time).
+destination for many tenants' pipelines loading one dataset (their schema changes made one at a time,
+its connections kept from one load to the next until `release_kept_connections()`).
 """
 
 from xero_source.client import EndpointStats, XeroClient
-from xero_source.destination import shared_postgres
+from xero_source.destination import release_kept_connections, shared_postgres
 from xero_source.errors import DailyLimitExceeded, XeroApiError, XeroRequestRefused
 from xero_source.pacing import AppBudget
 from xero_source.settings import SourceSettings
 from xero_source.source import ENDPOINTS, load_tenant, xero_source
 
 __all__ = ["ENDPOINTS", "AppBudget", "DailyLimitExceeded", "EndpointStats", "SourceSettings", "XeroApiError",
-           "XeroClient", "XeroRequestRefused", "load_tenant", "shared_postgres", "xero_source"]
+           "XeroClient", "XeroRequestRefused", "load_tenant", "release_kept_connections", "shared_postgres",
+           "xero_source"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -41,10 +42,14 @@ from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
 _LOCK = "SELECT pg_advisory_{}(hashtextextended(%s, 0))"
 IDLE_SECONDS = 60.0  # a kept connection idle longer is closed, not reused (the server may have)
-# Kept per kind in a process, whatever the database: enough for the next load's steps (its jobs in
-# parallel may open more). A bound, not per database: a process that loads into many databases one after
-# another (a test run) must not keep a server's connections for ever.
-KEPT_PER_PROCESS = 4
+# A load's jobs (a copy or a merge per table) run at most this many at once, each on a connection of
+# its own: more only contend on a few cores, and it bounds what a load holds of the server's
+# connections. Set LOAD__WORKERS to change it (dlt's own setting).
+LOAD_WORKERS = 3
+# Kept per kind in a process, whatever the database: as many as a load's jobs use at once. A bound,
+# not per database: a process that loads into many databases one after another (a test run) must
+# not keep a server's connections for ever.
+KEPT_PER_PROCESS = LOAD_WORKERS
 
 
 class _KeptConnections:
@@ -98,8 +103,15 @@ def _close_quietly(conn: Any) -> None:
 
 _KEPT = _KeptConnections()  # ADBC's
 _KEPT_SQL = _KeptConnections()  # psycopg2's, for dlt's SQL client
-atexit.register(_KEPT.close_all)  # closed, not dropped by the exiting process
-atexit.register(_KEPT_SQL.close_all)
+
+
+def release_kept_connections() -> None:
+    """Close the connections this process keeps: when it is done loading for now."""
+    _KEPT.close_all()
+    _KEPT_SQL.close_all()
+
+
+atexit.register(release_kept_connections)  # closed, not dropped by the exiting process
 
 
 class _Borrowed:
@@ -216,6 +228,7 @@ class shared_postgres(dlt.destinations.postgres):  # noqa: N801 (dlt names desti
     def __init__(self, *args: Any, destination_name: str = "postgres", **kwargs: Any) -> None:
         # Named as dlt's own, so configuration sections and traces read as before.
         super().__init__(*args, destination_name=destination_name, **kwargs)
+        os.environ.setdefault("LOAD__WORKERS", str(LOAD_WORKERS))
 
     @property
     def client_class(self) -> type[PostgresClient]:
