@@ -99,6 +99,13 @@ def test_a_killed_run_worker_is_failed_audited_retried_and_blocks_nothing(platfo
         return all(done.values())
     wait_for(every_tenant_synced, 360, "both tenants' syncs (the crashed one retried) to succeed", daemon)
 
+    # The tenant's success above may be a scheduled run's (every minute here): the retry is the
+    # auto-reexecution daemon's, launched when it has read the failure. Waited for, not assumed done.
+    def retry_finished():
+        runs = instance.get_runs(dg.RunsFilter(tags={"dagster/parent_run_id": victim.run_id}))
+        return runs if runs and runs[0].is_finished else None
+    retried = wait_for(retry_finished, 360, "the crashed run's retry to finish", daemon)
+
     def analytics_caught_up():
         runs = instance.get_runs(dg.RunsFilter(job_name=ANALYTICS_JOB_NAME))
         return (runs and runs[0].status == dg.DagsterRunStatus.SUCCESS
@@ -106,8 +113,7 @@ def test_a_killed_run_worker_is_failed_audited_retried_and_blocks_nothing(platfo
                 and not instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED,
                                                                   dg.DagsterRunStatus.STARTED])))
     wait_for(analytics_caught_up, 360, "the analytics build after the extracts", daemon)
-    retried = instance.get_runs(dg.RunsFilter(tags={"dagster/parent_run_id": victim.run_id}))
-    assert retried and retried[0].status == dg.DagsterRunStatus.SUCCESS, "\n".join(
+    assert retried[0].status == dg.DagsterRunStatus.SUCCESS, "\n".join(
         f"{e.level} {e.user_message} {e.dagster_event.event_specific_data if e.dagster_event else ''}"
         for e in instance.all_logs(retried[0].run_id) if e.level >= 30)
     assert_invoices_equal_truth(platform)
