@@ -20,6 +20,11 @@ default concurrency: 2 at a time on 2 cores):
       worker or dbt)
     Before (2026-12-02, 4 at a time): 100 tenants' daily cycle 1.97 s a tenant, Dagster 1.65 s a
       run. The cost is CPU per extract run (dlt's steps, the run's events), not Xero's budget.
+Later on 2026-12-07, another machine, slower (its 10M-step loop: 1.36 s), 60 tenants, daily cycle:
+    before dlt's SQL connections were kept: 1.27-1.40 s a tenant; CPU a tenant 1.52-1.74 s in the
+      workers and dbt, 0.51-0.58 s PostgreSQL's
+    after: 1.23-1.31 s a tenant; workers and dbt 1.62-1.68 s, PostgreSQL 0.34-0.41 s
+    3 workers against 2 on its 2 cores: 73.2 and 80.3 s against 83.9 and 76.4 s (no clear gain)
 """
 
 from __future__ import annotations
