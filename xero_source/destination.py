@@ -170,6 +170,24 @@ class _KeptSqlClient(Psycopg2SqlClient):
         _close_quietly(conn)
 
 
+def _locked_session(dsn: str, name: str) -> Any:
+    """A session (a kept one if it still works) that holds the advisory lock `name`."""
+    while True:
+        conn = _KEPT_SQL.take(dsn, lambda: None)
+        fresh = conn is None
+        conn = psycopg2.connect(dsn) if fresh else conn
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(_LOCK.format("lock"), (name,))
+            return conn
+        except Exception:
+            _close_quietly(conn)
+            if fresh:
+                raise
+            # a kept one the server ended meanwhile: try the next
+
+
 class _SharedDatasetClient(PostgresClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -183,20 +201,19 @@ class _SharedDatasetClient(PostgresClient):
     def _schema_lock(self) -> Iterator[None]:
         """Held on a session of its own: dlt resets its connection after an expected error (its
         first look for a stored schema finds no version table) and psycopg2's reset ends the
-        session's advisory locks, so a lock taken on dlt's connection was gone by the DDL."""
+        session's advisory locks, so a lock taken on dlt's connection was gone by the DDL.
+        Re-entered (a schema change inside another), it is already held."""
+        if getattr(self, "_schema_locked", False):
+            yield
+            return
         name = f"dlt schema of {self.sql_client.dataset_name}"  # the staging datasets are per tenant
         dsn = self.config.credentials.to_native_representation()
-        conn = _KEPT_SQL.take(dsn, lambda: psycopg2.connect(dsn))
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(_LOCK.format("lock"), (name,))
-        except Exception:
-            _close_quietly(conn)
-            raise
+        conn = _locked_session(dsn, name)
+        self._schema_locked = True
         try:
             yield
         finally:
+            self._schema_locked = False
             try:
                 with conn.cursor() as cur:
                     cur.execute(_LOCK.format("unlock"), (name,))
