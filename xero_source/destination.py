@@ -60,14 +60,15 @@ class _KeptConnections:
         self._idle: list[tuple[str, Any, float]] = []  # (uri, connection, idle since), oldest first
         self._lock = threading.Lock()
 
-    def take(self, uri: str, connect: Any) -> Any:
+    def take(self, uri: str) -> Any:
+        """The most recently kept idle connection to `uri`, or None."""
         with self._lock:
             expired = self._expired()
             found = next((i for i in range(len(self._idle) - 1, -1, -1) if self._idle[i][0] == uri), None)
             conn = self._idle.pop(found)[1] if found is not None else None
         for old in expired:
             _close_quietly(old)
-        return conn if conn is not None else connect()
+        return conn
 
     def give_back(self, uri: str, conn: Any) -> None:
         with self._lock:
@@ -133,7 +134,7 @@ class _Borrowed:
 class _KeptConnectionCopyJob(PostgresParquetCopyJob):
     def _connect(self) -> Any:  # dlt's job opens it `with` and commits the copy itself
         uri = self._job_client.config.credentials.to_native_representation()
-        return _Borrowed(uri, _KEPT.take(uri, super()._connect))
+        return _Borrowed(uri, _KEPT.take(uri) or super()._connect())
 
 
 class _KeptSqlClient(Psycopg2SqlClient):
@@ -141,7 +142,7 @@ class _KeptSqlClient(Psycopg2SqlClient):
 
     def open_connection(self) -> Any:
         dsn = self.credentials.to_native_representation()
-        while (conn := _KEPT_SQL.take(dsn, lambda: None)) is not None:
+        while (conn := _KEPT_SQL.take(dsn)) is not None:
             try:
                 self._conn = conn
                 self._reset_connection()  # psycopg2's reset also ends any session lock
@@ -173,7 +174,7 @@ class _KeptSqlClient(Psycopg2SqlClient):
 def _locked_session(dsn: str, name: str) -> Any:
     """A session (a kept one if it still works) that holds the advisory lock `name`."""
     while True:
-        conn = _KEPT_SQL.take(dsn, lambda: None)
+        conn = _KEPT_SQL.take(dsn)
         fresh = conn is None
         conn = psycopg2.connect(dsn) if fresh else conn
         try:
@@ -196,6 +197,7 @@ class _SharedDatasetClient(PostgresClient):
             raise TypeError(f"dlt's PostgreSQL client now uses {type(self.sql_client).__name__}: "
                             "shared_postgres needs updating")
         self.sql_client.__class__ = _KeptSqlClient
+        self._schema_locked = False  # held by this client now (see _schema_lock)
 
     @contextmanager
     def _schema_lock(self) -> Iterator[None]:
@@ -203,7 +205,7 @@ class _SharedDatasetClient(PostgresClient):
         first look for a stored schema finds no version table) and psycopg2's reset ends the
         session's advisory locks, so a lock taken on dlt's connection was gone by the DDL.
         Re-entered (a schema change inside another), it is already held."""
-        if getattr(self, "_schema_locked", False):
+        if self._schema_locked:
             yield
             return
         name = f"dlt schema of {self.sql_client.dataset_name}"  # the staging datasets are per tenant
