@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -188,17 +189,19 @@ def _all_dates(values: list[Any], kinds: set[type]) -> pa.Array | None:
         return micros.cast(pa.timestamp("us")).cast(_TIMESTAMP)
     if ms.null_count < len(ms):
         return None  # some, not all: one by one
-    try:  # ISO timestamps; those without an offset are UTC
-        parsed = strings.cast(pa.timestamp("us"))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
-    return parsed.cast(_TIMESTAMP)
+    # ISO timestamps: all without an offset (UTC, as Xero means it), or all with one ("Z", "+13:00").
+    for kind in (pa.timestamp("us"), _TIMESTAMP):
+        try:
+            return strings.cast(kind).cast(_TIMESTAMP)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+    return None
 
 
 def _typed(key: str, values: list[Any], column: _Column, required: bool,
            problems: dict[int, list[str]]) -> pa.Array:
     """One column of a page as Arrow; each value it cannot hold is a problem of its record."""
-    kinds = {type(v) for v in values}
+    kinds = set(map(type, values))
     if not required:
         kinds.discard(_NONE)
     is_decimal = pa.types.is_decimal(column.arrow_type)
@@ -232,7 +235,8 @@ def _typed(key: str, values: list[Any], column: _Column, required: bool,
 def _inferred(values: list[Any]) -> dict[str, Any] | None:
     """The column a field no hint declares gets, from this page's values (as dlt would infer it
     from the records): None when every value is null (no column, as dlt does)."""
-    kinds = {type(v) for v in values if v is not None}
+    kinds = set(map(type, values))
+    kinds.discard(_NONE)
     if not kinds:
         return None
     if kinds == {bool}:
@@ -247,7 +251,8 @@ def _inferred(values: list[Any]) -> dict[str, Any] | None:
         sample = next(v for v in values if v is not None)
         looks_like_date = sample.startswith("/Date(") or (sample[:4].isdigit() and sample[4:5] == "-"
                                                            and "T" in sample)
-        if looks_like_date and all(v is None or is_date(v) for v in values):
+        if looks_like_date and (_all_dates(values, kinds) is not None
+                                or all(v is None or is_date(v) for v in values)):
             return {"data_type": "timestamp"}
     return {"data_type": "text"}
 
@@ -259,7 +264,7 @@ def page_table(records: list[dict[str, Any]], tenant_id: str, id_field: str, ver
     problems: dict[int, list[str]] = {}
     # The id and the version first, so a record's problems read in that order.
     first = (id_field, "UpdatedDateUTC") if versioned else (id_field,)
-    keys = dict.fromkeys((*first, *(k for r in records for k in r)))
+    keys = dict.fromkeys(itertools.chain(first, itertools.chain.from_iterable(records)))
     arrays: dict[str, pa.Array] = {}
     fields: dict[str, pa.Field] = {}
     hints: dict[str, dict[str, Any]] = {}

@@ -61,6 +61,22 @@ def test_dates_become_utc_timestamps():
     assert row["updated_date_utc"] == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
 
 
+def test_undeclared_date_fields_are_inferred_as_timestamps_whatever_their_form():
+    page = typed([invoice(UpdatedDateUTCString="2018-10-20T10:00:00Z", DateString="2018-10-20T00:00:00",
+                          Mixed="2018-10-20T10:00:00+10:00", Label="2018-10-20T00:00:00"),
+                  invoice(InvoiceID="a2", UpdatedDateUTCString="2018-10-21T00:00:00.5Z",
+                          DateString=None, Mixed="2018-10-21T00:00:00", Label="2018-10-21T00:00:00 or so")])
+    rows = page.table.to_pylist()
+    utc = datetime(2018, 10, 20, 10, tzinfo=UTC)
+    assert [r["updated_date_utc_string"] for r in rows] == [utc, datetime(2018, 10, 21, 0, 0, 0, 500000, UTC)]
+    assert [r["date_string"] for r in rows] == [datetime(2018, 10, 20, tzinfo=UTC), None]
+    # With and without an offset in one column: each value as it says (no offset: UTC).
+    assert [r["mixed"] for r in rows] == [datetime(2018, 10, 20, tzinfo=UTC),
+                                          datetime(2018, 10, 21, tzinfo=UTC)]
+    assert page.table.schema.field("label").type == pa.string()  # one value is no date: text
+    assert not page.problems
+
+
 def test_empty_text_stays_empty_and_missing_fields_are_null():
     page = typed([invoice(Reference="", InvoiceNumber="INV-1"), invoice(InvoiceID="a2", InvoiceNumber=None)])
     rows = page.table.to_pylist()
