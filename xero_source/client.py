@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import orjson
 import requests
@@ -39,6 +41,18 @@ _TRANSIENT_NETWORK_ERRORS = (
     urllib3.exceptions.HTTPError,  # the body's read (a dropped connection, a read timeout)
 )
 MAX_TOKENS_REFUSED = 3  # different tokens answered 401 in one request before giving up
+NOT_MODIFIED = b"{}"  # what a 304 (nothing modified since) is parsed as: an empty answer
+T = TypeVar("T")
+
+
+class PageRead(Protocol):
+    """What paging needs to know of a page read (`pages.Page`)."""
+
+    count: int  # records on the page
+    page_count: int | None  # pages in all, as Xero's `pagination` says
+
+
+P = TypeVar("P", bound=PageRead)
 
 
 @dataclass
@@ -115,8 +129,11 @@ class XeroClient:
         return f"tenant {self.tenant_id}, {endpoint}{at}"
 
     def get(self, endpoint: str, params: dict[str, Any] | None = None,
-            modified_since: datetime | None = None, page: int | None = None) -> dict[str, Any]:
-        """GET one response body (decimals as Decimal), retrying what is worth retrying."""
+            modified_since: datetime | None = None, page: int | None = None,
+            parse: Callable[[bytes], T] = parse_body) -> T:
+        """GET one response, retrying what is worth retrying; `parse(body)` makes what is returned
+        (default: the JSON, decimals as Decimal). A body it finds malformed (ValueError) is asked
+        for again; a 304 (nothing modified) is parsed as `{}`."""
         url = f"{self.settings.api_url}/{endpoint}"
         headers = {"xero-tenant-id": self.tenant_id, "Accept": "application/json"}
         if modified_since is not None:
@@ -130,7 +147,7 @@ class XeroClient:
             if attempt > 1:
                 stats.retries += 1
                 self._spend_retry(where)
-            self.pacer.before_call(where)
+            call = self.pacer.before_call(where)
             token = self.token_provider()
             headers["Authorization"] = f"Bearer {token}"
             try:
@@ -143,19 +160,19 @@ class XeroClient:
                 continue
             stats.calls += 1
             stats.bytes += len(body)
-            self.pacer.after_answer(resp.headers)
+            self.pacer.after_answer(call, resp.headers)
             for name in LIMIT_HEADERS.values():
                 if name in self.pacer.left:
                     setattr(stats, name, self.pacer.left[name])
             status = resp.status_code
             if status == 200:
                 try:
-                    return parse_body(body)
+                    return parse(body)
                 except ValueError:
                     self._backoff_or_raise(attempt, where, "malformed JSON in a 200 response")
                     continue
             if status == 304:
-                return {}
+                return parse(NOT_MODIFIED)
             if status == 401 and token not in refused and len(refused) < MAX_TOKENS_REFUSED:
                 # Expired between provider and request, or earlier than recorded, or renewed by
                 # another worker meanwhile: report it and ask for a token again. A token refused
@@ -206,40 +223,58 @@ class XeroClient:
         log.warning("%s on %s; retry %d in %.1f s", reason, where, attempt, delay)
         self.sleep(delay)
 
-    def paged(self, endpoint: str, collection: str, modified_since: datetime | None = None,
-              params: dict[str, Any] | None = None, pause_at: int | None = None
-              ) -> Iterator[list[dict[str, Any]]]:
-        """Yield each page's records until the first page shorter than the page size.
+    def paged(self, endpoint: str, read: Callable[[bytes], P], modified_since: datetime | None = None,
+              params: dict[str, Any] | None = None, pause_at: int | None = None) -> Iterator[P]:
+        """Yield each page, as `read(body)` makes it, until the first page shorter than the page
+        size.
 
-        The next page is fetched while the caller handles this one (one page ahead, in a thread of
-        its own), so Xero's latency overlaps the loading. Nothing is fetched ahead past page
-        `pause_at` (where the caller may stop: a chunk's end), so stopping there wastes no call."""
+        Pages are fetched ahead, in threads of their own, while the caller handles earlier ones:
+        as many as Xero's `pagination.pageCount` says there are (up to `pages_ahead` at a time),
+        or, without it, the next one once a page is full; so paging ahead makes no call that
+        paging one by one would not. Nothing is fetched past page `pause_at` (where the caller
+        may stop: a chunk's end) unless the caller goes on."""
         size = self.settings.page_size
+        ahead = max(1, self.settings.pages_ahead)
 
-        def fetch(page: int) -> list[dict[str, Any]]:
-            body = self.get(endpoint, {**(params or {}), "page": page, "pageSize": size}, modified_since,
-                            page)
-            records = body.get(collection, [])
+        def fetch(number: int) -> P:
+            got = self.get(endpoint, {**(params or {}), "page": number, "pageSize": size}, modified_since,
+                           number, parse=read)
             left = self.pacer.left
             log.info("tenant %s %s page %d: %d record(s); limits left: minute %s, day %s, app minute %s",
-                     self.tenant_id, endpoint, page, len(records), left.get("minute_limit_left"),
+                     self.tenant_id, endpoint, number, got.count, left.get("minute_limit_left"),
                      left.get("day_limit_left"), left.get("app_minute_limit_left"))
-            return records
+            return got
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"xero-{endpoint}") as ahead:
-            page = 1
-            pending: Future | None = ahead.submit(fetch, page)
-            while pending is not None:
-                records = pending.result()
-                more = len(records) == size
-                pending = ahead.submit(fetch, page + 1) if more and page != pause_at else None
-                if records:
-                    yield records
-                if not more:
-                    return
-                page += 1
-                if pending is None:  # the caller went on past the pause
-                    pending = ahead.submit(fetch, page)
+        with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix=f"xero-{endpoint}") as fetchers:
+            pending: deque[Future] = deque()
+            requested = 0
+
+            def request_up_to(last: float) -> None:
+                nonlocal requested
+                while requested < last:
+                    requested += 1
+                    pending.append(fetchers.submit(fetch, requested))
+
+            try:
+                limit = pause_at or math.inf
+                request_up_to(1)
+                number = 0
+                while pending:
+                    got = pending.popleft().result()
+                    number += 1
+                    more = got.count == size
+                    if more:
+                        request_up_to(min(max(got.page_count or 0, number + 1), number + ahead, limit))
+                    if got.count:
+                        yield got
+                    if not more:
+                        return  # pages Xero counted that never came (records left meanwhile) are dropped
+                    if number == limit:  # the caller went on past the pause
+                        limit = math.inf
+                        request_up_to(number + 1)
+            finally:
+                for future in pending:
+                    future.cancel()
 
 
 def _read_body(resp: requests.Response) -> bytes:

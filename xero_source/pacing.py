@@ -59,17 +59,24 @@ class TenantPacer:
         self.sleep = sleep
         self.sent: deque[float] = deque()  # when each of our calls of the last window left
         self.left: dict[str, int] = {}  # the latest answer's X-*Limit-Remaining, by metadata name
+        self.calls_sent = 0
+        # Xero's daily calls left once every call sent so far has counted: the least that any
+        # answer's X-DayLimit-Remaining leaves after the calls sent since (pages are fetched
+        # ahead, so answers come out of order, and a header can lag a call made at the same time).
+        self.day_left: int | None = None
         self.waited_seconds = 0.0
         self._lock = threading.Lock()
+        self._answers = threading.Lock()
 
-    def before_call(self, where: str) -> None:
-        """Wait until a call fits this tenant's minute and the app's, then count it as sent.
-        Resources page ahead in threads: one caller at a time (a waiter holds the others)."""
+    def before_call(self, where: str) -> int:
+        """Wait until a call fits this tenant's minute and the app's, then count it as sent and
+        return its number (for `after_answer`). Resources page ahead in threads: one caller at a
+        time (a waiter holds the others)."""
         with self._lock:
-            self._before_call(where)
+            return self._before_call(where)
 
-    def _before_call(self, where: str) -> None:
-        day_left = self.left.get("day_limit_left")
+    def _before_call(self, where: str) -> int:
+        day_left = self.day_left
         if day_left is not None and day_left <= self.day_reserve:
             raise DailyLimitExceeded(
                 f"Xero's daily call limit for {where} is down to {day_left} call(s), the reserve kept "
@@ -95,11 +102,21 @@ class TenantPacer:
             self.left.pop("minute_limit_left", None)  # stale now: the next answer says
         self.app_budget.acquire()
         self.sent.append(self.clock())
+        with self._answers:
+            call, self.calls_sent = self.calls_sent, self.calls_sent + 1
+            if self.day_left is not None:
+                self.day_left -= 1
+        return call
 
-    def after_answer(self, headers: Mapping[str, str]) -> None:
-        for header, name in LIMIT_HEADERS.items():
-            if (value := headers.get(header, "")).isdigit():
-                self.left[name] = int(value)
+    def after_answer(self, call: int, headers: Mapping[str, str]) -> None:
+        """Call number `call` was answered with these headers."""
+        with self._answers:  # not the pacing lock: a caller waiting for the window holds that
+            for header, name in LIMIT_HEADERS.items():
+                if (value := headers.get(header, "")).isdigit():
+                    self.left[name] = int(value)
+                    if name == "day_limit_left":
+                        after_it = int(value) - (self.calls_sent - call - 1)
+                        self.day_left = after_it if self.day_left is None else min(self.day_left, after_it)
 
     def wait_out_429(self, seconds: float) -> None:
         """Xero said how long to wait: after that, what its last answer said is left is stale."""

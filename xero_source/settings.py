@@ -32,6 +32,7 @@ class SourceSettings:
     # most this many pages (100 pages: 100,000 records, a few seconds of loading).
     pages_per_chunk: int = 100
     max_in_flight: int = 5  # Xero's concurrent-call limit per tenant
+    pages_ahead: int = 3  # pages of a resource fetched (and read) while earlier ones load
 
     @classmethod
     def from_env(cls, environ=os.environ) -> SourceSettings:

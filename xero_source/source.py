@@ -18,6 +18,7 @@ from dlt.sources import DltResource
 from xero_source.client import EndpointStats, TokenProvider, TokenRejected, XeroClient
 from xero_source.columns import json_text, page_table, snake
 from xero_source.columns import record_key as _record_key
+from xero_source.pages import PageSpec, read_page
 from xero_source.settings import SourceSettings
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ def _columns(amounts: tuple[str, ...] = (), text: tuple[str, ...] = (), timestam
              integers: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
     """Column hints (normalised names). Money is numeric, never float. Every column the dbt staging
     models read is declared, because Xero leaves empty fields out and dlt only creates a column
-    once a record carries it."""
+    once a record carries it. The nested lists and objects Xero sends are declared JSON too: a page
+    bringing an undeclared one carries hints, which dlt checks again for every page."""
     cols: dict[str, dict[str, Any]] = {c: dict(RATE if c == "currency_rate" else DECIMAL) for c in amounts}
     cols.update({c: {"data_type": "text"} for c in text})
     cols.update({c: {"data_type": "timestamp"} for c in timestamps})
@@ -63,7 +65,7 @@ ENDPOINTS: dict[str, Endpoint] = {
                      "amount_credited", "currency_rate"),
             text=("invoice_number", "type", "status", "reference", "currency_code"),
             timestamps=("date", "due_date", "fully_paid_on_date"),
-            json=("contact", "line_items"),
+            json=("contact", "line_items", "payments", "credit_notes", "prepayments", "overpayments"),
         ),
     ),
     "contacts": Endpoint(
@@ -72,6 +74,7 @@ ENDPOINTS: dict[str, Endpoint] = {
         columns=_columns(
             text=("name", "contact_status", "email_address", "default_currency", "account_number"),
             flags=("is_customer", "is_supplier"),
+            json=("addresses", "phones", "contact_groups", "contact_persons"),
         ),
     ),
     "payments": Endpoint(
@@ -90,7 +93,7 @@ ENDPOINTS: dict[str, Endpoint] = {
             amounts=("sub_total", "total_tax", "total", "remaining_credit", "currency_rate"),
             text=("credit_note_number", "type", "status", "reference", "currency_code"),
             timestamps=("date", "fully_paid_on_date"),
-            json=("contact", "allocations", "line_items"),
+            json=("contact", "allocations", "line_items", "payments"),
         ),
     ),
     "accounts": Endpoint(
@@ -202,17 +205,21 @@ def _make_resource(name: str, endpoint: Endpoint, client: XeroClient, settings: 
         quarantined: set[str] = set(state.get("quarantined", []))
         stats = client.stats.setdefault(endpoint.path, EndpointStats())
         id_column = snake(endpoint.id_field)
-        params = {**endpoint.params, "order": "UpdatedDateUTC ASC"} if endpoint.paged else endpoint.params
-        pages = (client.paged(endpoint.path, endpoint.path, since, params, pause_at=settings.pages_per_chunk)
-                 if endpoint.paged
-                 else iter([client.get(endpoint.path, params, since).get(endpoint.collection or endpoint.path,
-                                                                          [])]))
+        spec = PageSpec(endpoint.collection or endpoint.path, client.tenant_id, endpoint.id_field,
+                        endpoint.versioned, columns)
+        if endpoint.paged:
+            params = {**endpoint.params, "order": "UpdatedDateUTC ASC"}
+            pages = client.paged(endpoint.path, functools.partial(read_page, spec=spec), since, params,
+                                 pause_at=settings.pages_per_chunk)
+        else:
+            pages = iter([client.get(endpoint.path, endpoint.params, since,
+                                     parse=functools.partial(read_page, spec=spec))])
         finished = True
-        for number, records in enumerate(pages, start=1):
-            page = page_table(records, client.tenant_id, endpoint.id_field, endpoint.versioned, columns)
+        for number, read in enumerate(pages, start=1):
+            page = read.typed
             quarantine = []
             for at, problems in page.problems.items():
-                record = records[at]
+                record = read.problem_records[at]
                 record_key = _record_key(record, endpoint.id_field)
                 log.warning("tenant %s, %s record %s quarantined: %s", client.tenant_id, endpoint.path,
                             record_key, "; ".join(problems))
@@ -239,7 +246,7 @@ def _make_resource(name: str, endpoint: Endpoint, client: XeroClient, settings: 
                        if page.hints else page.table)
             if quarantine:
                 yield dlt.mark.with_hints(quarantine, QUARANTINE_HINTS, create_table_variant=True)
-            if (number >= settings.pages_per_chunk and len(records) == settings.page_size and not shifted
+            if (number >= settings.pages_per_chunk and read.count == settings.page_size and not shifted
                     and high_water is not None and (since is None or high_water - overlap > since)):
                 # End of a chunk: this load commits its rows with the cursor, so a crash from here on
                 # resumes after them; the next load goes on from the cursor (load_tenant).

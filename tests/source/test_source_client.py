@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -10,8 +11,9 @@ import pytest
 
 from xero_sandbox import LimitConfig, SandboxConfig
 from xero_sandbox.pytest_plugin import sandbox_token
-from xero_source import DailyLimitExceeded, SourceSettings, XeroApiError, XeroClient
+from xero_source import ENDPOINTS, DailyLimitExceeded, SourceSettings, XeroApiError, XeroClient
 from xero_source.client import parse_body
+from xero_source.pages import PageSpec, read_page
 
 
 @pytest.fixture
@@ -33,6 +35,16 @@ def make_client(sb, page_size=100, **kw) -> tuple[XeroClient, list[float], list[
     return client, sleeps, provided
 
 
+def invoices(client: XeroClient, **kw):
+    """The tenant's invoice pages, read as the source reads them (`pages.Page`), here in this process."""
+    spec = PageSpec("Invoices", client.tenant_id, "InvoiceID", True, ENDPOINTS["invoices"].columns)
+    return client.paged("Invoices", functools.partial(read_page, spec=spec), **kw)
+
+
+def rows(pages) -> list[dict]:
+    return [row for p in pages for row in p.typed.table.to_pylist()]
+
+
 def invoice_calls(sb) -> int:
     tenant = sb.tenants[0].tenant_id
     return sum(e["calls"] for e in sb.stats()["endpoints"]
@@ -41,15 +53,16 @@ def invoice_calls(sb) -> int:
 
 def test_pages_until_a_short_page_with_exact_amounts(sandbox):
     client, _, provided = make_client(sandbox, page_size=100)
-    pages = list(client.paged("Invoices", "Invoices", params={"order": "UpdatedDateUTC ASC"}))
-    assert [len(p) for p in pages] == [100, 100, 30]
-    ids = {r["InvoiceID"] for p in pages for r in p}
+    pages = list(invoices(client, params={"order": "UpdatedDateUTC ASC"}))
+    assert [p.count for p in pages] == [100, 100, 30] and [p.page_count for p in pages] == [3, 3, 3]
+    ids = {r["invoice_id"] for r in rows(pages)}
     assert len(ids) == 230  # every invoice, DELETED ones included, each once
     # Each amount reads back as exactly the decimal the sandbox holds.
     truth = {r["InvoiceID"]: r for r in sandbox.records(sandbox.tenants[0].tenant_id, include_deleted=True)}
-    for record in (r for p in pages for r in p):
-        for field in ("Total", "SubTotal", "TotalTax", "AmountDue", "AmountPaid"):
-            assert Decimal(repr(record[field])) == Decimal(str(truth[record["InvoiceID"]][field]))
+    for row in rows(pages):
+        for field, column in (("Total", "total"), ("SubTotal", "sub_total"), ("TotalTax", "total_tax"),
+                              ("AmountDue", "amount_due"), ("AmountPaid", "amount_paid")):
+            assert row[column] == Decimal(str(truth[row["invoice_id"]][field]))
     assert invoice_calls(sandbox) == 3 and len(provided) == 3  # a token asked for per request
 
 
@@ -71,17 +84,16 @@ def test_if_modified_since_returns_only_changes(sandbox):
     sandbox.advance_clock(60)
     edited = next(r for r in sandbox.truth_records(tenant, "Invoices") if r["Status"] == "AUTHORISED")
     sandbox.mutate(tenant, "edit_invoice", invoice_id=edited["InvoiceID"], reference="changed")
-    pages = list(client.paged("Invoices", "Invoices", modified_since=since))
-    assert [r["InvoiceID"] for p in pages for r in p] == [edited["InvoiceID"]]
-    assert pages[0][0]["Reference"] == "changed"
+    [row] = rows(invoices(client, modified_since=since))
+    assert row["invoice_id"] == edited["InvoiceID"] and row["reference"] == "changed"
 
 
 @pytest.mark.parametrize("kind", ["500", "503", "drop", "truncate", "malformed", "429"])
 def test_transient_faults_are_retried(sandbox, kind):
     client, sleeps, _ = make_client(sandbox)
     sandbox.add_fault(kind, endpoint="Invoices", page=2, times=1)
-    pages = list(client.paged("Invoices", "Invoices"))
-    assert sum(len(p) for p in pages) == 230
+    pages = list(invoices(client))
+    assert sum(p.count for p in pages) == 230
     assert len(sleeps) == 1  # waited once, then page 2 came through
     if kind == "429":
         assert sleeps[0] >= 1  # honoured Retry-After
@@ -101,7 +113,7 @@ def test_persistent_errors_name_tenant_endpoint_and_page(sandbox):
     client, sleeps, _ = make_client(sandbox, max_retries=2)
     sandbox.add_fault("503", endpoint="Invoices", page=2, times=None)
     with pytest.raises(XeroApiError) as err:
-        list(client.paged("Invoices", "Invoices"))
+        list(invoices(client))
     message = str(err.value)
     assert sandbox.tenants[0].tenant_id in message and "Invoices page 2" in message
     assert len(sleeps) == 2
@@ -112,7 +124,7 @@ def test_daily_limit_is_not_retried(xero_sandbox_factory):
                                             limits=LimitConfig(per_day=2)))
     client, sleeps, _ = make_client(sb, page_size=10)
     with pytest.raises(DailyLimitExceeded) as err:
-        list(client.paged("Invoices", "Invoices"))
+        list(invoices(client))
     assert "daily" in str(err.value) and sb.tenants[0].tenant_id in str(err.value)
     assert sleeps == []
 
@@ -127,28 +139,50 @@ def test_minute_limit_waits_as_told(xero_sandbox_factory):
         sb.advance_clock(seconds)  # the sandbox's minute passes without the test waiting
 
     client.sleep = sleep_on_sandbox_clock
-    pages = list(client.paged("Invoices", "Invoices"))
-    assert sum(len(p) for p in pages) == 50
+    pages = list(invoices(client))
+    assert sum(p.count for p in pages) == 50
     assert sleeps and all(0 < s <= 60 for s in sleeps)
 
 
-def test_the_next_page_is_fetched_while_the_caller_handles_this_one(sandbox):
-    client, _, _ = make_client(sandbox, page_size=50)
-    pages = client.paged("Invoices", "Invoices")
-    first = next(pages)
-    # While the caller still holds page 1, page 2 is asked for (a bounded wait, no timing).
+def wait_for_calls(sb, calls: int) -> None:
+    """Until the sandbox has answered `calls` invoice calls (a bounded wait, no timing)."""
     deadline = time.monotonic() + 30
-    while invoice_calls(sandbox) < 2 and time.monotonic() < deadline:
+    while invoice_calls(sb) < calls and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert invoice_calls(sandbox) == 2 and len(first) == 50
-    assert sum(len(p) for p in pages) == 230 - 50
-    assert invoice_calls(sandbox) == 5  # 50+50+50+50+30: nothing asked twice, nothing after the short page
+
+
+def test_pages_xero_counted_are_fetched_ahead_while_the_caller_handles_this_one(sandbox):
+    client, _, _ = make_client(sandbox, page_size=50)  # 5 pages: Xero's pagination says so
+    pages = invoices(client)
+    first = next(pages)
+    # While the caller still holds page 1, pages 2 to 4 are asked for: 3 ahead.
+    wait_for_calls(sandbox, 4)
+    assert invoice_calls(sandbox) == 1 + client.settings.pages_ahead == 4 and first.count == 50
+    assert [p.count for p in pages] == [50, 50, 50, 30]
+    assert invoice_calls(sandbox) == 5  # nothing asked twice, nothing after the short page
+
+
+def test_without_xeros_page_count_the_next_page_is_fetched_once_this_one_is_full(sandbox):
+    client, _, _ = make_client(sandbox, page_size=50)
+    spec = PageSpec("Invoices", client.tenant_id, "InvoiceID", True, ENDPOINTS["invoices"].columns)
+
+    def read_without_pagination(body: bytes):
+        page = read_page(body, spec)
+        page.page_count = None
+        return page
+
+    pages = client.paged("Invoices", read_without_pagination)
+    first = next(pages)
+    wait_for_calls(sandbox, 2)
+    time.sleep(0.3)  # a page further ahead, had it been asked for, would have been by now
+    assert invoice_calls(sandbox) == 2 and first.count == 50
+    assert [p.count for p in pages] == [50, 50, 50, 30] and invoice_calls(sandbox) == 5
 
 
 def test_nothing_is_fetched_ahead_past_the_pause(sandbox):
     client, _, _ = make_client(sandbox, page_size=50)
-    pages = client.paged("Invoices", "Invoices", pause_at=2)
-    assert [len(next(pages)) for _ in range(2)] == [50, 50]
+    pages = invoices(client, pause_at=2)
+    assert [next(pages).count for _ in range(2)] == [50, 50]
     time.sleep(0.5)  # a prefetch, had there been one, would have been sent by now
     pages.close()  # the caller stops at the pause, as a chunk ends
     assert invoice_calls(sandbox) == 2

@@ -9,6 +9,7 @@ client is told so (`rate_window_seconds`), exactly as it is told 60 against Xero
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import pytest
@@ -17,7 +18,8 @@ import requests
 from orchestration.xero_budget import PostgresAppBudget
 from xero_sandbox import LimitConfig, SandboxConfig
 from xero_sandbox.pytest_plugin import TimedSession, sandbox_token
-from xero_source import DailyLimitExceeded, SourceSettings, XeroClient, XeroRequestRefused
+from xero_source import ENDPOINTS, DailyLimitExceeded, SourceSettings, XeroClient, XeroRequestRefused
+from xero_source.pages import PageSpec, read_page
 
 SPEED = 6.0
 WINDOW = 60 / SPEED  # wall seconds of the sandbox's minute
@@ -29,6 +31,11 @@ def client_for(sb, tenant_index: int = 0, page_size: int = 10, app_budget=None, 
     return XeroClient(tenant, lambda: token, SourceSettings(
         api_url=f"{sb.url}/api.xro/2.0", page_size=page_size, rate_window_seconds=WINDOW, **settings),
         session=TimedSession(), app_budget=app_budget)
+
+
+def invoice_pages(client: XeroClient, **kw):
+    spec = PageSpec("Invoices", client.tenant_id, "InvoiceID", True, ENDPOINTS["invoices"].columns)
+    return client.paged("Invoices", functools.partial(read_page, spec=spec), **kw)
 
 
 def answers_429(sb) -> int:
@@ -43,8 +50,8 @@ def busiest_window(sent: list[float], window: float) -> int:
 def test_a_tenant_needing_more_than_a_minute_of_calls_uses_its_minute_and_meets_no_429(xero_sandbox_factory):
     sb = xero_sandbox_factory(SandboxConfig(seed=7, tenants=1, invoices_per_tenant=700, clock_speed=SPEED))
     client = client_for(sb)
-    pages = list(client.paged("Invoices", "Invoices", params={"order": "UpdatedDateUTC ASC"}))
-    assert sum(len(p) for p in pages) == 700
+    pages = list(invoice_pages(client, params={"order": "UpdatedDateUTC ASC"}))
+    assert sum(p.count for p in pages) == 700
     sent = client.session.sent
     assert len(sent) == 71  # 70 full pages and the empty one that ends them: more than a minute's 60
     assert answers_429(sb) == 0 and client.stats["Invoices"].rate_limited == 0
@@ -63,7 +70,7 @@ def test_two_tenants_share_a_lowered_app_limit_through_postgresql(xero_sandbox_f
 
     def extract(i: int) -> None:
         try:
-            loaded[i] = sum(len(p) for p in clients[i].paged("Invoices", "Invoices"))
+            loaded[i] = sum(p.count for p in invoice_pages(clients[i]))
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -88,7 +95,7 @@ def test_the_daily_reserve_is_left_to_the_web_app(xero_sandbox_factory):
                                             limits=LimitConfig(per_day=10)))
     client = client_for(sb, day_reserve=6)
     with pytest.raises(DailyLimitExceeded) as err:
-        list(client.paged("Invoices", "Invoices"))
+        list(invoice_pages(client))
     assert sb.tenants[0].tenant_id in str(err.value) and "reserve" in str(err.value)
     assert len(client.session.sent) == 4  # 10 a day, 6 kept: it stopped before the reserve
     assert answers_429(sb) == 0
@@ -133,5 +140,5 @@ def test_one_retry_budget_per_run(xero_sandbox_factory):
     client.sleep = lambda seconds: None
     sb.add_fault("503", endpoint="Invoices", times=None)  # every request fails
     with pytest.raises(Exception, match=r"retry budget \(3 retries\) is spent"):
-        list(client.paged("Invoices", "Invoices"))
+        list(invoice_pages(client))
     assert len(client.session.sent) == 4  # the first try and the run's 3 retries, not 7 per request
