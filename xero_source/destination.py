@@ -28,14 +28,15 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import dlt
 import psycopg2
 from dlt.common.destination.client import LoadJob, PreparedTableSchema
-from dlt.common.schema.typing import TSchemaTables
+from dlt.common.schema.typing import TColumnSchema, TSchemaTables
+from dlt.common.schema.utils import get_columns_names_with_prop
 from dlt.destinations.impl.postgres.postgres import PostgresClient, PostgresParquetCopyJob
 from dlt.destinations.impl.postgres.sql_client import Psycopg2SqlClient
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE
@@ -232,6 +233,22 @@ class _SharedDatasetClient(PostgresClient):
                              force: bool = False) -> TSchemaTables | None:
         with self._schema_lock():
             return super().update_stored_schema(only_tables, expected_update, force)
+
+    def _get_table_update_sql(self, table_name: str, new_columns: Sequence[TColumnSchema],
+                              generate_alter: bool) -> list[str]:
+        """A merged table is created with an index on its merge key (`<table>__record_idx`): each
+        load's MERGE looks its rows up by that key, and unindexed it read the whole table, every
+        tenant's, each time (4.6 s a load of 100,000 invoices into a table of a million)."""
+        statements = super()._get_table_update_sql(table_name, new_columns, generate_alter)
+        table = self.prepare_load_table(table_name)
+        key = get_columns_names_with_prop(table, "primary_key")
+        if not generate_alter and key and table.get("write_disposition") == "merge" \
+                and not self.in_staging_dataset_mode:
+            naming = self.sql_client.escape_column_name
+            statements.append(
+                f"CREATE INDEX IF NOT EXISTS {naming(table_name + '__record_idx')} ON "
+                f"{self.sql_client.make_qualified_table_name(table_name)} ({', '.join(map(naming, key))})")
+        return statements
 
     def create_load_job(self, table: PreparedTableSchema, file_path: str, load_id: str,
                         restore: bool = False) -> LoadJob:

@@ -53,7 +53,9 @@
 
 {#- Every raw table is read by load id, and the KPIs look up a changed record's earlier versions
     by its key (meta.record_id in _xero__sources.yml): index both (once; dlt creates the tables,
-    not dbt). dlt itself, at the start of every tenant's load, reads that tenant's latest state:
+    not dbt). The key's index is made with the table since it is also each load's merge key
+    (xero_source/destination.py, the same name, with updated_date_utc after the key): this makes it
+    only for a table made before that. dlt itself, at the start of every tenant's load, reads that tenant's latest state:
     `_dlt_pipeline_state` by pipeline name joined to `_dlt_loads` by load id. Both tables gain a row
     per load of every tenant, so unindexed that look-up grew with the fleet's whole history. -#}
 {% macro index_raw_tables() %}

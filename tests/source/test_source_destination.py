@@ -221,3 +221,36 @@ def test_dlts_sql_connections_are_kept_and_handed_on_clean(database_url, tmp_pat
         assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
             sql.Identifier(datasets[3], "invoices"))).fetchone()[0] == 7
     assert len(connects) - before <= 1
+
+
+def test_a_merged_table_is_made_with_an_index_on_its_merge_key_that_the_merge_uses(database_url, tmp_path):
+    from xero_source import shared_postgres
+
+    dataset = f"merge_key_{uuid.uuid4().hex[:8]}"
+    pipeline = dlt.pipeline(pipeline_name=dataset, pipelines_dir=str(tmp_path), dataset_name=dataset,
+                            destination=shared_postgres(credentials=dlt_credentials(database_url)))
+
+    def versions(ids: range, version: int):
+        return dlt.resource([{"tenant_id": "t1", "invoice_id": str(i), "version": version, "total": i}
+                             for i in ids], name="invoices", write_disposition="merge",
+                            primary_key=("tenant_id", "invoice_id", "version"))
+
+    pipeline.run(versions(range(20_000), 1))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        indexes = dict(conn.execute(
+            "SELECT schemaname || '.' || indexname, indexdef FROM pg_indexes "
+            "WHERE schemaname LIKE %s AND indexname LIKE '%%record_idx'", (f"{dataset}%",)).fetchall())
+        # the final table only, not its staging twin: the merge reads the staging table whole
+        assert list(indexes) == [f"{dataset}.invoices__record_idx"]
+        assert indexes[f"{dataset}.invoices__record_idx"].endswith("(tenant_id, invoice_id, version)")
+        conn.execute("ANALYZE {}".format(sql.Identifier(dataset, "invoices").as_string(conn)))
+        # A daily load's few changed rows against the table: looked up by the index, not a scan.
+        plan = conn.execute(sql.SQL(
+            "EXPLAIN SELECT 1 FROM (VALUES ('t1', '7', 2::bigint)) AS s (tenant_id, invoice_id, version) "
+            "JOIN {} AS d USING (tenant_id, invoice_id, version)").format(
+                sql.Identifier(dataset, "invoices"))).fetchall()
+        assert "invoices__record_idx" in " ".join(row[0] for row in plan), plan
+    pipeline.run(versions(range(10), 2))  # loads on into the indexed table
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(dataset, "invoices"))).fetchone()[0] == 20_010
