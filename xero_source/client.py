@@ -78,13 +78,20 @@ _DIGITS_AND_DOTS = bytes(ord("1") if chr(i) in "0123456789." else ord("0") for i
 _LONG_RUN = b"1" * 16
 
 
+class MalformedBody(ValueError):
+    """A 200 answer whose body is not the JSON expected (truncated, cut off): asked for again."""
+
+
 def parse_body(content: bytes) -> Any:
     """A JSON body, fast (orjson: numbers as doubles, exact to 15 significant digits, which holds
     every amount the raw columns can take); a body with a longer run of digits (a long number, or
     a long digit string such as an account number) is parsed with Decimals, so nothing is rounded."""
-    if _LONG_RUN in content.translate(_DIGITS_AND_DOTS):
-        return json.loads(content, parse_float=Decimal)
-    return orjson.loads(content)
+    try:
+        if _LONG_RUN in content.translate(_DIGITS_AND_DOTS):
+            return json.loads(content, parse_float=Decimal)
+        return orjson.loads(content)
+    except ValueError as exc:  # orjson's and json's decode errors
+        raise MalformedBody(f"malformed JSON: {exc}") from None
 
 
 class XeroClient:
@@ -132,7 +139,7 @@ class XeroClient:
             modified_since: datetime | None = None, page: int | None = None,
             parse: Callable[[bytes], T] = parse_body) -> T:
         """GET one response, retrying what is worth retrying; `parse(body)` makes what is returned
-        (default: the JSON, decimals as Decimal). A body it finds malformed (ValueError) is asked
+        (default: the JSON, decimals as Decimal). A body it finds malformed (MalformedBody) is asked
         for again; a 304 (nothing modified) is parsed as `{}`."""
         url = f"{self.settings.api_url}/{endpoint}"
         headers = {"xero-tenant-id": self.tenant_id, "Accept": "application/json"}
@@ -168,7 +175,7 @@ class XeroClient:
             if status == 200:
                 try:
                     return parse(body)
-                except ValueError:
+                except MalformedBody:
                     self._backoff_or_raise(attempt, where, "malformed JSON in a 200 response")
                     continue
             if status == 304:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from xero_source.client import parse_body
+from xero_source.client import MalformedBody, parse_body
 from xero_source.columns import PageTable, page_table
 
 
@@ -33,11 +33,11 @@ class Page:
 
 
 def read_page(body: bytes, spec: PageSpec) -> Page:
-    """Parse and type one page's body. A body that is no JSON object raises ValueError (the
+    """Parse and type one page's body. A body that is no JSON object raises MalformedBody (the
     client asks for it again)."""
     answer = parse_body(body)
     if not isinstance(answer, dict):
-        raise ValueError(f"malformed JSON: an object was expected, got {type(answer).__name__}")
+        raise MalformedBody(f"malformed JSON: an object was expected, got {type(answer).__name__}")
     records = answer.get(spec.collection) or []
     pagination = answer.get("pagination")
     page_count = pagination.get("pageCount") if isinstance(pagination, dict) else None

@@ -12,7 +12,7 @@ import pytest
 from xero_sandbox import LimitConfig, SandboxConfig
 from xero_sandbox.pytest_plugin import sandbox_token
 from xero_source import ENDPOINTS, DailyLimitExceeded, SourceSettings, XeroApiError, XeroClient
-from xero_source.client import parse_body
+from xero_source.client import MalformedBody, parse_body
 from xero_source.pages import PageSpec, read_page
 
 
@@ -75,6 +75,14 @@ def test_pages_until_a_short_page_with_exact_amounts(sandbox):
 def test_bodies_are_parsed_without_rounding(body, parsed):
     got = parse_body(body)
     assert got == parsed and {type(v) for v in got.values()} == {type(v) for v in parsed.values()}
+
+
+@pytest.mark.parametrize("body", [b'{"Invoices": [{"InvoiceID": "a1", "Total": 1', b"[]",
+                                  b"<html>busy</html>"])
+def test_a_body_that_is_no_complete_json_object_is_malformed(body):
+    spec = PageSpec("Invoices", "t1", "InvoiceID", True, ENDPOINTS["invoices"].columns)
+    with pytest.raises(MalformedBody, match="malformed JSON"):  # the client asks for it again
+        read_page(body, spec)
 
 
 def test_if_modified_since_returns_only_changes(sandbox):
