@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dagster as dg  # noqa: E402
 from bench_platform import bench_platform  # noqa: E402
+from machine import machine_cpu, python_speed  # noqa: E402
 
 from orchestration.settings import sync_concurrency  # noqa: E402
 from orchestration.sync import sync_tenants  # noqa: E402
@@ -60,29 +61,11 @@ def step_seconds(instance: dg.DagsterInstance, run_id: str) -> float:
     return total
 
 
-def machine_cpu() -> tuple[float, float]:
-    """(busy, idle) CPU-seconds of the whole machine since boot, from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    tick = os.sysconf("SC_CLK_TCK")
-    idle = fields[3] + fields[4]  # idle, iowait
-    return (sum(fields[:8]) - idle) / tick, idle / tick
-
-
 def own_cpu() -> tuple[float, float]:
     """(this process: the sandbox, the OAuth service, sync's parent; its reaped children: the
     extract workers and dbt) CPU-seconds."""
     t = os.times()
     return t.user + t.system, t.children_user + t.children_system
-
-
-def python_speed() -> float:
-    """Seconds for ten million steps of a Python loop: these machines differ from day to day, so
-    figures from two runs compare only with this beside them."""
-    started = time.perf_counter()
-    total = 0
-    for i in range(10_000_000):
-        total += i
-    return time.perf_counter() - started
 
 
 def cycle(label: str, sandbox, instance, concurrency: int) -> None:

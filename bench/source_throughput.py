@@ -41,6 +41,8 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import machine_cpu, python_speed  # noqa: E402
+
 from orchestration.net import free_loopback_port  # noqa: E402
 from orchestration.resources import dlt_credentials  # noqa: E402
 from orchestration.settings import DatabaseUrl  # noqa: E402
@@ -105,6 +107,8 @@ def measure(invoices: int, database_url: str) -> dict:
         token = token_for(base)
         pipelines_dir = tempfile.mkdtemp(prefix="xero-elt-bench-")
 
+        steps: dict[str, float] = {}  # dlt step (extract, normalize, load) -> seconds in the last load
+
         def load() -> tuple[dict[str, int], XeroClient, float]:
             # Limits off on both sides: the client's own pacing (58 calls a minute, Xero's
             # per-tenant limit) would otherwise be what a 100-page tenant measures.
@@ -113,6 +117,18 @@ def measure(invoices: int, database_url: str) -> dict:
             name = f"bench_{uuid.uuid4().hex[:8]}"  # a dataset of its own: a first load
             pipeline = dlt.pipeline(pipeline_name=name, dataset_name=name, pipelines_dir=pipelines_dir,
                                     destination=shared_postgres(credentials=dlt_credentials(database_url)))
+            run = pipeline.run
+
+            def timed_run(*args, **kwargs):  # each chunk's dlt steps, summed
+                try:
+                    return run(*args, **kwargs)
+                finally:
+                    for step in pipeline.last_trace.steps:
+                        if step.finished_at is not None:
+                            steps[step.step] = steps.get(step.step, 0.0) + (
+                                step.finished_at - step.started_at).total_seconds()
+            pipeline.run = timed_run
+            steps.clear()
             started = time.perf_counter()
             rows = load_tenant(pipeline, client, resources=("invoices",))
             return rows, client, time.perf_counter() - started
@@ -125,10 +141,13 @@ def measure(invoices: int, database_url: str) -> dict:
         _, cold = page_through(base, tenant_id, token)
         load()
         served, warm = page_through(base, tenant_id, token)
+        busy0, idle0 = machine_cpu()
         rows, client, wall = load()
+        busy, idle = (a - b for a, b in zip(machine_cpu(), (busy0, idle0), strict=True))
         return {"invoices": rows.get("invoices", 0), "seconds": wall, "calls": client.calls,
                 "bytes": client.bytes_received, "sandbox_cold": served / cold, "sandbox_warm": served / warm,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "steps": steps,
+                "machine_busy": busy / (busy + idle)}
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=60)
@@ -146,6 +165,8 @@ def main() -> None:
     name = f"xero_elt_bench_source_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server.url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    print(f"this machine: {os.cpu_count()} cores, a 10M-step Python loop in {python_speed():.2f} s",
+          flush=True)
     try:
         for n in args.invoices:
             child = [sys.executable, __file__, "--child", str(n), server.with_database(name).url]
@@ -155,7 +176,8 @@ def main() -> None:
             print(f"{n:>9,} invoices: {r['seconds']:.1f} s into PostgreSQL = {rate:,.0f} invoices/s; "
                   f"{r['calls']} calls, {r['bytes'] / 1e6:,.1f} MB; peak RSS {r['peak_rss_mb']:.0f} MB "
                   f"(the sandbox served {r['sandbox_cold']:,.0f} invoices/s cold, "
-                  f"{r['sandbox_warm']:,.0f} warm)", flush=True)
+                  f"{r['sandbox_warm']:,.0f} warm); machine {r['machine_busy']:.0%} busy; dlt's steps: "
+                  + ", ".join(f"{step} {seconds:.1f} s" for step, seconds in r["steps"].items()), flush=True)
     finally:
         with psycopg.connect(server.url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

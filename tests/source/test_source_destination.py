@@ -10,6 +10,7 @@ Real dlt pipelines in their own processes, into real PostgreSQL.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -254,3 +255,33 @@ def test_a_merged_table_is_made_with_an_index_on_its_merge_key_that_the_merge_us
     with psycopg.connect(database_url) as conn:
         assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
             sql.Identifier(dataset, "invoices"))).fetchone()[0] == 20_010
+        # Staging rows live from the COPY to the MERGE: not written to the WAL (unlogged); the
+        # merged rows are.
+        persistence = dict(conn.execute(
+            "SELECT n.nspname, c.relpersistence FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname = 'invoices' AND n.nspname LIKE %s", (f"{dataset}%",)).fetchall())
+        assert persistence == {dataset: "p", f"{dataset}_staging": "u"}, persistence
+
+
+def _comparable(capabilities) -> dict:
+    """A destination's capabilities as values: a function made anew for each (a partial) by what it
+    calls with what."""
+    return {key: (value.func, value.args, value.keywords) if isinstance(value, functools.partial) else value
+            for key, value in dict(capabilities).items()}
+
+
+@pytest.mark.parametrize("naming", [None, "snake_case", "sql_cs_v1"])
+def test_shared_postgres_has_dlts_postgres_capabilities_without_resolving_its_configuration(
+        database_url, naming):
+    from dlt.common.normalizers.naming import sql_cs_v1
+    from dlt.common.normalizers.naming.snake_case import NamingConvention
+
+    from xero_source import shared_postgres
+
+    conventions = {None: None, "snake_case": NamingConvention(), "sql_cs_v1": sql_cs_v1.NamingConvention()}
+    convention = conventions[naming]
+    credentials = dlt_credentials(database_url)
+    ours = shared_postgres(credentials=credentials).capabilities(naming=convention)
+    dlts = dlt.destinations.postgres(credentials=credentials).capabilities(naming=convention)
+    assert _comparable(ours) == _comparable(dlts)
