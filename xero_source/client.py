@@ -8,16 +8,14 @@ retry budget for all its requests, so a sick Xero cannot keep it busy for hours.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
-import queue
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -124,7 +122,6 @@ class XeroClient:
         # Resources page ahead in threads of their own: Xero allows 5 calls in flight per tenant.
         self.in_flight = threading.BoundedSemaphore(s.max_in_flight)
         self._retry_lock = threading.Lock()
-        self._read_ahead: dict[Hashable, _ReadAhead] = {}  # the next chunks' pages, by query
 
     @property
     def calls(self) -> int:
@@ -285,94 +282,6 @@ class XeroClient:
             finally:
                 for future in pending:
                     future.cancel()
-
-
-    def read_ahead(self, query: Hashable, pages: Iterator[P], count: int) -> None:
-        """Start reading the first `count` of `pages` (the next chunk's) now, in a thread of its own,
-        while this chunk loads: up to `pages_read_while_loading` of them wait for
-        `take_read_ahead(query)`, which hands over the rest too, read as it is asked for."""
-        earlier = self._read_ahead.pop(query, None)
-        if earlier is not None:
-            earlier.stop()
-        self._read_ahead[query] = _ReadAhead(pages, count, self.settings.pages_read_while_loading,
-                                             f"xero-{self.tenant_id[:8]}-ahead")
-
-    def take_read_ahead(self, query: Hashable) -> Iterator[P] | None:
-        """The pages `read_ahead` started for `query`, or None when it did not."""
-        ahead = self._read_ahead.pop(query, None)
-        return iter(ahead) if ahead is not None else None
-
-    def stop_reading_ahead(self) -> None:
-        """Stop what was read ahead for chunks that will not load (the run ended or failed)."""
-        while self._read_ahead:
-            self._read_ahead.popitem()[1].stop()
-
-
-class _ReadAhead:
-    """The first `count` items of `pages`, drained by a thread of its own into a queue of at most
-    `depth`, so that they are fetched and read while the process does other work (a chunk's
-    load: mostly PostgreSQL's); then the rest, read in the consumer's thread as it asks, as
-    `pages` alone would. An error reaches the consumer where it happened in the sequence."""
-
-    _END = object()
-
-    def __init__(self, pages: Iterator[Any], count: int, depth: int, name: str):
-        self._pages = pages
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self._stopped = threading.Event()
-        # Who closes `pages` (its clean-up cancels pending fetches): the drainer if the consumer
-        # gave up first, else the consumer; decided under the lock.
-        self._lock = threading.Lock()
-        self._drained = False
-        threading.Thread(target=self._drain, args=(count,), name=name, daemon=True).start()
-
-    def _drain(self, count: int) -> None:
-        handed_over = False
-        try:
-            for page in itertools.islice(self._pages, count):
-                if not self._put(page):
-                    return
-            handed_over = self._put(self._END)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            self._put(exc)
-        finally:
-            with self._lock:
-                self._drained = True
-                close = self._stopped.is_set() or not handed_over
-            if close:
-                self._close()
-
-    def _put(self, item: Any) -> bool:
-        while not self._stopped.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def __iter__(self) -> Iterator[Any]:
-        try:
-            while (item := self._queue.get()) is not self._END:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-            yield from self._pages  # the drainer is done with them: on in this thread
-        finally:
-            self.stop()
-
-    def stop(self) -> None:
-        """No more is wanted: the pages are closed, by the drainer if it is still at work."""
-        with self._lock:
-            self._stopped.set()
-            close = self._drained
-        if close:
-            self._close()
-
-    def _close(self) -> None:
-        close = getattr(self._pages, "close", None)
-        if close is not None:
-            close()  # a generator's own clean-up (its pending fetches cancelled) runs here
 
 
 def _read_body(resp: requests.Response) -> bytes:

@@ -33,9 +33,6 @@ class SourceSettings:
     pages_per_chunk: int = 100
     max_in_flight: int = 5  # Xero's concurrent-call limit per tenant
     pages_ahead: int = 3  # pages of a resource fetched (and read) while earlier ones load
-    # Pages of a resource's next chunk fetched and read while this chunk's load runs (PostgreSQL
-    # does most of that work): about as many as a load lasts, each ~1-2 MB in memory.
-    pages_read_while_loading: int = 30
 
     @classmethod
     def from_env(cls, environ=os.environ) -> SourceSettings:

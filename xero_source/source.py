@@ -18,7 +18,7 @@ from dlt.sources import DltResource
 from xero_source.client import EndpointStats, TokenProvider, TokenRejected, XeroClient
 from xero_source.columns import json_text, page_table, snake
 from xero_source.columns import record_key as _record_key
-from xero_source.pages import Page, PageSpec, read_page
+from xero_source.pages import PageSpec, read_page
 from xero_source.settings import SourceSettings
 
 log = logging.getLogger(__name__)
@@ -209,12 +209,8 @@ def _make_resource(name: str, endpoint: Endpoint, client: XeroClient, settings: 
                         endpoint.versioned, columns)
         if endpoint.paged:
             params = {**endpoint.params, "order": "UpdatedDateUTC ASC"}
-
-            def chunk_from(since: datetime | None) -> Iterator[Page]:
-                return client.paged(endpoint.path, functools.partial(read_page, spec=spec), since, params,
-                                    pause_at=settings.pages_per_chunk)
-            # The previous chunk began reading this one while it loaded (below), if this is its query.
-            pages = client.take_read_ahead((name, since)) or chunk_from(since)
+            pages = client.paged(endpoint.path, functools.partial(read_page, spec=spec), since, params,
+                                 pause_at=settings.pages_per_chunk)
         else:
             pages = iter([client.get(endpoint.path, endpoint.params, since,
                                      parse=functools.partial(read_page, spec=spec))])
@@ -253,11 +249,8 @@ def _make_resource(name: str, endpoint: Endpoint, client: XeroClient, settings: 
             if (number >= settings.pages_per_chunk and read.count == settings.page_size and not shifted
                     and high_water is not None and (since is None or high_water - overlap > since)):
                 # End of a chunk: this load commits its rows with the cursor, so a crash from here on
-                # resumes after them; the next load goes on from the cursor (load_tenant), and its
-                # pages are fetched and read while this one loads.
+                # resumes after them; the next load goes on from the cursor (load_tenant).
                 client.unfinished.add(name)
-                next_since = high_water - overlap
-                client.read_ahead((name, next_since), chunk_from(next_since), settings.pages_per_chunk)
                 finished = False
                 break
         if refreshing and not finished:
@@ -325,14 +318,11 @@ def load_tenant(pipeline: dlt.Pipeline, client: XeroClient, *, full_refresh: boo
     flight, and the next run resumes from the last one that landed."""
     rows: dict[str, int] = {}
     todo = list(resources)
-    try:
-        while todo:
-            client.unfinished.clear()
-            pipeline.run(xero_source(client.tenant_id, client.token_provider, client.settings,
-                                     resources=todo, full_refresh=full_refresh, client=client))
-            for table, count in pipeline.last_trace.last_normalize_info.row_counts.items():
-                rows[table] = rows.get(table, 0) + count
-            todo = [name for name in resources if name in client.unfinished]
-    finally:
-        client.stop_reading_ahead()
+    while todo:
+        client.unfinished.clear()
+        pipeline.run(xero_source(client.tenant_id, client.token_provider, client.settings, resources=todo,
+                                 full_refresh=full_refresh, client=client))
+        for table, count in pipeline.last_trace.last_normalize_info.row_counts.items():
+            rows[table] = rows.get(table, 0) + count
+        todo = [name for name in resources if name in client.unfinished]
     return rows

@@ -152,7 +152,6 @@ def xero_raw_assets(
             allow_retries=False,
         ) from exc
     finally:
-        client.stop_reading_ahead()  # a failed load's next chunk, if it was being read
         app_budget.close()
     tenant = vault.tenant(tenant_id)
     database = DatabaseUrl.parse(database_url).database

@@ -732,6 +732,9 @@ def test_the_ecs_run_launcher_starts_runs_from_the_stacks_run_task_definition(in
 
 def test_run_queue_monitoring_and_retries_match_the_local_instance(instance_yaml):
     local = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+    # Locally too: a run whose worker is lost is marked failed (then audited) within a bound.
+    assert local["run_monitoring"]["enabled"] is True
+    assert 0 < local["run_monitoring"]["max_runtime_seconds"] <= 24 * 3600
     assert instance_yaml["concurrency"] == local["concurrency"]
     assert instance_yaml["run_retries"] == local["run_retries"]
     monitoring = instance_yaml["run_monitoring"]

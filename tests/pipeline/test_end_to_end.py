@@ -218,6 +218,11 @@ def test_two_tenants_land_exactly_once(platform):
             assert r.fetched[table] <= rows == now if r in second else r.fetched[table] <= rows <= now
             assert mat.metadata["xero/calls"].value >= 1
             assert mat.metadata["xero/rate_limited"].value == 0
+            assert mat.metadata["xero/bytes"].value > 0
+            # Xero's limits left after the endpoint's last answer (its headers): minute, day, app.
+            assert 0 <= mat.metadata["xero/minute_limit_left"].value < 60
+            assert 0 <= mat.metadata["xero/day_limit_left"].value < 5_000
+            assert 0 <= mat.metadata["xero/app_minute_limit_left"].value < 10_000
             calls += mat.metadata["xero/calls"].value
         # Its audit row carries what it did.
         figures = audit_metadata(db, "sync_run_succeeded", r.run_id)
@@ -458,7 +463,11 @@ def _check_recover_crashed_runs(platform, instance, defs):
     assert audited == ("sync_run_canceled", live.run_id, "CANCELED", None, ANALYTICS_JOB_NAME)
 
 
-def test_a_tenant_that_must_reconnect_is_noted_left_out_and_comes_back_by_itself(platform):
+@pytest.mark.parametrize(("status", "reason"), [
+    ("reauth_required", "Xero rejected the refresh token (invalid_grant)"),
+    ("disconnected", "the user disconnected the organisation in Xero"),
+])
+def test_a_tenant_that_must_reconnect_is_noted_left_out_and_comes_back_by_itself(platform, status, reason):
     from orchestration.assets.xero_raw import RAW_ASSET_KEYS
     from orchestration.definitions import defs
 
@@ -484,7 +493,7 @@ def test_a_tenant_that_must_reconnect_is_noted_left_out_and_comes_back_by_itself
 
     with dg.instance_for_test() as instance:
         cursor = tick(instance, None).cursor  # first sight: both tenants new
-        set_status("reauth_required", "Xero rejected the refresh token (invalid_grant)")
+        set_status(status, reason)
         try:
             noted = tick(instance, cursor)
             # Where a person looks: each raw asset's partition of that tenant says why it is paused.
@@ -492,8 +501,8 @@ def test_a_tenant_that_must_reconnect_is_noted_left_out_and_comes_back_by_itself
             assert sorted(e.asset_key.path for e in noted.asset_events) == [k.path for k in RAW_ASSET_KEYS]
             for event in noted.asset_events:
                 assert event.partition == paused
-                assert event.metadata["connection_status"].value == "reauth_required"
-                assert event.metadata["reason"].value == "Xero rejected the refresh token (invalid_grant)"
+                assert event.metadata["connection_status"].value == status
+                assert event.metadata["reason"].value == reason
                 assert event.metadata["syncs"].value == "paused until the tenant reconnects"
             assert scheduled(instance) == [other]  # the schedule leaves it out
             still = tick(instance, noted.cursor)
@@ -505,6 +514,64 @@ def test_a_tenant_that_must_reconnect_is_noted_left_out_and_comes_back_by_itself
         assert run.partition_key == paused and run.run_key.startswith(f"reconnected:{paused}:")
         assert {e.metadata["connection_status"].value for e in back.asset_events} == {"active"}
         assert scheduled(instance) == sorted(platform.tenant_ids)
+
+
+def set_connection_status(database_url: str, tenant_id: str, status: str, reason: str | None) -> None:
+    """As the vault records Xero's answers (a refresh token refused: reauth_required)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE app.xero_connections SET status = %s, status_reason = %s WHERE tenant_id = %s",
+                     (status, reason, tenant_id))
+
+
+def test_a_tenant_that_must_reconnect_fails_once_and_the_others_in_its_sync_go_on(platform):
+    """One `sync_tenants` of two tenants, as a daily cycle: the one whose tokens Xero no longer
+    accepts fails at once with the reason, is not retried and is audited; the other extracts and
+    is built in the same cycle."""
+    ensure_synced(platform)
+    paused, other = platform.tenant_ids
+    platform.sandbox.advance_clock(TICK)
+    invoice_id = authorised_invoice(platform, other)["InvoiceID"]
+    platform.sandbox.mutate(other, "edit_invoice", invoice_id=invoice_id, reference="went on")
+    set_connection_status(platform.database_url, paused, "reauth_required", "invalid_grant")
+    try:
+        results = {r.tenant_id: r for r in sync_tenants([paused, other], instance=platform.instance)}
+    finally:
+        set_connection_status(platform.database_url, paused, "active", None)
+
+    failed, went_on = results[paused], results[other]
+    assert not failed.success
+    assert "must be reconnected" in failed.error and paused in failed.error, failed.error
+    assert retried(platform.instance, failed.run_id) == []  # a retry cannot reconnect it
+    audited = audit_rows(platform.database_url)
+    assert ("sync_run_failed", failed.run_id, "FAILURE", paused, SYNC_JOB_NAME) in audited
+    assert went_on.success, went_on.error
+    assert went_on.analytics_run_id is not None  # its changes were built in the same cycle
+    with psycopg.connect(platform.database_url) as conn:
+        assert conn.execute("SELECT reference FROM analytics.invoices WHERE xero_invoice_id = %s",
+                            (invoice_id,)).fetchone() == ("went on",)
+
+
+def test_a_step_that_fails_for_a_passing_reason_is_retried_by_dagster_and_the_run_succeeds(platform,
+                                                                                             monkeypatch):
+    """Beyond the client's own retries (none left here: a run's retry budget of 0), a transient
+    failure fails the step; the job's retry policy runs it again, and the run succeeds."""
+    ensure_synced(platform)
+    tenant = platform.tenant_ids[0]
+    monkeypatch.setenv("XERO_MAX_RETRIES_PER_RUN", "0")
+    rule = platform.sandbox.add_fault("503", endpoint="Invoices", tenant_id=tenant, times=1)
+    try:
+        [result] = sync_tenants([tenant], instance=platform.instance)
+    finally:
+        platform.sandbox.clear_faults()
+    assert rule.fired == 1
+    assert result.success, result.error
+    [retry] = retried(platform.instance, result.run_id)  # the step, once, for the 503 it could not retry
+    error, messages = retry.dagster_event.event_specific_data.error, []
+    while error is not None:
+        messages.append(error.message)
+        error = error.cause
+    assert any("retry budget" in m and tenant in m for m in messages), messages
+    assert_invoices_equal_truth(platform)
 
 
 def test_a_webhook_from_xero_starts_that_tenants_sync(platform, monkeypatch):

@@ -305,3 +305,44 @@ def test_the_kpi_asset_shows_each_tenants_trend_in_dagster(platform):
         line = next(line for line in trends.splitlines() if line.startswith(f"| {t.tenant_name} |"))
         assert line.count("`") == 6, line  # a sparkline per KPI
     assert "revenue net" in trends and "receivables outstanding" in trends
+
+
+def test_a_backfill_of_two_chosen_tenants_reads_those_two_again_and_no_other(platform):
+    """What a data engineer runs for a chosen set (`xero-elt sync --tenant A --tenant B
+    --full-refresh`, or the UI's backfill of those partitions): changes Xero made without bumping
+    UpdatedDateUTC, which only a full re-read finds, reach the canonical table for those two, and
+    the third tenant is neither read nor rebuilt. Last in the module: it leaves the third tenant's
+    silent change unread."""
+    chosen, third = platform.tenant_ids[:2], platform.tenant_ids[2]
+    platform.sandbox.advance_clock(5)
+    silently: dict[str, str] = {}
+    for tenant_id in platform.tenant_ids:
+        record = next(r for r in platform.sandbox.truth_records(tenant_id, "Invoices")
+                      if r["Status"] == "AUTHORISED")
+        platform.sandbox.mutate(tenant_id, "edit_invoice", invoice_id=record["InvoiceID"],
+                                reference=f"silently {tenant_id[:8]}", silent=True)
+        silently[tenant_id] = record["InvoiceID"]
+
+    def state() -> tuple[dict, dict]:
+        """(the last raw load of each tenant, each silently changed invoice's canonical reference)"""
+        with psycopg.connect(platform.database_url) as conn:
+            loads = dict(conn.execute("SELECT tenant_id, max(_dlt_load_id) FROM raw_xero.invoices "
+                                      "GROUP BY tenant_id").fetchall())
+            references = {t: conn.execute(
+                "SELECT reference FROM analytics.invoices WHERE xero_invoice_id = %s", (invoice_id,)
+            ).fetchone()[0] for t, invoice_id in silently.items()}
+        return loads, references
+
+    loads_before, _ = state()
+    results = sync_tenants(chosen, full_refresh=True, instance=platform.instance)
+    assert sorted(r.tenant_id for r in results) == sorted(chosen)
+    assert all(r.success for r in results), [r.error for r in results]
+    for r in results:  # every invoice read again
+        assert r.fetched["invoices"] == len(list(platform.sandbox.records(r.tenant_id, "Invoices",
+                                                                          include_deleted=True)))
+    loads_after, references = state()
+    for tenant_id in chosen:
+        assert loads_after[tenant_id] > loads_before[tenant_id]
+        assert references[tenant_id] == f"silently {tenant_id[:8]}"
+    assert loads_after[third] == loads_before[third]  # not read
+    assert references[third] != f"silently {third[:8]}"  # so its silent change is not there yet
