@@ -20,6 +20,19 @@ default concurrency: 2 at a time on 2 cores):
       worker or dbt)
     Before (2026-12-02, 4 at a time): 100 tenants' daily cycle 1.97 s a tenant, Dagster 1.65 s a
       run. The cost is CPU per extract run (dlt's steps, the run's events), not Xero's budget.
+2026-12-07, a third machine (its 10M-step loop: 0.29 s), 1,000 tenants, 2 at a time:
+    before: first sync 637.2 s = 0.64 s a tenant; daily cycle 640.8 s = 10.7 min = 0.64 s a tenant,
+      extract run 1.20 s mean (Dagster 0.21 s); CPU a tenant: workers and dbt 0.83 s, PostgreSQL
+      0.22 s; analytics build 28.2 s
+    after dlt's capabilities were given without resolving its configuration, staging tables
+      unlogged and the summary read in one query: first sync 609.4 s = 0.61 s a tenant; daily
+      cycle 568.4 s = 9.5 min = 0.57 s a tenant, 6,000 calls (633/min), 0 429s, extract run 1.04 s
+      mean (Dagster 0.19 s); CPU a tenant: workers and dbt 0.64 s, PostgreSQL 0.24 s; machine 80%
+      busy; analytics build 41.3 s; peak RSS 1,407 MB (this process; the sandbox holds 200,000
+      invoices), 1,385 MB (largest worker or dbt)
+    100 tenants, same code, loop 0.32 s: daily cycle 81.2 and 75.5 s = 0.81 and 0.76 s a tenant
+      (1.3x the 1,000-tenant cost); 3 at a time against 2 (loop 0.31 s): 67.5 against 68.7 s, CPU
+      a tenant 0.95 against 0.83 s: no gain, the default stays at the cores
 Later on 2026-12-07, another machine, slower (its 10M-step loop: 1.36 s), 60 tenants, daily cycle:
     before dlt's SQL connections were kept: 1.27-1.40 s a tenant; CPU a tenant 1.52-1.74 s in the
       workers and dbt, 0.51-0.58 s PostgreSQL's

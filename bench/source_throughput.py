@@ -11,13 +11,18 @@ load meets a sandbox that is not its bottleneck.
 The database: a new one on $TEST_DATABASE_URL's server (default
 postgresql://postgres@127.0.0.1:5432/postgres), dropped after.
 
-Figures (2026-12-06, 2 cores, PostgreSQL 15, page size 1000, 100 pages a chunk; Arrow pages loaded
-as Parquet by ADBC):
-       10,000 invoices:   1.9 s = 5,213 invoices/s;   11 calls,    17.5 MB; peak RSS 375 MB
-      100,000 invoices:  16.4 s = 6,102 invoices/s;  101 calls,   175.6 MB; peak RSS 568 MB
-    1,000,000 invoices: 222.2 s = 4,501 invoices/s; 1001 calls, 1,758.4 MB; peak RSS 590 MB (1.04x 100k)
-    the sandbox served 6,900-8,100 invoices/s cold and 89,000-147,500 warm
-  (the same bench with records as dicts, before: 1,258-1,487 invoices/s at 10,000-20,000)
+Figures (2026-12-07, 2 cores, a 10M-step loop in 0.27-0.30 s, PostgreSQL 15, page size 1000,
+100 pages a chunk; Arrow pages loaded as Parquet by ADBC):
+       10,000 invoices:   0.9 s = 10,678 invoices/s;   11 calls,    17.5 MB; peak RSS 495 MB
+      100,000 invoices:   9.1 s = 11,028 invoices/s;  101 calls,   175.6 MB; peak RSS 624 MB
+    1,000,000 invoices: 117.9 s =  8,479 invoices/s; 1001 calls, 1,758.4 MB; peak RSS 690 MB
+      (machine 57% busy; dlt's steps: extract 61.4 s, normalize 6.4 s, load 49.9 s: each chunk's
+      COPY then MERGE, PostgreSQL's work while this process waits. Measured before the merge by
+      key and the unlogged staging tables; one run with them (and a read-ahead since taken out)
+      took 131.8 s with the same 47-50 s of loading: runs of this size vary by 10% and more)
+    the sandbox served 11,000-14,600 invoices/s cold and 118,000-225,000 warm
+  (2026-12-06, before a page was typed in one pass and fetched as far ahead as Xero counts:
+   6,102 invoices/s at 100,000 and 4,501 at 1,000,000; with records as dicts: 1,258-1,487)
 """
 
 from __future__ import annotations

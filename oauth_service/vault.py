@@ -241,6 +241,9 @@ class TokenVault:
             )
             self._audit(conn, "token_rejected", tenant_id, target, outcome="failure",
                         reason="Xero answered 401 before the recorded expiry")
+        # Again once the expiry is committed: a thread that read the row between the first forget
+        # and the commit saw the refused token still valid and may have cached it meanwhile.
+        self.forget(tenant_id)
 
     # ------------------------------------------------------------------ refresh
     def _lock_grant(self, conn: Connection, tenant_id: str) -> tuple[Any, list[Any]]:

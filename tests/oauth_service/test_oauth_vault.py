@@ -489,3 +489,35 @@ def test_a_token_read_before_another_thread_reported_it_refused_is_not_cached_af
     renewed = vault.access_token_for(tenant)
     assert renewed != refused, "the refused token was handed out again"
     assert api_get(sandbox, renewed, tenant).status_code == 200
+
+
+def test_a_token_read_while_another_thread_reports_it_refused_is_not_handed_out_again(
+    make_browser, sandbox, tenant_ids, engine, settings, monkeypatch
+):
+    """The other order: a thread reads the token from the database after the report has dropped
+    the cache but before it has committed the token's expiry; it sees the token still valid and
+    caches it. The report drops the cache again once committed (seen in the suite: a sync's
+    resources met 401, asked again, got the same refused token, and the run failed)."""
+    tenant = tenant_ids[5]
+    assert make_browser().connect([tenant]) == {"connected": ["1"]}
+    vault = TokenVault(settings, engine, actor="tests", cache=True)  # as the sync's vault: cached
+    refused = vault.access_token_for(tenant)
+    lock_grant, read = vault._lock_grant, {}
+
+    def another_thread_reads_first(conn, tenant_id):
+        if not read:  # the report's own lock, after its first forget and before its update
+            reader = threading.Thread(target=lambda: read.update(token=vault.access_token_for(tenant)))
+            reader.start()
+            reader.join(30)
+        return lock_grant(conn, tenant_id)
+
+    monkeypatch.setattr(vault, "_lock_grant", another_thread_reads_first)
+    vault.access_token_rejected(tenant, refused)  # a thread: Xero answered 401 to it
+    # Compared, not shown: a failure's message holds no token.
+    saw_it_valid = read["token"] == refused
+    assert saw_it_valid, "the reader did not read the refused token as still valid"
+
+    renewed = vault.access_token_for(tenant)
+    handed_out_again = renewed == refused
+    assert not handed_out_again, "the refused token was handed out again"
+    assert api_get(sandbox, renewed, tenant).status_code == 200
