@@ -463,7 +463,11 @@ def _check_recover_crashed_runs(platform, instance, defs):
     assert audited == ("sync_run_canceled", live.run_id, "CANCELED", None, ANALYTICS_JOB_NAME)
 
 
-def test_a_tenant_that_must_reconnect_is_noted_left_out_and_comes_back_by_itself(platform):
+@pytest.mark.parametrize(("status", "reason"), [
+    ("reauth_required", "Xero rejected the refresh token (invalid_grant)"),
+    ("disconnected", "disconnected by the user"),
+])
+def test_a_tenant_that_must_reconnect_is_noted_left_out_and_comes_back_by_itself(platform, status, reason):
     from orchestration.assets.xero_raw import RAW_ASSET_KEYS
     from orchestration.definitions import defs
 
@@ -481,15 +485,23 @@ def test_a_tenant_that_must_reconnect_is_noted_left_out_and_comes_back_by_itself
                                        scheduled_execution_time=datetime(2026, 11, 25, 2, tzinfo=UTC)) as ctx:
             return sorted(r.partition_key for r in schedule.evaluate_tick(ctx).run_requests)
 
+    with psycopg.connect(platform.database_url) as conn:
+        tokens = conn.execute("SELECT access_token, refresh_token FROM app.xero_connections "
+                              "WHERE tenant_id = %s", (paused,)).fetchone()
+
     def set_status(status: str, reason: str | None) -> None:
-        with psycopg.connect(platform.database_url, autocommit=True) as conn:  # as Xero's answers would
+        # As the vault records Xero's answers, or a disconnect (which keeps no token); reconnected,
+        # the tenant holds tokens again (here: its earlier ones, still encrypted).
+        access, refresh = (None, None) if status == "disconnected" else tokens
+        with psycopg.connect(platform.database_url, autocommit=True) as conn:
             conn.execute("UPDATE app.xero_connections SET status = %s, status_reason = %s, "
+                         "access_token = %s, refresh_token = %s, "
                          "connected_at = CASE WHEN %s = 'active' THEN now() ELSE connected_at END "
-                         "WHERE tenant_id = %s", (status, reason, status, paused))
+                         "WHERE tenant_id = %s", (status, reason, access, refresh, status, paused))
 
     with dg.instance_for_test() as instance:
         cursor = tick(instance, None).cursor  # first sight: both tenants new
-        set_status("reauth_required", "Xero rejected the refresh token (invalid_grant)")
+        set_status(status, reason)
         try:
             noted = tick(instance, cursor)
             # Where a person looks: each raw asset's partition of that tenant says why it is paused.
@@ -497,8 +509,8 @@ def test_a_tenant_that_must_reconnect_is_noted_left_out_and_comes_back_by_itself
             assert sorted(e.asset_key.path for e in noted.asset_events) == [k.path for k in RAW_ASSET_KEYS]
             for event in noted.asset_events:
                 assert event.partition == paused
-                assert event.metadata["connection_status"].value == "reauth_required"
-                assert event.metadata["reason"].value == "Xero rejected the refresh token (invalid_grant)"
+                assert event.metadata["connection_status"].value == status
+                assert event.metadata["reason"].value == reason
                 assert event.metadata["syncs"].value == "paused until the tenant reconnects"
             assert scheduled(instance) == [other]  # the schedule leaves it out
             still = tick(instance, noted.cursor)
