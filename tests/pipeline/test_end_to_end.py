@@ -463,6 +463,23 @@ def _check_recover_crashed_runs(platform, instance, defs):
     assert audited == ("sync_run_canceled", live.run_id, "CANCELED", None, ANALYTICS_JOB_NAME)
 
 
+def set_connection_status(database_url: str, tenant_id: str, status: str, reason: str | None,
+                          tokens: tuple[str, str] | None = None) -> None:
+    """As the vault records Xero's answers (a refresh token refused: reauth_required), or a
+    disconnect, which keeps no token (the database checks it). `tokens`: the (encrypted) access and
+    refresh tokens the connection holds again, reconnected; else it keeps what it has."""
+    access, refresh = tokens or (None, None)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE app.xero_connections SET status = %(status)s, status_reason = %(reason)s, "
+            "access_token = CASE WHEN %(cleared)s THEN NULL ELSE coalesce(%(access)s, access_token) END, "
+            "refresh_token = CASE WHEN %(cleared)s THEN NULL ELSE coalesce(%(refresh)s, refresh_token) END, "
+            "connected_at = CASE WHEN %(active)s THEN now() ELSE connected_at END "
+            "WHERE tenant_id = %(tenant)s",
+            {"status": status, "reason": reason, "access": access, "refresh": refresh, "tenant": tenant_id,
+             "cleared": status == "disconnected", "active": status == "active"})
+
+
 @pytest.mark.parametrize(("status", "reason"), [
     ("reauth_required", "Xero rejected the refresh token (invalid_grant)"),
     ("disconnected", "disconnected by the user"),
@@ -490,14 +507,7 @@ def test_a_tenant_that_must_reconnect_is_noted_left_out_and_comes_back_by_itself
                               "WHERE tenant_id = %s", (paused,)).fetchone()
 
     def set_status(status: str, reason: str | None) -> None:
-        # As the vault records Xero's answers, or a disconnect (which keeps no token); reconnected,
-        # the tenant holds tokens again (here: its earlier ones, still encrypted).
-        access, refresh = (None, None) if status == "disconnected" else tokens
-        with psycopg.connect(platform.database_url, autocommit=True) as conn:
-            conn.execute("UPDATE app.xero_connections SET status = %s, status_reason = %s, "
-                         "access_token = %s, refresh_token = %s, "
-                         "connected_at = CASE WHEN %s = 'active' THEN now() ELSE connected_at END "
-                         "WHERE tenant_id = %s", (status, reason, access, refresh, status, paused))
+        set_connection_status(platform.database_url, paused, status, reason, tokens)
 
     with dg.instance_for_test() as instance:
         cursor = tick(instance, None).cursor  # first sight: both tenants new
@@ -522,13 +532,6 @@ def test_a_tenant_that_must_reconnect_is_noted_left_out_and_comes_back_by_itself
         assert run.partition_key == paused and run.run_key.startswith(f"reconnected:{paused}:")
         assert {e.metadata["connection_status"].value for e in back.asset_events} == {"active"}
         assert scheduled(instance) == sorted(platform.tenant_ids)
-
-
-def set_connection_status(database_url: str, tenant_id: str, status: str, reason: str | None) -> None:
-    """As the vault records Xero's answers (a refresh token refused: reauth_required)."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("UPDATE app.xero_connections SET status = %s, status_reason = %s WHERE tenant_id = %s",
-                     (status, reason, tenant_id))
 
 
 def test_a_tenant_that_must_reconnect_fails_once_and_the_others_in_its_sync_go_on(platform):
