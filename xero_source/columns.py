@@ -270,7 +270,7 @@ def page_table(records: list[dict[str, Any]], tenant_id: str, id_field: str, ver
     hints: dict[str, dict[str, Any]] = {}
     for key in keys:
         name = snake(key)
-        values = [r.get(key) for r in records]
+        values = list(map(dict.get, records, itertools.repeat(key)))
         required = key in first
         if key == id_field:
             hint: Mapping[str, Any] | None = {"data_type": "text"}
