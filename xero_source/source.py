@@ -184,24 +184,39 @@ def _with_dlt_columns(table: pa.Table) -> pa.Table:
 
 
 class _PageBatch:
-    """Consecutive typed pages of one shape, handed to dlt as one table of `ROWS_PER_ITEM` rows."""
+    """Consecutive typed pages, handed to dlt as one table of about `ROWS_PER_ITEM` rows. Pages
+    differ in their columns (Xero leaves out a field no record of a page has): a column one page
+    lacks is null there. A page whose column has another type than before starts a table of its own."""
 
     def __init__(self) -> None:
         self._tables: list[pa.Table] = []
+        self._schema: pa.Schema | None = None  # the tables' columns together
         self._rows = 0
 
     def add(self, table: pa.Table) -> Iterator[pa.Table]:
-        if self._tables and table.schema != self._tables[0].schema:
-            yield from self.flush()  # a page with other columns or types starts a table of its own
+        schema = self._with(table.schema)
+        if schema is None:
+            yield from self.flush()
+            schema = table.schema
         self._tables.append(table)
+        self._schema = schema
         self._rows += table.num_rows
         if self._rows >= ROWS_PER_ITEM:
             yield from self.flush()
 
+    def _with(self, schema: pa.Schema) -> pa.Schema | None:
+        """The batch's columns and `schema`'s together; None when a column's types differ."""
+        if self._schema is None:
+            return schema
+        try:
+            return pa.unify_schemas([self._schema, schema])
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return None
+
     def flush(self) -> Iterator[pa.Table]:
         if self._tables:
-            tables, self._tables, self._rows = self._tables, [], 0
-            yield _with_dlt_columns(pa.concat_tables(tables))
+            tables, self._tables, self._schema, self._rows = self._tables, [], None, 0
+            yield _with_dlt_columns(pa.concat_tables(tables, promote_options="default"))
 
 
 def _make_resource(name: str, endpoint: Endpoint, client: XeroClient, settings: SourceSettings,
