@@ -24,8 +24,17 @@ from xero_sandbox.pytest_plugin import sandbox_token
 from xero_source import SourceSettings, XeroClient, load_tenant, shared_postgres
 
 
+@pytest.fixture
+def small_files(monkeypatch):
+    """Load files of at most 100 rows, for this test; the process's own setting again after it."""
+    monkeypatch.setattr(source, "FILE_MAX_ROWS", 100)
+    yield
+    monkeypatch.undo()
+    source._prepare_for_bulk_loads()
+
+
 def test_pages_go_to_dlt_several_at_a_time_with_row_ids_and_load_as_the_extract_wrote_them(
-        xero_sandbox_factory, database_url, tmp_path, monkeypatch):
+        xero_sandbox_factory, database_url, tmp_path, monkeypatch, small_files):
     sandbox = xero_sandbox_factory(SandboxConfig(seed=21, tenants=1, invoices_per_tenant=250))
     tenant = sandbox.tenants[0].tenant_id
     monkeypatch.setattr(source, "ROWS_PER_ITEM", 100)  # pages of 40: items of 3 pages, then the rest
@@ -51,6 +60,11 @@ def test_pages_go_to_dlt_several_at_a_time_with_row_ids_and_load_as_the_extract_
     assert client.stats["Invoices"].calls == 7  # 6 full pages and the last of 10
     assert items == [120, 120, 10]  # three pages to an item, the last page alone
     assert rewritten == []  # dlt's normalise step wrote no file again
+    # A file holds at most 100 rows (an item is not split): three files, copied by the load at once.
+    [package] = pipeline.last_trace.last_load_info.load_packages
+    copied = [job for job in package.jobs["completed_jobs"] if job.job_file_info.table_name == "invoices"
+              and job.job_file_info.file_format == "parquet"]
+    assert len(copied) == 3
     with psycopg.connect(database_url) as conn:
         loaded = conn.execute(f"SELECT invoice_id, total, reference, _dlt_id, _dlt_load_id "  # noqa: S608
                               f"FROM {dataset}.invoices").fetchall()
