@@ -11,16 +11,22 @@ load meets a sandbox that is not its bottleneck.
 The database: a new one on $TEST_DATABASE_URL's server (default
 postgresql://postgres@127.0.0.1:5432/postgres), dropped after.
 
-Figures (2026-12-07, 2 cores, a 10M-step loop in 0.27-0.30 s, PostgreSQL 15, page size 1000,
-100 pages a chunk; Arrow pages loaded as Parquet by ADBC):
-       10,000 invoices:   0.9 s = 10,678 invoices/s;   11 calls,    17.5 MB; peak RSS 495 MB
-      100,000 invoices:   9.1 s = 11,028 invoices/s;  101 calls,   175.6 MB; peak RSS 624 MB
-    1,000,000 invoices: 117.9 s =  8,479 invoices/s; 1001 calls, 1,758.4 MB; peak RSS 690 MB
-      (machine 57% busy; dlt's steps: extract 61.4 s, normalize 6.4 s, load 49.9 s: each chunk's
-      COPY then MERGE, PostgreSQL's work while this process waits. Measured before the merge by
-      key and the unlogged staging tables; one run with them (and a read-ahead since taken out)
-      took 131.8 s with the same 47-50 s of loading: runs of this size vary by 10% and more)
-    the sandbox served 11,000-14,600 invoices/s cold and 118,000-225,000 warm
+Figures (2026-12-07, later, 2 cores, PostgreSQL 15, page size 1000, 100 pages a chunk; ten pages to a
+dlt item with dlt's row ids on them, so dlt's normalise step takes the extract's files as written;
+files of 25,000 rows; the collector's young threshold at 200,000):
+    a 10M-step loop in 0.23 s:
+       10,000 invoices:  0.9 s = 11,696 invoices/s;   11 calls,    17.5 MB; peak RSS 464 MB
+      100,000 invoices:  6.9 s = 14,391 invoices/s;  101 calls,   175.6 MB; peak RSS 659 MB
+    1,000,000 invoices: 81.1 s = 12,332 invoices/s; 1001 calls, 1,758.4 MB; peak RSS 732 MB (1.11x)
+      (dlt's steps: extract 47.0 s, normalize 0.3 s, load 33.6 s; machine 58% busy)
+    later, the machine slower (a 10M-step loop in 0.28 s):
+       10,000 invoices:  1.1 s =  9,427 invoices/s; peak RSS 472 MB
+      100,000 invoices:  9.0 s = 11,135 invoices/s; peak RSS 677 MB
+    1,000,000 invoices: 84.4 s = 11,851 invoices/s; peak RSS 749 MB (1.11x; load 33.9 s of it)
+    A/B in one run, 100,000 invoices, the code before these changes then after, twice:
+      9.0 s then 6.4 s, 10.0 s then 7.5 s (1.33-1.41x)
+  (earlier that day, before them, a 10M-step loop in 0.27-0.30 s: 10,678 / 11,028 / 8,479 invoices/s at
+   10,000 / 100,000 / 1,000,000; dlt's normalise step took 6.4 s of the million's 117.9 s)
   (2026-12-06, before a page was typed in one pass and fetched as far ahead as Xero counts:
    6,102 invoices/s at 100,000 and 4,501 at 1,000,000; with records as dicts: 1,258-1,487)
 """
