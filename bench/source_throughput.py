@@ -13,13 +13,13 @@ postgresql://postgres@127.0.0.1:5432/postgres), dropped after.
 
 Figures (2026-12-07, later, 2 cores, PostgreSQL 15, page size 1000, 100 pages a chunk; ten pages to a
 dlt item with dlt's row ids on them, so dlt's normalise step takes the extract's files as written;
-files of 25,000 rows; the collector's young threshold at 200,000):
-    a 10M-step loop in 0.23 s:
+the collector's young threshold at 200,000):
+    a 10M-step loop in 0.23 s, one load file a chunk:
        10,000 invoices:  0.9 s = 11,696 invoices/s;   11 calls,    17.5 MB; peak RSS 464 MB
       100,000 invoices:  6.9 s = 14,391 invoices/s;  101 calls,   175.6 MB; peak RSS 659 MB
     1,000,000 invoices: 81.1 s = 12,332 invoices/s; 1001 calls, 1,758.4 MB; peak RSS 732 MB (1.11x)
       (dlt's steps: extract 47.0 s, normalize 0.3 s, load 33.6 s; machine 58% busy)
-    later, the machine slower (a 10M-step loop in 0.28 s):
+    later, files of 25,000 rows, the machine slower (a 10M-step loop in 0.28 s):
        10,000 invoices:  1.1 s =  9,427 invoices/s; peak RSS 472 MB
       100,000 invoices:  9.0 s = 11,135 invoices/s; peak RSS 677 MB
     1,000,000 invoices: 84.4 s = 11,851 invoices/s; peak RSS 749 MB (1.11x; load 33.9 s of it)
