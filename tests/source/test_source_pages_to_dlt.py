@@ -61,9 +61,9 @@ def test_pages_go_to_dlt_several_at_a_time_with_row_ids_and_load_as_the_extract_
     assert items == [120, 120, 10]  # three pages to an item, the last page alone
     assert rewritten == []  # dlt's normalise step wrote no file again
     # A file holds at most 100 rows (an item is not split): three files, copied by the load at once.
-    [package] = pipeline.last_trace.last_load_info.load_packages
-    copied = [job for job in package.jobs["completed_jobs"] if job.job_file_info.table_name == "invoices"
-              and job.job_file_info.file_format == "parquet"]
+    [load_id] = pipeline.list_completed_load_packages()
+    copied = [job for job in pipeline.get_load_package_info(load_id).jobs["completed_jobs"]
+              if job.job_file_info.table_name == "invoices" and job.job_file_info.file_format == "parquet"]
     assert len(copied) == 3
     with psycopg.connect(database_url) as conn:
         loaded = conn.execute(f"SELECT invoice_id, total, reference, _dlt_id, _dlt_load_id "  # noqa: S608
