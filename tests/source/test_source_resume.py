@@ -22,7 +22,7 @@ from psycopg import sql
 from orchestration.resources import dlt_credentials
 from xero_sandbox import SandboxConfig
 from xero_sandbox.pytest_plugin import sandbox_token
-from xero_source import SourceSettings, XeroClient, load_tenant
+from xero_source import SourceSettings, XeroClient, load_tenant, xero_source
 
 # What the killed process runs: the tenant's invoices, chunk after chunk, as the sync job does.
 LOADER = """
@@ -81,6 +81,34 @@ def test_a_resource_loads_in_chunks_that_each_commit(xero_sandbox_factory, datab
         state = pipeline.state["sources"]["xero"]["resources"]["invoices"]
         assert "refresh_in_progress" not in state  # a full re-read that finished is over
         assert state["modified_since"] == max(v[1] for v in versions).isoformat()
+
+
+def test_a_run_loads_the_chunk_a_killed_run_left_then_reads_on(xero_sandbox_factory, database_url, tmp_path):
+    """A run killed after a chunk was read and before it landed leaves it in the pipeline's folder:
+    the next run loads it without reading it again, then reads the rest (dlt's own run stops after
+    such a load)."""
+    sb = xero_sandbox_factory(SandboxConfig(seed=23, tenants=1, invoices_per_tenant=95, rate_limits=False))
+    tenant = sb.tenants[0].tenant_id
+    token = sandbox_token(sb)["access_token"]
+    name = f"left_{uuid.uuid4().hex[:8]}"
+    pipeline = dlt.pipeline(pipeline_name=name, pipelines_dir=str(tmp_path), dataset_name=name,
+                            destination=dlt.destinations.postgres(credentials=dlt_credentials(database_url)))
+    settings = SourceSettings(api_url=f"{sb.url}/api.xro/2.0", page_size=10, pages_per_chunk=3)
+    client = XeroClient(tenant, lambda: token, settings)
+    pipeline.extract(xero_source(tenant, client.token_provider, settings, resources=("invoices",),
+                                 client=client))
+    pipeline.normalize()  # the first chunk (3 pages), read and ready to load: here the run was killed
+    assert len(pipeline.list_normalized_load_packages()) == 1 and client.calls == 3
+
+    before = invoice_calls(sb, tenant)
+    rows = load_tenant(pipeline, XeroClient(tenant, lambda: token, settings), resources=("invoices",))
+    versions = loaded_versions(database_url, name)
+    assert len(versions) == len(set(versions)) and set(versions) == truth_versions(sb, tenant)
+    assert rows["invoices"] >= 95 - 30  # the pages after the first chunk (the rest landed from the folder)
+    # Pages 4 to 10 in three chunks, each re-reading at most the cursor's overlap page: the first
+    # chunk was not read again (that alone would be 3 calls more).
+    assert invoice_calls(sb, tenant) - before <= 7 + 3, invoice_calls(sb, tenant) - before
+    assert pipeline.list_normalized_load_packages() == []
 
 
 def test_killed_at_ten_points_then_run_again_equals_a_clean_run(xero_sandbox_factory, database_url, tmp_path):
