@@ -21,10 +21,20 @@ LOAD_BATCHES = sql.Identifier("staging", "dbt_load_batches")  # created by dbt's
 
 
 def _ensure_ledger(conn: psycopg.Connection) -> None:
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(RAW_SCHEMA)))
-    conn.execute(sql.SQL(
-        "CREATE TABLE IF NOT EXISTS {} (tenant_id text PRIMARY KEY, run_id text NOT NULL, "
-        "extracted_at timestamptz NOT NULL, published_at timestamptz)").format(LEDGER))
+    """Makes the ledger if it is not there yet. `IF NOT EXISTS` does not make two creations at once
+    safe: two tenants' first extracts ending together both created it, and one failed on
+    PostgreSQL's catalogue (`pg_type_typname_nsp_index`). So it is made under the advisory lock that
+    dlt's schema changes in the raw dataset take (`xero_source/destination.py`): the second waits,
+    then finds it, and neither races dlt making the schema."""
+    if conn.execute("SELECT to_regclass(%s)", (f"{RAW_SCHEMA}._tenant_extracts",)).fetchone()[0]:
+        return
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                     (f"dlt schema of {RAW_SCHEMA}",))
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(RAW_SCHEMA)))
+        conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (tenant_id text PRIMARY KEY, run_id text NOT NULL, "
+            "extracted_at timestamptz NOT NULL, published_at timestamptz)").format(LEDGER))
 
 
 def record_extract(database_url: str, tenant_id: str, run_id: str) -> None:

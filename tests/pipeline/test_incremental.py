@@ -74,7 +74,8 @@ def sync_at_once(platform) -> None:
     # policy would hide a first load that failed on PostgreSQL's catalogue).
     for r in runs:
         retried = instance.all_logs(r.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)
-        assert not retried, [e.dagster_event.message for e in retried]
+        assert not retried, [(e.dagster_event.message, str(e.dagster_event.event_specific_data.error))
+                             for e in retried]
     builds = [instance.get_run_by_id(m) for out in outputs
               for m in re.findall(r"analytics build ok \(run ([0-9a-f-]{36})\)", out)]
     assert len(builds) == len(platform.tenant_ids)
