@@ -58,14 +58,20 @@ def truth_versions(sb, tenant_id: str) -> set[tuple]:
             for r in sb.records(tenant_id, "Invoices", include_deleted=True)}
 
 
-def test_a_resource_loads_in_chunks_that_each_commit(xero_sandbox_factory, database_url, tmp_path):
-    sb = xero_sandbox_factory(SandboxConfig(seed=21, tenants=1, invoices_per_tenant=95, rate_limits=False))
-    tenant = sb.tenants[0].tenant_id
-    token = sandbox_token(sb)["access_token"]
-    name = f"chunks_{uuid.uuid4().hex[:8]}"
-    pipeline = dlt.pipeline(pipeline_name=name, pipelines_dir=str(tmp_path), dataset_name=name,
+def small_tenant(factory, seed: int, database_url: str, pipelines_dir, prefix: str):
+    """A tenant of 95 invoices in pages of 10, 3 pages a chunk, and a pipeline of its own:
+    (sandbox, tenant id, token, dataset name, pipeline, settings)."""
+    sb = factory(SandboxConfig(seed=seed, tenants=1, invoices_per_tenant=95, rate_limits=False))
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    pipeline = dlt.pipeline(pipeline_name=name, pipelines_dir=str(pipelines_dir), dataset_name=name,
                             destination=dlt.destinations.postgres(credentials=dlt_credentials(database_url)))
     settings = SourceSettings(api_url=f"{sb.url}/api.xro/2.0", page_size=10, pages_per_chunk=3)
+    return sb, sb.tenants[0].tenant_id, sandbox_token(sb)["access_token"], name, pipeline, settings
+
+
+def test_a_resource_loads_in_chunks_that_each_commit(xero_sandbox_factory, database_url, tmp_path):
+    sb, tenant, token, name, pipeline, settings = small_tenant(
+        xero_sandbox_factory, 21, database_url, tmp_path, "chunks")
 
     for full_refresh in (False, True):  # the first sync, then the weekly full re-read: both in chunks
         client = XeroClient(tenant, lambda: token, settings)
@@ -87,13 +93,8 @@ def test_a_run_loads_the_chunk_a_killed_run_left_then_reads_on(xero_sandbox_fact
     """A run killed after a chunk was read and before it landed leaves it in the pipeline's folder:
     the next run loads it without reading it again, then reads the rest (dlt's own run stops after
     such a load)."""
-    sb = xero_sandbox_factory(SandboxConfig(seed=23, tenants=1, invoices_per_tenant=95, rate_limits=False))
-    tenant = sb.tenants[0].tenant_id
-    token = sandbox_token(sb)["access_token"]
-    name = f"left_{uuid.uuid4().hex[:8]}"
-    pipeline = dlt.pipeline(pipeline_name=name, pipelines_dir=str(tmp_path), dataset_name=name,
-                            destination=dlt.destinations.postgres(credentials=dlt_credentials(database_url)))
-    settings = SourceSettings(api_url=f"{sb.url}/api.xro/2.0", page_size=10, pages_per_chunk=3)
+    sb, tenant, token, name, pipeline, settings = small_tenant(
+        xero_sandbox_factory, 23, database_url, tmp_path, "left")
     client = XeroClient(tenant, lambda: token, settings)
     pipeline.extract(xero_source(tenant, client.token_provider, settings, resources=("invoices",),
                                  client=client))
