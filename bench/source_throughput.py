@@ -11,10 +11,10 @@ load meets a sandbox that is not its bottleneck.
 The database: a new one on $TEST_DATABASE_URL's server (default
 postgresql://postgres@127.0.0.1:5432/postgres), dropped after.
 
-Figures (2026-12-07, later, 2 cores, PostgreSQL 15, page size 1000). Final code: chunks of 50
-pages, each read while the one before loads (load_tenant); ten pages to a dlt item with dlt's row
-ids on them, so dlt's normalise step takes the extract's files as written; files of 20,000 rows;
-the collector's young threshold at 200,000. A 10M-step loop in 0.25 s:
+Figures (2026-12-07, later, 2 cores, PostgreSQL 15, page size 1000). WITH chunks of 50 pages
+each read while the one before loaded, since taken out (a kill during a load left a package that
+could not be loaded again, see ARCHITECTURE.md); ten pages to a dlt item with dlt's row ids on
+them; files of 20,000 rows; the collector's young threshold at 200,000. A 10M-step loop in 0.25 s:
        10,000 invoices:  1.1 s =  9,162 invoices/s;   11 calls,    17.5 MB; peak RSS 491 MB
       100,000 invoices:  7.3 s = 13,703 invoices/s;  101 calls,   175.6 MB; peak RSS 688 MB
     1,000,000 invoices: 55.9 s = 17,890 invoices/s; 1001 calls, 1,758.5 MB; peak RSS 760 MB (1.10x)
@@ -26,7 +26,8 @@ the collector's young threshold at 200,000. A 10M-step loop in 0.25 s:
     1,000,000 invoices: 65.9 s = 15,187 invoices/s (existing tables: 63.4 s = 15,768/s); 781 MB
       (1.16x the 100,000 run's peak RSS). Making a dataset's tables is not what a load of 10,000
       costs: dlt's fixed work per load and per step is (extract 0.6 s, load 0.4 s for 10 pages).
-    Before the chunks overlapped (100 pages a chunk, read then loaded), the rest as above:
+    The code as it stands: chunks read then loaded (measured with 100 pages a chunk), the rest as
+    above:
       a 10M-step loop in 0.23 s: 10,000 in 0.9 s = 11,696/s; 100,000 in 6.9 s = 14,391/s;
         1,000,000 in 81.1 s = 12,332/s (extract 47.0 s then load 33.6 s; machine 58% busy),
         peak RSS 464 / 659 / 732 MB
