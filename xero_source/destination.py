@@ -19,6 +19,15 @@ empty database, 245 ms with 66 tenants' staging tables. Both kinds are kept in t
 each, whatever the database) and handed to the next user of the same database; one that failed, is
 inside a transaction, or sat idle for a minute is closed instead. A kept SQL connection is handed on
 with no session lock held and its search path set for its new user's dataset.
+
+**A job run again lands once.** dlt marks a job done in the pipeline's folder just after the
+destination committed it, so a process killed between the two runs that job again on the next load
+(dlt resumes the package's started jobs). dlt's own jobs then load their rows twice: the staged copy
+failed on the staging table's unique `_dlt_id`, the state row on `_dlt_pipeline_state`'s, and the
+tenant stayed stuck on that package. Here a job run again first takes out what its earlier run
+committed: a copy deletes its file's `_dlt_id`s, a row insert skips rows already there, and a
+load's row in `_dlt_loads` is written once. The merge that follows (an upsert by key) was already
+the same the second time.
 """
 
 from __future__ import annotations
@@ -34,11 +43,13 @@ from typing import Any
 
 import dlt
 import psycopg2
+import pyarrow.parquet
 from dlt.common.destination.client import LoadJob, PreparedTableSchema
-from dlt.common.schema.typing import TColumnSchema, TSchemaTables
+from dlt.common.schema.typing import C_DLT_ID, TColumnSchema, TSchemaTables
 from dlt.common.schema.utils import get_columns_names_with_prop
 from dlt.destinations.impl.postgres.postgres import PostgresClient, PostgresParquetCopyJob
 from dlt.destinations.impl.postgres.sql_client import Psycopg2SqlClient
+from dlt.destinations.insert_job_client import InsertValuesLoadJob
 from dlt.destinations.sql_jobs import SqlMergeFollowupJob
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
@@ -134,9 +145,41 @@ class _Borrowed:
 
 
 class _KeptConnectionCopyJob(PostgresParquetCopyJob):
+    def __init__(self, file_path: str, *, run_before: bool) -> None:
+        super().__init__(file_path)
+        self._run_before = run_before  # dlt resumed it: an earlier run may have committed its rows
+
+    def run(self) -> None:
+        if self._run_before:
+            self._delete_rows_of_an_earlier_run()
+        super().run()
+
+    def _delete_rows_of_an_earlier_run(self) -> None:
+        """The rows of this file are the rows with its `_dlt_id`s (each row's id is its own)."""
+        id_column = self._job_client.schema.naming.normalize_identifier(C_DLT_ID)
+        ids = pyarrow.parquet.read_table(self._file_path, columns=[id_column]).column(0).to_pylist()
+        sql_client = self._job_client.sql_client
+        table = sql_client.make_qualified_table_name(self.load_table_name)
+        with sql_client.begin_transaction():
+            column = sql_client.escape_column_name(id_column)
+            sql_client.execute_sql(f"DELETE FROM {table} WHERE {column} = ANY(%s)", ids)  # noqa: S608 (quoted names)
+
     def _connect(self) -> Any:  # dlt's job opens it `with` and commits the copy itself
         uri = self._job_client.config.credentials.to_native_representation()
         return _Borrowed(uri, _KEPT.take(uri) or super()._connect())
+
+
+class _InsertOnceJob(InsertValuesLoadJob):
+    """dlt's row insert (the state row of a load is one), skipping a row already there by a unique
+    column (`_dlt_id`): this job's own row, committed by an earlier run of it."""
+
+    def _insert(self, qualified_table_name: str, file_path: str) -> Iterator[list[str]]:
+        for statement in super()._insert(qualified_table_name, file_path):
+            *head, last = statement
+            last = last.rstrip()
+            if not last.endswith(";"):
+                raise ValueError(f"dlt's insert of {file_path} does not end its statement with ';'")
+            yield [*head, last[:-1] + " ON CONFLICT DO NOTHING;"]
 
 
 class _KeptSqlClient(Psycopg2SqlClient):
@@ -280,8 +323,21 @@ class _SharedDatasetClient(PostgresClient):
                         restore: bool = False) -> LoadJob:
         job = super().create_load_job(table, file_path, load_id, restore)
         if type(job) is PostgresParquetCopyJob:
-            job = _KeptConnectionCopyJob(file_path)
+            job = _KeptConnectionCopyJob(file_path, run_before=restore)
+        elif type(job) is InsertValuesLoadJob:
+            job = _InsertOnceJob(file_path)
         return job
+
+    def complete_load(self, load_id: str) -> None:
+        """dlt's row in `_dlt_loads` for a load, written once: a package whose end was interrupted
+        after this committed ends again on the next load."""
+        sql = self.sql_client
+        name = sql.make_qualified_table_name(self.schema.loads_table_name)
+        column = sql.escape_column_name(self.schema.naming.normalize_identifier("load_id"))
+        with sql.execute_query(f"SELECT 1 FROM {name} WHERE {column} = %s", load_id) as cur:  # noqa: S608
+            if cur.fetchone() is not None:
+                return
+        super().complete_load(load_id)
 
 
 class shared_postgres(dlt.destinations.postgres):  # noqa: N801 (dlt names destinations in lower case)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import logging
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +16,9 @@ import dlt
 import orjson
 import pyarrow as pa
 import pyarrow.compute
+from dlt.common.configuration.container import Container
 from dlt.common.normalizers.utils import generate_dlt_ids
+from dlt.common.pipeline import StateInjectableContext
 from dlt.common.schema.utils import dlt_id_column, dlt_load_id_column
 from dlt.sources import DltResource
 
@@ -394,18 +398,70 @@ def load_tenant(pipeline: dlt.Pipeline, client: XeroClient, *, full_refresh: boo
                 resources: Sequence[str] = DEFAULT_RESOURCES) -> dict[str, int]:
     """Load a tenant's resources chunk after chunk until none has more to read; return the rows
     loaded per table. Each chunk (`pages_per_chunk` pages of a resource) is one dlt load that
-    commits its rows and its cursor together: a failure or a kill loses at most the chunk in
-    flight, and the next run resumes from the last one that landed."""
-    # dlt's own start: the state restored from the dataset if this folder has none, and a package a
-    # killed run left extracted or normalised loaded first. dlt's run stops there; this goes on.
+    commits its rows and its cursor together: a failure or a kill loses at most the chunk being
+    read, and the next run resumes from the last one extracted (its load is finished first).
+
+    A chunk is read while the one before loads: loading is PostgreSQL's COPY and MERGE, during
+    which this process mostly waits. dlt runs one step at a time on a pipeline object, so the loads
+    run on a second one over the same working folder (`_loader_beside`), in a thread; a chunk is
+    normalised only once the one before has landed, so each load takes exactly one package."""
+    # dlt's own start: the state restored from the dataset if this folder has none, and a package
+    # a killed run left extracted or normalised loaded first (before, a run stopped there).
     pipeline.run()
+    loader = _loader_beside(pipeline)
     rows: dict[str, int] = {}
     todo = list(resources)
-    while todo:
-        client.unfinished.clear()
-        pipeline.run(xero_source(client.tenant_id, client.token_provider, client.settings, resources=todo,
-                                 full_refresh=full_refresh, client=client))
-        for table, count in pipeline.last_trace.last_normalize_info.row_counts.items():
-            rows[table] = rows.get(table, 0) + count
-        todo = [name for name in resources if name in client.unfinished]
+    landing: Future | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"load-{client.tenant_id}") as loads:
+        try:
+            while todo:
+                client.unfinished.clear()
+                pipeline.extract(xero_source(client.tenant_id, client.token_provider, client.settings,
+                                             resources=todo, full_refresh=full_refresh, client=client))
+                waiting, landing = landing, None
+                _landed(waiting)
+                pipeline.normalize()
+                for table, count in pipeline.last_trace.last_normalize_info.row_counts.items():
+                    rows[table] = rows.get(table, 0) + count
+                landing = loads.submit(loader.load)
+                todo = [name for name in resources if name in client.unfinished]
+            waiting, landing = landing, None
+            _landed(waiting)
+        except BaseException:
+            # Leaving waits for a load still running: nothing is left half done behind this call.
+            if landing is not None and (failed := landing.exception()) is not None:
+                log.error("tenant %s: the load of the chunk before failed too: %s", client.tenant_id, failed)
+            raise
+        finally:
+            pipeline.activate()
     return rows
+
+
+def _landed(landing: Future | None) -> None:
+    """Waits for a chunk's load; its failure is raised here."""
+    if landing is not None:
+        landing.result()
+
+
+def _loader_beside(pipeline: dlt.Pipeline) -> dlt.Pipeline:
+    """A pipeline object for `pipeline`'s loads: the same name, working folder, destination and
+    dataset. It loads what `pipeline` normalised and writes nothing of the folder's own: not the
+    pipeline's state (dlt writes a step's state back when the step ends, and a load ending after
+    `pipeline` extracted the next chunk wrote the cursor back to the chunk before, which was then
+    read twice), nor its trace (dlt replaces the folder's trace file at each step's end, unlinking
+    the old one first, and two steps ending together failed on the second unlink)."""
+    loader = dlt.pipeline(pipeline_name=pipeline.pipeline_name, pipelines_dir=pipeline.pipelines_dir,
+                          destination=pipeline.destination, dataset_name=pipeline.dataset_name)
+    loader.managed_state = functools.partial(_state_read_only, loader)  # what dlt's steps enter
+    loader.config.enable_runtime_trace = False
+    pipeline.activate()
+    return loader
+
+
+@contextlib.contextmanager
+def _state_read_only(pipeline: dlt.Pipeline, *, extract_state: bool = False) -> Iterator[dict]:
+    """`Pipeline.managed_state` for a pipeline that only loads: the state as the folder holds it,
+    given to the step as dlt gives it, and not written back."""
+    state = pipeline.state
+    with Container().injectable_context(StateInjectableContext(state=state)):
+        yield state

@@ -20,24 +20,53 @@ import pytest
 from psycopg import sql
 
 from orchestration.resources import dlt_credentials
+from tests import secret_watch
 from xero_sandbox import SandboxConfig
 from xero_sandbox.pytest_plugin import sandbox_token
 from xero_source import SourceSettings, XeroClient, load_tenant, xero_source
 
 # What the killed process runs: the tenant's invoices, chunk after chunk, as the sync job does.
+# With "kill_after", it kills itself just after the destination committed the first job whose file
+# name matches that pattern ("complete_load": a load's end), before dlt could mark that job done.
 LOADER = """
-import json, os, sys
+import fnmatch, json, os, signal, sys
 import dlt
-from xero_source import SourceSettings, XeroClient, load_tenant
+from dlt.common.storages.load_package import PackageStorage
+from xero_source import SourceSettings, XeroClient, load_tenant, shared_postgres
+from xero_source.destination import _SharedDatasetClient
 a = json.loads(sys.argv[1])
+
+def kill():
+    print("killed", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if (at := a.get("kill_after")) == "complete_load":
+    completed = _SharedDatasetClient.complete_load
+    _SharedDatasetClient.complete_load = lambda self, load_id: (completed(self, load_id), kill())
+elif at:
+    mark_done = PackageStorage.save_pending_transition
+    def mark_unless_killed(self, load_id, file_name, *rest):
+        if fnmatch.fnmatch(file_name, at):
+            kill()
+        return mark_done(self, load_id, file_name, *rest)
+    PackageStorage.save_pending_transition = mark_unless_killed
+
 settings = SourceSettings(api_url=a["api_url"], page_size=a["page_size"],
                           pages_per_chunk=a["pages_per_chunk"])
 client = XeroClient(a["tenant_id"], lambda: os.environ["XERO_TEST_TOKEN"], settings)
 pipeline = dlt.pipeline(pipeline_name=a["name"], pipelines_dir=a["pipelines_dir"], dataset_name=a["name"],
-                        destination=dlt.destinations.postgres(credentials=a["credentials"]))
+                        destination=shared_postgres(credentials=a["credentials"]))
 load_tenant(pipeline, client, resources=("invoices",))
 print("done", client.calls, flush=True)
 """
+
+
+def run_loader(args: dict, env: dict) -> subprocess.CompletedProcess:
+    """LOADER run to its end (or its kill); what it printed is searched for tokens with the rest."""
+    done = subprocess.run([sys.executable, "-c", LOADER, json.dumps(args)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    secret_watch.record(done.stdout + done.stderr)
+    return done
 
 
 def invoice_calls(sb, tenant_id: str) -> int:
@@ -117,18 +146,17 @@ def test_killed_at_ten_points_then_run_again_equals_a_clean_run(xero_sandbox_fac
     tenant = sb.tenants[0].tenant_id
     pages, page_size, per_chunk = 61, 50, 2  # 60 full pages and the empty one that ends them
     name = f"killed_{uuid.uuid4().hex[:8]}"
-    args = json.dumps({"api_url": f"{sb.url}/api.xro/2.0", "page_size": page_size,
-                       "pages_per_chunk": per_chunk, "tenant_id": tenant, "name": name,
-                       "pipelines_dir": str(tmp_path),
-                       "credentials": dlt_credentials(database_url)})
+    args = {"api_url": f"{sb.url}/api.xro/2.0", "page_size": page_size, "pages_per_chunk": per_chunk,
+            "tenant_id": tenant, "name": name, "pipelines_dir": str(tmp_path),
+            "credentials": dlt_credentials(database_url)}
     env = {**os.environ, "XERO_TEST_TOKEN": sandbox_token(sb)["access_token"]}
     rng = random.Random(22)
     kills = 0
     while kills < 10:
         start = invoice_calls(sb, tenant)
         at = rng.randint(1, 2 * per_chunk + 2)  # a page of this attempt, inside or between chunks
-        proc = subprocess.Popen([sys.executable, "-c", LOADER, args], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen([sys.executable, "-c", LOADER, json.dumps(args)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 60
         while invoice_calls(sb, tenant) - start < at and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -136,11 +164,11 @@ def test_killed_at_ten_points_then_run_again_equals_a_clean_run(xero_sandbox_fac
             pytest.fail(f"the load finished before kill {kills + 1}: {proc.stdout.read()[-2000:]}")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+        secret_watch.record(proc.stdout.read())
         kills += 1
 
     before_last = invoice_calls(sb, tenant)
-    done = subprocess.run([sys.executable, "-c", LOADER, args], env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = run_loader(args, env)
     assert done.returncode == 0 and done.stdout.startswith("done"), done.stdout[-2000:] + done.stderr[-2000:]
     versions = loaded_versions(database_url, name)
     assert len(versions) == len(set(versions)) and set(versions) == truth_versions(sb, tenant)
@@ -149,3 +177,42 @@ def test_killed_at_ten_points_then_run_again_equals_a_clean_run(xero_sandbox_fac
     last_run = invoice_calls(sb, tenant) - before_last
     assert last_run < pages - 10, last_run
     assert invoice_calls(sb, tenant) <= pages + kills * (per_chunk + 1), invoice_calls(sb, tenant)
+
+
+@pytest.mark.parametrize("committed", ["invoices.*.parquet", "invoices.*.sql", "_dlt_pipeline_state.*",
+                                       "complete_load"],
+                         ids=["staged_copy", "merge", "state_row", "load_end"])
+def test_a_load_killed_after_a_job_committed_lands_once_when_run_again(
+        committed, xero_sandbox_factory, database_url, tmp_path):
+    """dlt marks a job done just after the destination committed it; a kill between the two makes
+    the next load run the job again (a copy into staging, the merge after it, the state row, the
+    load's row in `_dlt_loads`). Before, the copy and the state row failed on their unique
+    `_dlt_id` and the tenant stayed stuck on that package."""
+    sb = xero_sandbox_factory(SandboxConfig(seed=24, tenants=1, invoices_per_tenant=95, rate_limits=False))
+    tenant = sb.tenants[0].tenant_id
+    name = f"retried_{uuid.uuid4().hex[:8]}"
+    args = {"api_url": f"{sb.url}/api.xro/2.0", "page_size": 10, "pages_per_chunk": 3, "tenant_id": tenant,
+            "name": name, "pipelines_dir": str(tmp_path), "credentials": dlt_credentials(database_url)}
+    env = {**os.environ, "XERO_TEST_TOKEN": sandbox_token(sb)["access_token"]}
+
+    killed = run_loader({**args, "kill_after": committed}, env)
+    assert killed.returncode == -signal.SIGKILL and "killed" in killed.stdout, \
+        killed.stdout + killed.stderr[-2000:]
+    [left] = os.listdir(tmp_path / name / "load" / "normalized")  # the package to load again
+
+    done = run_loader(args, env)
+    assert done.returncode == 0 and done.stdout.startswith("done"), done.stdout[-2000:] + done.stderr[-2000:]
+    versions = loaded_versions(database_url, name)
+    assert len(versions) == len(set(versions)) and set(versions) == truth_versions(sb, tenant)
+    with psycopg.connect(database_url) as conn:
+        states = dict(conn.execute(sql.SQL(
+            "SELECT _dlt_load_id, count(*) FROM {}._dlt_pipeline_state GROUP BY 1").format(
+            sql.Identifier(name))).fetchall())
+        loads = dict(conn.execute(sql.SQL("SELECT load_id, count(*) FROM {}._dlt_loads GROUP BY 1").format(
+            sql.Identifier(name))).fetchall())
+    # Every load, the one loaded again included, has one row in each (each moves the cursor on). How
+    # many loads there are depends on where the kill fell: a run re-reads from the cursor's overlap.
+    assert loads[left] == states[left] == 1
+    assert set(loads.values()) == set(states.values()) == {1} and states.keys() == loads.keys()
+    assert os.listdir(tmp_path / name / "load" / "normalized") == []
+    assert os.listdir(tmp_path / name / "normalize" / "extracted") == []
