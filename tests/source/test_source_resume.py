@@ -87,10 +87,10 @@ def truth_versions(sb, tenant_id: str) -> set[tuple]:
             for r in sb.records(tenant_id, "Invoices", include_deleted=True)}
 
 
-def small_tenant(factory, seed: int, database_url: str, pipelines_dir, prefix: str):
+def small_tenant(factory, seed: int, database_url: str, pipelines_dir, prefix: str, invoices: int = 95):
     """A tenant of 95 invoices in pages of 10, 3 pages a chunk, and a pipeline of its own:
     (sandbox, tenant id, token, dataset name, pipeline, settings)."""
-    sb = factory(SandboxConfig(seed=seed, tenants=1, invoices_per_tenant=95, rate_limits=False))
+    sb = factory(SandboxConfig(seed=seed, tenants=1, invoices_per_tenant=invoices, rate_limits=False))
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     pipeline = dlt.pipeline(pipeline_name=name, pipelines_dir=str(pipelines_dir), dataset_name=name,
                             destination=dlt.destinations.postgres(credentials=dlt_credentials(database_url)))
@@ -107,7 +107,7 @@ def test_a_resource_loads_in_chunks_that_each_commit(xero_sandbox_factory, datab
         loads_before = len(pipeline.list_completed_load_packages())
         rows = load_tenant(pipeline, client, resources=("invoices",), full_refresh=full_refresh)
         loads = len(pipeline.list_completed_load_packages()) - loads_before
-        assert loads == 4  # 10 pages, 3 a chunk
+        assert loads == 3  # 10 pages, 3 a chunk: the third reads the one page left after it
         assert rows["invoices"] >= 95
         versions = loaded_versions(database_url, name)
         assert len(versions) == len(set(versions)) and set(versions) == truth_versions(sb, tenant)
@@ -116,6 +116,19 @@ def test_a_resource_loads_in_chunks_that_each_commit(xero_sandbox_factory, datab
         state = pipeline.state["sources"]["xero"]["resources"]["invoices"]
         assert "refresh_in_progress" not in state  # a full re-read that finished is over
         assert state["modified_since"] == max(v[1] for v in versions).isoformat()
+
+
+def test_the_last_page_xero_counts_ends_no_chunk(xero_sandbox_factory, database_url, tmp_path):
+    """90 invoices are 9 full pages, 3 chunks of 3: the few pages left after the third (the cursor's
+    overlap re-read, and the empty page that confirms a full last one: Xero's last page is the first
+    short one) are read in the third chunk, not in a fourth load."""
+    sb, tenant, token, name, pipeline, settings = small_tenant(
+        xero_sandbox_factory, 25, database_url, tmp_path, "last", invoices=90)
+    client = XeroClient(tenant, lambda: token, settings)
+    load_tenant(pipeline, client, resources=("invoices",))
+    assert len(pipeline.list_completed_load_packages()) == 3
+    assert set(loaded_versions(database_url, name)) == truth_versions(sb, tenant)
+    assert client.calls <= 10 + 2  # 9 pages and the empty one, and a page of overlap per later chunk
 
 
 def test_a_run_loads_the_chunk_a_killed_run_left_then_reads_on(xero_sandbox_factory, database_url, tmp_path):
