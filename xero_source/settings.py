@@ -29,8 +29,9 @@ class SourceSettings:
     # Calls of the tenant's daily limit (5,000) left to the web app: a sync stops before them.
     day_reserve: int = 250
     # Pages of a resource per dlt load: each load commits its rows and cursor, so a crash loses at
-    # most this many pages (50 pages: 50,000 records, a few seconds of reading), and a chunk loads
-    # while the next is read (load_tenant): a tenant of 100,000 invoices is two chunks that overlap.
+    # most this many pages (50 pages: 50,000 records, a few seconds of reading; the few pages Xero
+    # counts after them are read too), and a chunk loads while the next is read (load_tenant): a
+    # tenant of 100,000 invoices is two chunks that overlap.
     pages_per_chunk: int = 50
     max_in_flight: int = 5  # Xero's concurrent-call limit per tenant
     pages_ahead: int = 3  # pages of a resource fetched (and read) while earlier ones load

@@ -1,6 +1,7 @@
 """How typed pages reach dlt: several pages to an item, each row with dlt's own row id already on it,
 so that dlt's normalise step takes the file the extract wrote as it is; loaded into real PostgreSQL
-from the sandbox over HTTP. And the collector setting that keeps parsing a page cheap."""
+from the sandbox over HTTP. And the process settings that keep parsing a page cheap (the collector)
+and a long load's peak memory flat (Arrow's allocator)."""
 
 from __future__ import annotations
 
@@ -112,19 +113,23 @@ _COLLECTOR = """
 import gc, json, sys
 if sys.argv[1] == "off":
     gc.disable(); gc.set_threshold(0)
+import pyarrow as pa
 from xero_source.source import YOUNG_COLLECTION_THRESHOLD, _prepare_for_bulk_loads
-before = gc.get_threshold()
+before, pool_before = gc.get_threshold(), pa.default_memory_pool().backend_name
 _prepare_for_bulk_loads()
-print(json.dumps([before, gc.get_threshold(), YOUNG_COLLECTION_THRESHOLD, gc.get_freeze_count() > 0]))
+print(json.dumps([before, gc.get_threshold(), YOUNG_COLLECTION_THRESHOLD, gc.get_freeze_count() > 0,
+                  pool_before, pa.default_memory_pool().backend_name]))
 """
 
 
 @pytest.mark.parametrize("collector", ["on", "off"])
-def test_the_collector_walks_parsed_pages_rarely_and_is_left_off_when_off(collector):
+def test_a_loading_process_collects_parsed_pages_rarely_unless_off_and_arrow_allocates_with_malloc(
+        collector):
     out = subprocess.run([sys.executable, "-c", _COLLECTOR, collector], capture_output=True, text=True,
                          check=True)
-    before, after, threshold, frozen = json.loads(out.stdout.strip().splitlines()[-1])
+    before, after, threshold, frozen, pool_before, pool = json.loads(out.stdout.strip().splitlines()[-1])
     assert frozen  # what lives as long as the process is out of the collector's view
+    assert pool_before != "system" and pool == "system"  # one allocator: not the sum of two peaks
     if collector == "on":
         assert before[0] < threshold and after == [threshold, *before[1:]]
     else:

@@ -11,12 +11,14 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
 import dlt
 import psycopg
 import pytest
+from dlt.common.configuration.container import Container
 from psycopg import sql
 
 from orchestration.resources import dlt_credentials
@@ -105,7 +107,11 @@ def test_a_resource_loads_in_chunks_that_each_commit(xero_sandbox_factory, datab
     for full_refresh in (False, True):  # the first sync, then the weekly full re-read: both in chunks
         client = XeroClient(tenant, lambda: token, settings)
         loads_before = len(pipeline.list_completed_load_packages())
+        contexts_before = set(Container().thread_contexts)
         rows = load_tenant(pipeline, client, resources=("invoices",), full_refresh=full_refresh)
+        # The loading thread has ended, and dlt keeps nothing of it (its contexts were kept for ever).
+        live = {thread.ident for thread in threading.enumerate()}
+        assert set(Container().thread_contexts) <= contexts_before | live
         loads = len(pipeline.list_completed_load_packages()) - loads_before
         assert loads == 3  # 10 pages, 3 a chunk: the third reads the one page left after it
         assert rows["invoices"] >= 95
