@@ -1,11 +1,12 @@
 """How typed pages reach dlt: several pages to an item, each row with dlt's own row id already on it,
 so that dlt's normalise step takes the file the extract wrote as it is; loaded into real PostgreSQL
 from the sandbox over HTTP. And the process settings that keep parsing a page cheap (the collector)
-and a long load's peak memory flat (Arrow's allocator)."""
+and a long load's memory flat (Arrow's allocator, the C allocator's arenas)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -110,26 +111,47 @@ def test_pages_of_other_columns_share_an_item_and_a_column_of_another_type_start
 
 
 _COLLECTOR = """
-import gc, json, sys
+import ctypes, ctypes.util, gc, json, re, sys, tempfile, threading
 if sys.argv[1] == "off":
     gc.disable(); gc.set_threshold(0)
 import pyarrow as pa
-from xero_source.source import YOUNG_COLLECTION_THRESHOLD, _prepare_for_bulk_loads
+from xero_source.source import MALLOC_ARENAS, YOUNG_COLLECTION_THRESHOLD, _prepare_for_bulk_loads
 before, pool_before = gc.get_threshold(), pa.default_memory_pool().backend_name
 _prepare_for_bulk_loads()
+
+# Eight threads allocating at once (as a load's fetchers and workers do), then glibc's own count of
+# its arenas ("heaps"): without a cap it makes one per contending thread, up to 8 per core.
+start, kept = threading.Barrier(8), []
+def allocate():
+    start.wait()
+    kept.extend(bytes(100_000) for _ in range(200))
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.fdopen.restype = ctypes.c_void_p
+with tempfile.TemporaryFile() as report:
+    stream = ctypes.c_void_p(libc.fdopen(report.fileno(), b"w"))
+    libc.malloc_info(0, stream)
+    libc.fflush(stream)
+    report.seek(0)
+    arenas = len(re.findall(rb'<heap nr="', report.read()))
 print(json.dumps([before, gc.get_threshold(), YOUNG_COLLECTION_THRESHOLD, gc.get_freeze_count() > 0,
-                  pool_before, pa.default_memory_pool().backend_name]))
+                  pool_before, pa.default_memory_pool().backend_name, arenas, MALLOC_ARENAS]))
 """
 
 
 @pytest.mark.parametrize("collector", ["on", "off"])
-def test_a_loading_process_collects_parsed_pages_rarely_unless_off_and_arrow_allocates_with_malloc(
+def test_a_loading_process_collects_parsed_pages_rarely_unless_off_and_allocates_from_few_arenas(
         collector):
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
     out = subprocess.run([sys.executable, "-c", _COLLECTOR, collector], capture_output=True, text=True,
-                         check=True)
-    before, after, threshold, frozen, pool_before, pool = json.loads(out.stdout.strip().splitlines()[-1])
+                         check=True, env=env)
+    before, after, threshold, frozen, pool_before, pool, arenas, cap = json.loads(
+        out.stdout.strip().splitlines()[-1])
     assert frozen  # what lives as long as the process is out of the collector's view
     assert pool_before != "system" and pool == "system"  # one allocator: not the sum of two peaks
+    assert 1 <= arenas <= cap  # without the cap, 9 on this 2-core machine
     if collector == "on":
         assert before[0] < threshold and after == [threshold, *before[1:]]
     else:
