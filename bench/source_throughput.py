@@ -11,29 +11,33 @@ load meets a sandbox that is not its bottleneck.
 The database: a new one on $TEST_DATABASE_URL's server (default
 postgresql://postgres@127.0.0.1:5432/postgres), dropped after.
 
-Figures (2026-12-07, later, 2 cores, PostgreSQL 15, page size 1000). WITH chunks of 50 pages
-each read while the one before loaded, since taken out (a kill during a load left a package that
-could not be loaded again, see ARCHITECTURE.md); ten pages to a dlt item with dlt's row ids on
-them; files of 20,000 rows; the collector's young threshold at 200,000. A 10M-step loop in 0.25 s:
-       10,000 invoices:  1.1 s =  9,162 invoices/s;   11 calls,    17.5 MB; peak RSS 491 MB
-      100,000 invoices:  7.3 s = 13,703 invoices/s;  101 calls,   175.6 MB; peak RSS 688 MB
-    1,000,000 invoices: 55.9 s = 17,890 invoices/s; 1001 calls, 1,758.5 MB; peak RSS 760 MB (1.10x)
-      (dlt's steps, summed over chunks and overlapping: extract 53.7 s, load 40.0 s; machine 81%
-      busy)
-    Again, a 10M-step loop in 0.31 s, and the same loads into existing raw tables (emptied):
-       10,000 invoices:  1.0 s = 10,139 invoices/s (existing tables: 1.1 s =  9,212/s); 456 MB
-      100,000 invoices:  6.1 s = 16,399 invoices/s (existing tables: 6.2 s = 16,133/s); 672 MB
-    1,000,000 invoices: 65.9 s = 15,187 invoices/s (existing tables: 63.4 s = 15,768/s); 781 MB
-      (1.16x the 100,000 run's peak RSS). Making a dataset's tables is not what a load of 10,000
-      costs: dlt's fixed work per load and per step is (extract 0.6 s, load 0.4 s for 10 pages).
-    The code as it stands: chunks read then loaded (measured with 100 pages a chunk), the rest as
-    above:
-      a 10M-step loop in 0.23 s: 10,000 in 0.9 s = 11,696/s; 100,000 in 6.9 s = 14,391/s;
-        1,000,000 in 81.1 s = 12,332/s (extract 47.0 s then load 33.6 s; machine 58% busy),
-        peak RSS 464 / 659 / 732 MB
-      a 10M-step loop in 0.28 s, files of 25,000 rows: 1,000,000 in 84.4 s = 11,851/s
-    A/B in one run, 100,000 invoices, the code before all of these changes then after the first
-    three (one chunk: no overlap), twice: 9.0 s then 6.4 s, 10.0 s then 7.5 s (1.33-1.41x)
+Figures (2026-12-07, 2 cores, PostgreSQL 15, page size 1000; this machine's speed varies by 2x
+within a session, so each run gives its loop time). "existing" is the same load into raw tables a
+platform already has (emptied), as a new tenant's first sync meets them.
+  The final code: chunks of 50 pages, each read while the one before loads, load jobs that land
+  once when run again after a kill; ten pages to a dlt item with dlt's row ids on them; files of
+  20,000 rows; the collector's young threshold at 200,000; Arrow on malloc; two malloc arenas.
+    A 10M-step loop in 0.28 s:
+       10,000 invoices:  0.9 s = 11,385 invoices/s (existing: 11,985/s); peak RSS 449 MB
+      100,000 invoices:  6.8 s = 14,697 invoices/s (existing: 16,684/s); peak RSS 633 MB
+    1,000,000 invoices: 60.1 s = 16,643 invoices/s (existing: 17,143/s); peak RSS 684 MB (1.08x)
+      (11 / 101 / 1001 calls, 17.5 / 175.6 / 1,758.5 MB; at 1M dlt's steps, summed over chunks
+      and overlapping: extract 57.5 s, load 41.6 s; machine 80% busy)
+    Again, a 10M-step loop in 0.32 s: 10,000 in 1.3 s = 7,980/s (existing: 9,662/s); 100,000 in
+      6.3 s = 15,812/s (17,232/s); 1,000,000 in 65.6 s = 15,242/s (16,096/s); peak RSS 438 / 625 /
+      703 MB (1.12x). 10,000 invoices is one chunk (nothing overlaps), about 1 s: ten pages read
+      and typed (about 50 ms each), then one load (COPY about 0.15 s, MERGE about 0.11 s).
+  The same without the two arenas (one run each, loop 0.26-0.27 s): 13,892 and 12,393 / 19,132
+    and 18,288 / 18,038 and 19,117 invoices/s, peak RSS 1M/100k 839/703 and 831/689 MB (1.19x
+    and 1.21x): the arenas kept what each chunk's threads freed. In one run, four 100,000 loads
+    alternating two arenas and sixteen: 5.48-6.30 s against 5.86-6.22 s, peak 623-656 against
+    712-745 MB.
+  Before this day's last changes (loop 0.29 s), chunks read then loaded, 50 pages a chunk:
+    10,000 in 1.9 s = 5,191/s; 100,000 in 10.7 s = 9,307/s; 1,000,000 in 101.1 s = 9,897/s
+    (extract 57.7 s then load 42.1 s; machine 58% busy); peak RSS 484 / 652 / 730 MB.
+  Earlier that day, A/B in one run, 100,000 invoices, the code before the collector threshold,
+    ten pages to an item and the row ids on the pages, then after them (one chunk), twice:
+    9.0 s then 6.4 s, 10.0 s then 7.5 s (1.33-1.41x)
   (earlier that day, before them, a 10M-step loop in 0.27-0.30 s: 10,678 / 11,028 / 8,479 invoices/s at
    10,000 / 100,000 / 1,000,000; dlt's normalise step took 6.4 s of the million's 117.9 s)
   (2026-12-06, before a page was typed in one pass and fetched as far ahead as Xero counts:
