@@ -63,6 +63,13 @@ print("done", client.calls, flush=True)
 """
 
 
+def loader_args(sb, name: str, pipelines_dir, database_url: str, page_size: int, per_chunk: int) -> dict:
+    """What LOADER is given: the sandbox's only tenant, into the dataset and pipeline `name`."""
+    return {"api_url": f"{sb.url}/api.xro/2.0", "page_size": page_size, "pages_per_chunk": per_chunk,
+            "tenant_id": sb.tenants[0].tenant_id, "name": name, "pipelines_dir": str(pipelines_dir),
+            "credentials": dlt_credentials(database_url)}
+
+
 def run_loader(args: dict, env: dict) -> subprocess.CompletedProcess:
     """LOADER run to its end (or its kill); what it printed is searched for tokens with the rest."""
     done = subprocess.run([sys.executable, "-c", LOADER, json.dumps(args)], env=env, capture_output=True,
@@ -90,7 +97,7 @@ def truth_versions(sb, tenant_id: str) -> set[tuple]:
 
 
 def small_tenant(factory, seed: int, database_url: str, pipelines_dir, prefix: str, invoices: int = 95):
-    """A tenant of 95 invoices in pages of 10, 3 pages a chunk, and a pipeline of its own:
+    """A tenant of `invoices` (95) in pages of 10, 3 pages a chunk, and a pipeline of its own:
     (sandbox, tenant id, token, dataset name, pipeline, settings)."""
     sb = factory(SandboxConfig(seed=seed, tenants=1, invoices_per_tenant=invoices, rate_limits=False))
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
@@ -124,7 +131,7 @@ def test_a_resource_loads_in_chunks_that_each_commit(xero_sandbox_factory, datab
         assert state["modified_since"] == max(v[1] for v in versions).isoformat()
 
 
-def test_the_last_page_xero_counts_ends_no_chunk(xero_sandbox_factory, database_url, tmp_path):
+def test_the_few_pages_xero_counts_after_a_chunk_are_read_in_it(xero_sandbox_factory, database_url, tmp_path):
     """90 invoices are 9 full pages, 3 chunks of 3: the few pages left after the third (the cursor's
     overlap re-read, and the empty page that confirms a full last one: Xero's last page is the first
     short one) are read in the third chunk, not in a fourth load."""
@@ -154,7 +161,7 @@ def test_a_run_loads_the_chunk_a_killed_run_left_then_reads_on(xero_sandbox_fact
     versions = loaded_versions(database_url, name)
     assert len(versions) == len(set(versions)) and set(versions) == truth_versions(sb, tenant)
     assert rows["invoices"] >= 95 - 30  # the pages after the first chunk (the rest landed from the folder)
-    # Pages 4 to 10 in three chunks, each re-reading at most the cursor's overlap page: the first
+    # Pages 4 to 10 in chunks of 3, each re-reading at most the cursor's overlap page: the first
     # chunk was not read again (that alone would be 3 calls more).
     assert invoice_calls(sb, tenant) - before <= 7 + 3, invoice_calls(sb, tenant) - before
     assert pipeline.list_normalized_load_packages() == []
@@ -165,9 +172,7 @@ def test_killed_at_ten_points_then_run_again_equals_a_clean_run(xero_sandbox_fac
     tenant = sb.tenants[0].tenant_id
     pages, page_size, per_chunk = 61, 50, 2  # 60 full pages and the empty one that ends them
     name = f"killed_{uuid.uuid4().hex[:8]}"
-    args = {"api_url": f"{sb.url}/api.xro/2.0", "page_size": page_size, "pages_per_chunk": per_chunk,
-            "tenant_id": tenant, "name": name, "pipelines_dir": str(tmp_path),
-            "credentials": dlt_credentials(database_url)}
+    args = loader_args(sb, name, tmp_path, database_url, page_size, per_chunk)
     env = {**os.environ, "XERO_TEST_TOKEN": sandbox_token(sb)["access_token"]}
     rng = random.Random(22)
     kills = 0
@@ -210,8 +215,7 @@ def test_a_load_killed_after_a_job_committed_lands_once_when_run_again(
     sb = xero_sandbox_factory(SandboxConfig(seed=24, tenants=1, invoices_per_tenant=95, rate_limits=False))
     tenant = sb.tenants[0].tenant_id
     name = f"retried_{uuid.uuid4().hex[:8]}"
-    args = {"api_url": f"{sb.url}/api.xro/2.0", "page_size": 10, "pages_per_chunk": 3, "tenant_id": tenant,
-            "name": name, "pipelines_dir": str(tmp_path), "credentials": dlt_credentials(database_url)}
+    args = loader_args(sb, name, tmp_path, database_url, page_size=10, per_chunk=3)
     env = {**os.environ, "XERO_TEST_TOKEN": sandbox_token(sb)["access_token"]}
 
     killed = run_loader({**args, "kill_after": committed}, env)
