@@ -39,6 +39,7 @@ _DECIMAL_LIMIT = {19: 10 ** 13, 28: 10 ** 18}
 _DEFAULT_DECIMAL = {"data_type": "decimal", "precision": 19, "scale": 6}
 # Xero's .NET JSON date: milliseconds since the epoch; the offset is informational.
 NET_DATE = re.compile(r"^/Date\((?P<ms>-?\d{1,15})(?:[+-]\d{4})?\)/$")
+_ISO_OFFSET = re.compile(r"T.*(?:Z|[+-]\d\d:?\d\d)$")  # an ISO time's zone: "Z", "+13:00", "-0500"
 
 
 @functools.cache
@@ -190,7 +191,11 @@ def _all_dates(values: list[Any], kinds: set[type]) -> pa.Array | None:
     if ms.null_count < len(ms):
         return None  # some, not all: one by one
     # ISO timestamps: all without an offset (UTC, as Xero means it), or all with one ("Z", "+13:00").
-    for kind in (pa.timestamp("us"), _TIMESTAMP):
+    # The first value's form is tried first: a cast that fails reads every value (half a ms a page).
+    kinds = [pa.timestamp("us"), _TIMESTAMP]
+    if _ISO_OFFSET.search(next(v for v in values if v is not None)):
+        kinds.reverse()
+    for kind in kinds:
         try:
             return strings.cast(kind).cast(_TIMESTAMP)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -207,6 +212,10 @@ def _typed(key: str, values: list[Any], column: _Column, required: bool,
     is_decimal = pa.types.is_decimal(column.arrow_type)
     if column.arrow_type == _TIMESTAMP and (dates := _all_dates(values, kinds)) is not None:
         return dates
+    if column.convert is _json:  # nested values as their JSON text: no call per value but orjson's
+        dumps = orjson.dumps
+        return pa.array([None if v is None else dumps(v, default=_json_default) for v in values],
+                        pa.binary()).cast(pa.string())
     if kinds <= column.as_is:  # the common case: every value already fits, checked by Arrow
         if not is_decimal:
             return pa.array(values, column.arrow_type)
@@ -232,29 +241,32 @@ def _typed(key: str, values: list[Any], column: _Column, required: bool,
     return pa.array(out, column.arrow_type)
 
 
-def _inferred(values: list[Any]) -> dict[str, Any] | None:
+def _inferred(values: list[Any]) -> tuple[dict[str, Any] | None, pa.Array | None]:
     """The column a field no hint declares gets, from this page's values (as dlt would infer it
-    from the records): None when every value is null (no column, as dlt does)."""
+    from the records): None when every value is null (no column, as dlt does). With it, the column
+    itself when finding its type already made it (dates parsed in one go), else None."""
     kinds = set(map(type, values))
     kinds.discard(_NONE)
     if not kinds:
-        return None
+        return None, None
     if kinds == {bool}:
-        return {"data_type": "bool"}
+        return {"data_type": "bool"}, None
     if kinds == {int}:
-        return {"data_type": "bigint"}
+        return {"data_type": "bigint"}, None
     if kinds <= {int, float, Decimal}:
-        return dict(_DEFAULT_DECIMAL)
+        return dict(_DEFAULT_DECIMAL), None
     if kinds <= {dict, list}:
-        return {"data_type": "json"}
+        return {"data_type": "json"}, None
     if kinds == {str}:
         sample = next(v for v in values if v is not None)
         looks_like_date = sample.startswith("/Date(") or (sample[:4].isdigit() and sample[4:5] == "-"
                                                            and "T" in sample)
-        if looks_like_date and (_all_dates(values, kinds) is not None
-                                or all(v is None or is_date(v) for v in values)):
-            return {"data_type": "timestamp"}
-    return {"data_type": "text"}
+        if looks_like_date:
+            if (dates := _all_dates(values, kinds)) is not None:
+                return {"data_type": "timestamp"}, dates
+            if all(v is None or is_date(v) for v in values):
+                return {"data_type": "timestamp"}, None
+    return {"data_type": "text"}, None
 
 
 def page_table(records: list[dict[str, Any]], tenant_id: str, id_field: str, versioned: bool,
@@ -272,6 +284,7 @@ def page_table(records: list[dict[str, Any]], tenant_id: str, id_field: str, ver
         name = snake(key)
         values = list(map(dict.get, records, itertools.repeat(key)))
         required = key in first
+        array: pa.Array | None = None  # made while its type was inferred
         if key == id_field:
             hint: Mapping[str, Any] | None = {"data_type": "text"}
             values = [v if isinstance(v, str) and v else _Problem(f"{id_field} is missing") for v in values]
@@ -280,12 +293,13 @@ def page_table(records: list[dict[str, Any]], tenant_id: str, id_field: str, ver
         else:
             hint = columns.get(name)
             if hint is None:
-                hint = _inferred(values)
+                hint, array = _inferred(values)
                 if hint is None:
                     continue
                 if hint["data_type"] == "json":
                     hints[name] = hint
-        array = _typed(key, values, _column(hint), required, problems)
+        if array is None:
+            array = _typed(key, values, _column(hint), required, problems)
         arrays[name] = array
         fields[name] = pa.field(name, array.type, nullable=not required)
     kept = [i for i in range(n) if i not in problems]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
+import xero_source.pages as pages_module
 from xero_sandbox import LimitConfig, SandboxConfig
 from xero_sandbox.pytest_plugin import sandbox_token
 from xero_source import ENDPOINTS, DailyLimitExceeded, SourceSettings, XeroApiError, XeroClient
@@ -168,6 +170,30 @@ def test_pages_xero_counted_are_fetched_ahead_while_the_caller_handles_this_one(
     assert invoice_calls(sandbox) == 1 + client.settings.pages_ahead == 4 and first.count == 50
     assert [p.count for p in pages] == [50, 50, 50, 30]
     assert invoice_calls(sandbox) == 5  # nothing asked twice, nothing after the short page
+
+
+def test_pages_fetched_at_once_are_read_one_at_a_time(sandbox, monkeypatch):
+    """Reading a page holds the GIL throughout: pages arriving together on the fetch threads are
+    read one after another (pages.read_page), not interleaved."""
+    client, _, _ = make_client(sandbox, page_size=25)  # 10 pages, fetched 3 ahead
+    reading, most, threads = 0, 0, set()
+    type_page = pages_module.page_table
+
+    def watched(*args, **kwargs):
+        nonlocal reading, most
+        reading += 1
+        most = max(most, reading)
+        threads.add(threading.get_ident())
+        try:
+            time.sleep(0.02)  # long enough for another fetch thread's page to arrive meanwhile
+            return type_page(*args, **kwargs)
+        finally:
+            reading -= 1
+
+    monkeypatch.setattr(pages_module, "page_table", watched)
+    assert [p.count for p in invoices(client)] == [25] * 9 + [5]
+    assert len(threads) > 1  # pages were fetched, and read, on several threads
+    assert most == 1
 
 
 def test_without_xeros_page_count_the_next_page_is_fetched_once_this_one_is_full(sandbox):
