@@ -2,21 +2,39 @@
 limits off, the sandbox in a process of its own (`xero-elt sandbox`), so this process is the
 pipeline alone: wall time, invoices/s, calls, bytes and this process's peak RSS, per size.
 
-    .venv/bin/python bench/source_throughput.py --invoices 10000 100000
+    .venv/bin/python bench/source_throughput.py --invoices 10000 100000 [--repeat 3]
 
-Each size runs in a fresh child process (so peak RSS is that size's). Before the measured load, a
-first pass over every page and a first load into another dataset make the sandbox generate and
-keep every page the load asks for; a second pass measures what it serves warm, so the measured
-load meets a sandbox that is not its bottleneck.
+Each size runs in a fresh child process (so peak RSS is that size's: a warming load and the first
+measured one). Before the measured load, a first pass over every page and a first load into another
+dataset make the sandbox generate and keep every page the load asks for; a second pass measures
+what it serves warm, so the measured load meets a sandbox that is not its bottleneck. A size of up
+to 100,000 invoices is loaded --repeat times and its median shown with every run's rate.
 The database: a new one on $TEST_DATABASE_URL's server (default
 postgresql://postgres@127.0.0.1:5432/postgres), dropped after.
 
 Figures (2026-12-07, 2 cores, PostgreSQL 15, page size 1000; this machine's speed varies by 2x
 within a session, so each run gives its loop time). "existing" is the same load into raw tables a
 platform already has (emptied), as a new tenant's first sync meets them.
-  The final code: chunks of 50 pages, each read while the one before loads, load jobs that land
-  once when run again after a kill; ten pages to a dlt item with dlt's row ids on them; files of
-  20,000 rows; the collector's young threshold at 200,000; Arrow on malloc; two malloc arenas.
+  The final code of the day's second session: a page typed for less (an undeclared date column
+  parsed once, nested values to JSON text without a call each) and pages read one at a time.
+    --repeat 5, a 10M-step loop in 0.39 s at the start (a slow moment of this machine):
+       10,000 invoices: median 11,586 invoices/s (9,903-12,529; existing: 12,547, 10,015-14,121);
+                        peak RSS 410 MB
+      100,000 invoices: median 16,994 invoices/s (13,617-21,521; existing: 15,953, 14,802-21,394);
+                        peak RSS 610 MB
+    1,000,000 invoices: 64.9 s = 15,411 invoices/s (existing: 15,165/s); peak RSS 653 MB (1.07x)
+    One load per size, loop 0.21 s: 10,000 in 0.7 s = 15,082/s (existing 19,218/s), again 11,003/s
+      (12,696/s); 100,000 in 5.4 s = 18,630/s (16,472/s); 1,000,000 in 55.2 s = 18,104/s
+      (17,661/s); peak RSS 467 / 622 / 704 MB (1.13x)
+    --repeat 5, loop 0.24 s, 10,000 invoices: median 12,865/s (11,213-15,835; existing 12,992/s,
+      12,642-16,338)
+    Where 10,000 invoices' 0.6-0.9 s go (one chunk, nothing overlaps): ten pages read, 20-30 ms
+      each; dlt's own work for a load, 0.18-0.24 s whatever its size (a load of 100 invoices);
+      PostgreSQL's COPY into staging and MERGE, about 0.1 s each, one after the other.
+  The day's first session's final code: chunks of 50 pages, each read while the one before
+  loads, load jobs that land once when run again after a kill; ten pages to a dlt item with dlt's
+  row ids on them; files of 20,000 rows; the collector's young threshold at 200,000; Arrow on
+  malloc; two malloc arenas.
     A 10M-step loop in 0.28 s:
        10,000 invoices:  0.9 s = 11,385 invoices/s (existing: 11,985/s); peak RSS 449 MB
       100,000 invoices:  6.8 s = 14,697 invoices/s (existing: 16,684/s); peak RSS 633 MB
