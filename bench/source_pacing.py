@@ -19,6 +19,7 @@ Figures (2026-12-06, 2 cores shared with the test suite, PostgreSQL 15, defaults
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import threading
@@ -35,7 +36,8 @@ from orchestration.settings import DatabaseUrl  # noqa: E402
 from orchestration.xero_budget import PostgresAppBudget  # noqa: E402
 from xero_sandbox import SandboxConfig, SandboxServer  # noqa: E402
 from xero_sandbox.pytest_plugin import TimedSession, sandbox_token  # noqa: E402
-from xero_source import SourceSettings, XeroClient  # noqa: E402
+from xero_source import ENDPOINTS, SourceSettings, XeroClient  # noqa: E402
+from xero_source.pages import PageSpec, read_page  # noqa: E402
 
 PAGE = 10
 
@@ -44,8 +46,9 @@ def extract(sb: SandboxServer, tenant_index: int, token: str, budget: PostgresAp
     settings = SourceSettings(api_url=f"{sb.url}/api.xro/2.0", page_size=PAGE)
     client = XeroClient(sb.tenants[tenant_index].tenant_id, lambda: token, settings, session=TimedSession(),
                         app_budget=budget)
+    spec = PageSpec("Invoices", client.tenant_id, "InvoiceID", True, ENDPOINTS["invoices"].columns)
     started = time.monotonic()
-    records = sum(len(p) for p in client.paged("Invoices", "Invoices"))
+    records = sum(page.count for page in client.paged("Invoices", functools.partial(read_page, spec=spec)))
     return records, client.session.sent, client.stats["Invoices"].rate_limited, time.monotonic() - started
 
 
