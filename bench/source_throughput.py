@@ -257,8 +257,8 @@ def main() -> None:
             print(f"{n:>9,} invoices: {rates(r['invoices'], r['seconds'])} into PostgreSQL; "
                   f"{r['calls']} calls, {r['bytes'] / 1e6:,.1f} MB; peak RSS {r['peak_rss_mb']:.0f} MB "
                   f"(the sandbox served {r['sandbox_cold']:,.0f} invoices/s cold, "
-                  f"{r['sandbox_warm']:,.0f} warm); machine {r['machine_busy']:.0%} busy; dlt's steps "
-                  "(the last run): "
+                  f"{r['sandbox_warm']:,.0f} warm); the last run: machine {r['machine_busy']:.0%} busy, "
+                  "dlt's steps "
                   + ", ".join(f"{step} {seconds:.1f} s" for step, seconds in r["steps"].items())
                   + f"\n{'':>19}into existing raw tables: "
                   f"{rates(r['existing_invoices'], r['existing_seconds'])}", flush=True)

@@ -206,16 +206,16 @@ def _all_dates(values: list[Any], kinds: set[type]) -> pa.Array | None:
 def _typed(key: str, values: list[Any], column: _Column, required: bool,
            problems: dict[int, list[str]]) -> pa.Array:
     """One column of a page as Arrow; each value it cannot hold is a problem of its record."""
+    if column.convert is _json:  # nested values as their JSON text: no call per value but orjson's
+        dumps = orjson.dumps
+        return pa.array([None if v is None else dumps(v, default=_json_default) for v in values],
+                        pa.binary()).cast(pa.string())
     kinds = set(map(type, values))
     if not required:
         kinds.discard(_NONE)
     is_decimal = pa.types.is_decimal(column.arrow_type)
     if column.arrow_type == _TIMESTAMP and (dates := _all_dates(values, kinds)) is not None:
         return dates
-    if column.convert is _json:  # nested values as their JSON text: no call per value but orjson's
-        dumps = orjson.dumps
-        return pa.array([None if v is None else dumps(v, default=_json_default) for v in values],
-                        pa.binary()).cast(pa.string())
     if kinds <= column.as_is:  # the common case: every value already fits, checked by Arrow
         if not is_decimal:
             return pa.array(values, column.arrow_type)
