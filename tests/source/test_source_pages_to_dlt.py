@@ -15,10 +15,12 @@ from decimal import Decimal
 import dlt
 import psycopg
 import pyarrow as pa
+import pyarrow.parquet
 import pytest
 from dlt.common.schema.utils import dlt_id_column, dlt_load_id_column
 from dlt.normalize.items_normalizers.arrow import ArrowItemsNormalizer
 
+import xero_source.destination as destination
 import xero_source.source as source
 from orchestration.resources import dlt_credentials
 from xero_sandbox import SandboxConfig
@@ -48,6 +50,14 @@ def test_pages_go_to_dlt_several_at_a_time_with_row_ids_and_load_as_the_extract_
     write_again = ArrowItemsNormalizer._write_with_dlt_columns
     monkeypatch.setattr(ArrowItemsNormalizer, "_write_with_dlt_columns",
                         lambda self, file, *a: rewritten.append(file) or write_again(self, file, *a))
+    copied: list[tuple[str, str]] = []  # (table, compression) of each Parquet file the load copied
+    copy = destination._KeptConnectionCopyJob.run
+
+    def copy_and_record(job):
+        codec = pyarrow.parquet.ParquetFile(job._file_path).metadata.row_group(0).column(0).compression
+        copied.append((job.load_table_name, codec))
+        copy(job)
+    monkeypatch.setattr(destination._KeptConnectionCopyJob, "run", copy_and_record)
 
     token = sandbox_token(sandbox)["access_token"]
     client = XeroClient(tenant, lambda: token, SourceSettings(api_url=f"{sandbox.url}/api.xro/2.0",
@@ -62,26 +72,33 @@ def test_pages_go_to_dlt_several_at_a_time_with_row_ids_and_load_as_the_extract_
     assert client.stats["Invoices"].calls == 7  # 6 full pages and the last of 10
     assert items == [120, 120, 10]  # three pages to an item, the last page alone
     assert rewritten == []  # dlt's normalise step wrote no file again
-    # A file holds at most 100 rows (an item is not split): three files, copied by the load at once.
+    # A file holds at most 100 rows (an item is not split): three files, copied by the load at once,
+    # written without compression (they go to PostgreSQL once, from this machine)...
+    assert copied == [("invoices", "UNCOMPRESSED")] * 3
+    # ... and deleted once loaded: a worker's folder does not keep every file it ever loaded.
     [load_id] = pipeline.list_completed_load_packages()
-    copied = [job for job in pipeline.get_load_package_info(load_id).jobs["completed_jobs"]
-              if job.job_file_info.table_name == "invoices" and job.job_file_info.file_format == "parquet"]
-    assert len(copied) == 3
+    assert pipeline.get_load_package_info(load_id).jobs["completed_jobs"] == []
+    assert not list(tmp_path.rglob("*.parquet"))
     with psycopg.connect(database_url) as conn:
         loaded = conn.execute(f"SELECT invoice_id, total, reference, _dlt_id, _dlt_load_id "  # noqa: S608
                               f"FROM {dataset}.invoices").fetchall()
         nullable = dict(conn.execute(
             "SELECT column_name, is_nullable FROM information_schema.columns WHERE table_schema = %s "
             "AND column_name IN ('_dlt_id', '_dlt_load_id')", (dataset,)).fetchall())
+        indexes = conn.execute("SELECT schemaname, indexname FROM pg_indexes WHERE schemaname LIKE %s "
+                               "AND tablename = 'invoices'", (f"{dataset}%",)).fetchall()
     assert {r[0]: (r[1], r[2]) for r in loaded} == {
         i: (Decimal(str(r["Total"])), r.get("Reference")) for i, r in truth.items()}
     row_ids = [r[3] for r in loaded]
     assert len(set(row_ids)) == 250 and all(len(i) == 14 for i in row_ids)  # dlt's ids: 10 random bytes
     assert {r[4] for r in loaded} == {pipeline.last_trace.last_normalize_info.loads_ids[-1]}
     assert nullable == {"_dlt_id": "NO", "_dlt_load_id": "NO"}
-    # dlt's schema knows the two columns as dlt itself declares them.
+    # dlt's schema knows the two columns as dlt itself declares them, but the row id is not a UNIQUE
+    # constraint: the table's one index is the merge key's, and the staging table has none.
     columns = pipeline.default_schema.get_table_columns("invoices")
-    assert columns["_dlt_id"] == dlt_id_column() and columns["_dlt_load_id"] == dlt_load_id_column()
+    assert columns["_dlt_id"] == {**dlt_id_column(), "unique": False}
+    assert columns["_dlt_load_id"] == dlt_load_id_column()
+    assert indexes == [(dataset, "invoices__record_idx")]
 
 
 def _page(**columns: list) -> pa.Table:
