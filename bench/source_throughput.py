@@ -88,7 +88,7 @@ from machine import machine_cpu, python_speed  # noqa: E402
 
 from orchestration.net import free_loopback_port  # noqa: E402
 from orchestration.resources import dlt_credentials  # noqa: E402
-from orchestration.settings import DatabaseUrl  # noqa: E402
+from orchestration.settings import TELEMETRY_OFF, DatabaseUrl  # noqa: E402
 
 CLIENT = ("sandbox-client-id", "sandbox-client-secret")  # the sandbox's public defaults
 # A load of up to this many invoices lasts a second or a few, and this machine's speed changes from
@@ -240,6 +240,7 @@ def main() -> None:
         f"loads measured per size up to {REPEATED_UP_TO:,} invoices (the median is shown); a larger "
         "size loads once"))
     args = parser.parse_args()
+    os.environ.update(TELEMETRY_OFF)  # as the platform runs dlt (its children inherit it)
     server = DatabaseUrl.parse(os.environ.get("TEST_DATABASE_URL",
                                               "postgresql://postgres@127.0.0.1:5432/postgres"))
     name = f"xero_elt_bench_source_{uuid.uuid4().hex[:8]}"

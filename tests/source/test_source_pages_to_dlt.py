@@ -30,8 +30,10 @@ from xero_source import SourceSettings, XeroClient, load_tenant, shared_postgres
 
 @pytest.fixture
 def small_files(monkeypatch):
-    """Load files of at most 100 rows, for this test; the process's own setting again after it."""
+    """Load files of at most 100 rows in row groups of 40, for this test; the process's own settings
+    again after it."""
     monkeypatch.setattr(source, "FILE_MAX_ROWS", 100)
+    monkeypatch.setattr(source, "ROW_GROUP_ROWS", 40)
     yield
     monkeypatch.undo()
     source._prepare_for_bulk_loads()
@@ -51,11 +53,13 @@ def test_pages_go_to_dlt_several_at_a_time_with_row_ids_and_load_as_the_extract_
     monkeypatch.setattr(ArrowItemsNormalizer, "_write_with_dlt_columns",
                         lambda self, file, *a: rewritten.append(file) or write_again(self, file, *a))
     copied: list[tuple[str, str]] = []  # (table, compression) of each Parquet file the load copied
+    row_groups: list[int] = []  # their row groups' rows: what the COPY takes a batch at a time
     copy = destination._KeptConnectionCopyJob.run
 
     def copy_and_record(job):
-        codec = pyarrow.parquet.ParquetFile(job._file_path).metadata.row_group(0).column(0).compression
-        copied.append((job.load_table_name, codec))
+        metadata = pyarrow.parquet.ParquetFile(job._file_path).metadata
+        copied.append((job.load_table_name, metadata.row_group(0).column(0).compression))
+        row_groups.extend(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
         copy(job)
     monkeypatch.setattr(destination._KeptConnectionCopyJob, "run", copy_and_record)
 
@@ -75,6 +79,7 @@ def test_pages_go_to_dlt_several_at_a_time_with_row_ids_and_load_as_the_extract_
     # A file holds at most 100 rows (an item is not split): three files, copied by the load at once,
     # written without compression (they go to PostgreSQL once, from this machine)...
     assert copied == [("invoices", "UNCOMPRESSED")] * 3
+    assert sorted(row_groups) == [10] + [40] * 6
     # ... and deleted once loaded: a worker's folder does not keep every file it ever loaded.
     [load_id] = pipeline.list_completed_load_packages()
     assert pipeline.get_load_package_info(load_id).jobs["completed_jobs"] == []
