@@ -23,12 +23,12 @@ with no session lock held and its search path set for its new user's dataset.
 **A job run again lands once.** dlt marks a job done in the pipeline's folder just after the
 destination committed it, so a process killed between the two runs that job again on the next load
 (dlt resumes the package's started jobs). dlt's own jobs then loaded their rows a second time: the
-staged copy failed on the staging table's unique `_dlt_id` (the raw tables' row id is no longer
-unique, `source._make_resource`: it would land twice), the state row on `_dlt_pipeline_state`'s,
-and the tenant stayed stuck on that package. Here a job run again first takes out what its earlier run
-committed: a copy deletes its file's `_dlt_id`s, a row insert skips rows already there, and a
-load's row in `_dlt_loads` is written once. The merge that follows (an upsert by key) was already
-the same the second time.
+staged copy failed on the staging table's unique `_dlt_id`, the state row on
+`_dlt_pipeline_state`'s, and the tenant stayed stuck on that package. (Our resources' tables have no
+unique `_dlt_id`, see `source._make_resource`: there a copy run again would land its rows twice,
+unnoticed.) Here a job run again first takes out what its earlier run committed: a copy deletes its
+file's `_dlt_id`s, a row insert skips rows already there, and a load's row in `_dlt_loads` is
+written once. The merge that follows (an upsert by key) was already the same the second time.
 """
 
 from __future__ import annotations
